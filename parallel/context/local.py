@@ -1,0 +1,29 @@
+"""Single-rank strategies: the whole micro-batch is local, pieces are whole documents."""
+from __future__ import annotations
+
+import torch
+
+from kernels.flash_attn import flash_attn_varlen_func
+from kernels.lightning_attn import chunk_lightning_attn
+
+
+class LocalCoreAttention:
+    def __init__(self, state=None, options: dict | None = None):
+        self.state = state
+
+    def __call__(self, q, k, v, shard, softmax_scale: float):
+        cu = shard.cu_seqlens.to(q.device)
+        m = shard.max_piece_len
+        return flash_attn_varlen_func(q, k, v, cu, cu, m, m, softmax_scale=softmax_scale, causal=True)
+
+
+class LocalLinearAttention:
+    def __init__(self, state=None, options: dict | None = None):
+        self.state = state
+
+    def __call__(self, q, k, v, shard, g_gamma=None, g=None, scale=None):
+        cu = shard.cu_seqlens.to(q.device)
+        o, _ = chunk_lightning_attn(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
+                                    g_gamma=g_gamma, g=None if g is None else g.unsqueeze(0),
+                                    scale=scale, cu_seqlens=cu)
+        return o.squeeze(0)

@@ -1,0 +1,124 @@
+"""One validated description of the parallel layout, and the process groups built from it.
+
+Rank order (innermost first): tp, cp, pp, dp. So the ranks of one CP group are adjacent,
+and the CAD group (all DP x CP ranks sharing a tp and pp rank) is built from the same grid.
+No module-level globals: the `ParallelState` is created once and passed explicitly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+CP_ALGOS = ("local", "ring", "allgather", "ulysses", "usp", "cad")
+
+
+@dataclass(frozen=True)
+class ParallelDims:
+    world_size: int
+    dp: int = 1
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    cp_algo: str = "local"
+    ulysses: int = 1  # ulysses degree inside each usp group (cp = ulysses * ring)
+
+    @staticmethod
+    def resolve(world_size: int, dp: int = -1, tp: int = 1, pp: int = 1, cp: int = 1,
+                cp_algo: str = "local", ulysses: int = 1) -> "ParallelDims":
+        """Fill dp=-1 from the world size and check every degree; errors name the field and fix."""
+        for name, val in (("parallel.tp", tp), ("parallel.pp", pp), ("parallel.cp", cp)):
+            if val < 1:
+                raise ValueError(f"{name}={val} must be >= 1")
+        if cp_algo not in CP_ALGOS:
+            raise ValueError(f"parallel.cp_algo={cp_algo!r} is unknown; choose one of {CP_ALGOS}")
+        inner = tp * pp * cp
+        if dp == -1:
+            if world_size % inner:
+                raise ValueError(
+                    f"world size {world_size} is not divisible by parallel.tp*parallel.pp*parallel.cp="
+                    f"{tp}*{pp}*{cp}={inner}; change the degrees or the number of processes")
+            dp = world_size // inner
+        if dp < 1:
+            raise ValueError(f"parallel.dp={dp} must be >= 1 or -1 (the rest of the world)")
+        if dp * inner != world_size:
+            raise ValueError(
+                f"parallel.dp*tp*pp*cp = {dp}*{tp}*{pp}*{cp} = {dp * inner} but the world size is "
+                f"{world_size}; set parallel.dp=-1 or launch {dp * inner} processes")
+        if cp > 1 and cp_algo == "local":
+            raise ValueError(f"parallel.cp={cp} needs a context-parallel algorithm; set "
+                             "parallel.cp_algo to ring, allgather, ulysses, usp or cad")
+        if cp_algo == "usp":
+            if ulysses < 1 or cp % ulysses:
+                raise ValueError(f"parallel.ulysses={ulysses} must divide parallel.cp={cp} for usp")
+        return ParallelDims(world_size, dp, tp, pp, cp, cp_algo, ulysses)
+
+    def coords(self, rank: int) -> dict[str, int]:
+        tp_rank = rank % self.tp
+        cp_rank = (rank // self.tp) % self.cp
+        pp_rank = (rank // (self.tp * self.cp)) % self.pp
+        dp_rank = rank // (self.tp * self.cp * self.pp)
+        return {"dp": dp_rank, "pp": pp_rank, "cp": cp_rank, "tp": tp_rank}
+
+    def rank_of(self, dp: int, pp: int, cp: int, tp: int) -> int:
+        return ((dp * self.pp + pp) * self.cp + cp) * self.tp + tp
+
+
+def _groups_along(dims: ParallelDims, axis: str) -> list[list[int]]:
+    """All rank lists that differ only along `axis` (or along dp and cp for 'dpcp')."""
+    axes = {"dp": dims.dp, "pp": dims.pp, "cp": dims.cp, "tp": dims.tp}
+    vary = ("dp", "cp") if axis == "dpcp" else (axis,)
+    fixed = [a for a in axes if a not in vary]
+    groups = []
+    import itertools
+    for fixed_vals in itertools.product(*[range(axes[a]) for a in fixed]):
+        base = dict(zip(fixed, fixed_vals))
+        ranks = []
+        for vary_vals in itertools.product(*[range(axes[a]) for a in vary]):
+            c = {**base, **dict(zip(vary, vary_vals))}
+            ranks.append(dims.rank_of(c["dp"], c["pp"], c["cp"], c["tp"]))
+        groups.append(sorted(ranks))
+    return groups
+
+
+@dataclass
+class ParallelState:
+    """This rank's coordinates and process groups. `None` groups mean 'not distributed'."""
+    dims: ParallelDims
+    rank: int
+    device: torch.device
+    dp_rank: int = 0
+    cp_rank: int = 0
+    tp_rank: int = 0
+    pp_rank: int = 0
+    dp_group: object = None
+    cp_group: object = None
+    dpcp_group: object = None  # the CAD group: all DP x CP ranks of one (tp, pp) position
+    extra_groups: dict = field(default_factory=dict)
+
+    @staticmethod
+    def create(dims: ParallelDims, device: torch.device | None = None) -> "ParallelState":
+        """Build every group. Must be called on all ranks in the same order (new_group is collective)."""
+        device = device or torch.device("cpu")
+        if not dist.is_initialized():
+            if dims.world_size != 1:
+                raise RuntimeError("torch.distributed is not initialised but world_size > 1")
+            return ParallelState(dims, 0, device)
+        rank = dist.get_rank()
+        c = dims.coords(rank)
+        st = ParallelState(dims, rank, device, c["dp"], c["cp"], c["tp"], c["pp"])
+        for axis, attr in (("dp", "dp_group"), ("cp", "cp_group"), ("dpcp", "dpcp_group")):
+            for ranks in _groups_along(dims, axis):
+                g = dist.new_group(ranks)
+                if rank in ranks:
+                    setattr(st, attr, g)
+        return st
+
+    @property
+    def cp_size(self) -> int:
+        return self.dims.cp
+
+    @property
+    def dp_size(self) -> int:
+        return self.dims.dp
