@@ -1,0 +1,43 @@
+"""From a global batch of packed samples to this rank's micro-batches.
+
+Every rank draws the whole global batch from the (deterministic) packer, so the token count
+that normalises the loss is known locally and identical everywhere, with no collective.
+A micro-batch is one flat token stream: its samples concatenated, documents never crossing a
+sample boundary. The shard then picks this context-parallel rank's tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from distca.loss import next_token_labels
+from parallel.context.shard import Shard, build_shard
+
+
+@dataclass
+class MicroBatch:
+    input_ids: torch.Tensor   # [T_local] this rank's tokens, shard order
+    labels: torch.Tensor      # [T_local]
+    shard: Shard
+    doc_lens: list[int]       # documents of the whole micro-batch stream (for FLOPs)
+
+
+def global_label_count(samples) -> int:
+    return sum(int((next_token_labels(s.tokens, s.doc_lens) != -100).sum()) for s in samples)
+
+
+def rank_micro_batches(samples, state, micro_batch_size: int, layout: str, device) -> list[MicroBatch]:
+    dp, dp_rank = state.dims.dp, state.dp_rank
+    per_dp = len(samples) // dp
+    mine = samples[dp_rank * per_dp:(dp_rank + 1) * per_dp]
+    out = []
+    for i in range(0, len(mine), micro_batch_size):
+        group = mine[i:i + micro_batch_size]
+        tokens = torch.cat([s.tokens for s in group])
+        doc_lens = [n for s in group for n in s.doc_lens]
+        labels = torch.cat([next_token_labels(s.tokens, s.doc_lens) for s in group])
+        shard = build_shard(doc_lens, state.cp_rank, state.dims.cp, layout=layout)
+        out.append(MicroBatch(shard.local(tokens).to(device), shard.local(labels).to(device),
+                              shard.to(device), doc_lens))
+    return out

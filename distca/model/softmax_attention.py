@@ -1,0 +1,28 @@
+"""Grouped-query softmax attention. The weight-free core (softmax(QK^T)V) is delegated to a
+strategy (local, ring, allgather, ulysses, usp, cad), which is what makes it distributable."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from distca.model.layers import apply_rope
+
+
+class SoftmaxAttention(nn.Module):
+    def __init__(self, dim: int, heads: int, kv_heads: int, head_dim: int, core_attention):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = heads, kv_heads, head_dim
+        self.qkv = nn.Linear(dim, (heads + 2 * kv_heads) * head_dim, bias=False)
+        self.out = nn.Linear(heads * head_dim, dim, bias=False)
+        self.core_attention = core_attention
+
+    def forward(self, x: torch.Tensor, shard, rope) -> torch.Tensor:
+        t = x.shape[0]
+        q, k, v = self.qkv(x).split(
+            [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], -1)
+        cos, sin = rope
+        q = apply_rope(q.view(t, self.heads, self.head_dim), cos, sin)
+        k = apply_rope(k.view(t, self.kv_heads, self.head_dim), cos, sin)
+        v = v.view(t, self.kv_heads, self.head_dim)
+        o = self.core_attention(q, k, v, shard, self.head_dim ** -0.5)
+        return self.out(o.reshape(t, self.heads * self.head_dim))

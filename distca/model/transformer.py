@@ -1,0 +1,103 @@
+"""The decoder: embed -> blocks (mixer + SwiGLU, pre-norm) -> final norm. The LM head lives in
+the loss (chunked), so full [tokens x vocab] logits are never materialised."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from torch.utils.checkpoint import checkpoint
+
+from distca.model.layers import RMSNorm, SwiGLU, rope_cos_sin
+from distca.model.linear_attention import LinearAttention
+from distca.model.softmax_attention import SoftmaxAttention
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, ffn: int, mixer: nn.Module, eps: float):
+        super().__init__()
+        self.mixer_norm = RMSNorm(dim, eps)
+        self.mixer = mixer
+        self.mlp_norm = RMSNorm(dim, eps)
+        self.mlp = SwiGLU(dim, ffn)
+
+    def forward(self, x, shard, rope):
+        x = x + self.mixer(self.mixer_norm(x), shard, rope)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class HybridLM(nn.Module):
+    def __init__(self, mcfg, vocab_size: int, core_attention, linear_attention):
+        super().__init__()
+        self.cfg = mcfg
+        dim, heads = mcfg.hidden, mcfg.heads
+        head_dim = mcfg.head_dim if mcfg.head_dim > 0 else dim // heads
+        self.head_dim = head_dim
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, dim)
+        blocks = []
+        for i, kind in enumerate(mcfg.layers):
+            if kind == "S":
+                mixer = SoftmaxAttention(dim, heads, mcfg.kv_heads, head_dim, core_attention)
+            else:
+                mixer = LinearAttention(dim, heads, head_dim, linear_attention, mcfg.linear_decay,
+                                        i, len(mcfg.layers))
+            blocks.append(Block(dim, mcfg.ffn_hidden, mixer, mcfg.norm_eps))
+        self.blocks = nn.ModuleList(blocks)
+        self.norm = RMSNorm(dim, mcfg.norm_eps)
+        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+        if mcfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self._init_weights(mcfg.init_std, len(blocks))
+
+    def _init_weights(self, std: float, n_layers: int):
+        # Called under the caller's seeded RNG on CPU, in a fixed module order, so the weights
+        # depend only on train.seed and never on the parallel layout or device.
+        for name, p in self.named_parameters():
+            if p.dim() < 2:
+                continue
+            s = std / (2 * n_layers) ** 0.5 if name.endswith(("out.weight", "down.weight")) else std
+            nn.init.normal_(p, 0.0, s)
+        for blk in self.blocks:
+            if hasattr(blk.mixer, "decay_proj"):
+                nn.init.constant_(blk.mixer.decay_proj.bias, 4.0)  # start near no decay
+
+    def forward(self, input_ids: torch.Tensor, shard) -> torch.Tensor:
+        """input_ids [T_local] in the shard's local order -> final hidden states [T_local, dim]."""
+        x = self.embed(input_ids)
+        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        rope = rope_cos_sin(shard.position_ids.to(x.device), self.head_dim, self.cfg.rope_theta, dtype)
+        for blk in self.blocks:
+            if self.cfg.checkpoint_activations and self.training:
+                x = checkpoint(blk, x, shard, rope, use_reentrant=False)
+            else:
+                x = blk(x, shard, rope)
+        return self.norm(x)
+
+    def num_params(self, exclude_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.embed.weight.numel() if exclude_embedding and not self.cfg.tie_embeddings else n
+
+
+def validate_model_config(mcfg, tp: int = 1) -> None:
+    """Errors name the field and the fix, before any process group or allocation."""
+    if not mcfg.layers or set(mcfg.layers) - {"S", "L"}:
+        raise ValueError(f"model.layers={mcfg.layers!r} must be a non-empty string of 'S' (softmax) "
+                         "and 'L' (linear attention), e.g. SSSS or LLLS")
+    if mcfg.heads % mcfg.kv_heads:
+        raise ValueError(f"model.heads={mcfg.heads} is not a multiple of model.kv_heads={mcfg.kv_heads}")
+    if mcfg.head_dim <= 0 and mcfg.hidden % mcfg.heads:
+        raise ValueError(f"model.hidden={mcfg.hidden} is not divisible by model.heads={mcfg.heads}; "
+                         "set model.head_dim explicitly")
+    if mcfg.heads % tp or mcfg.kv_heads % tp:
+        raise ValueError(f"model.heads={mcfg.heads} and model.kv_heads={mcfg.kv_heads} must be divisible "
+                         f"by parallel.tp={tp}; choose a tp that divides both")
+    hd = mcfg.head_dim if mcfg.head_dim > 0 else mcfg.hidden // mcfg.heads
+    if hd % 2:
+        raise ValueError(f"head dim {hd} must be even for RoPE; change model.hidden/model.heads or model.head_dim")
+
+
+def build_model(mcfg, vocab_size: int, core_attention, linear_attention, seed: int) -> HybridLM:
+    """Build on CPU in fp32 under a private RNG seeded from train.seed (layout-independent)."""
+    validate_model_config(mcfg)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return HybridLM(mcfg, vocab_size, core_attention, linear_attention)
