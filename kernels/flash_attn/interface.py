@@ -1,16 +1,70 @@
-"""Public entry points. Until the Triton kernel lands these dispatch to the torch reference."""
+"""Public entry points: flash-attn's varlen calling convention, dispatched by device.
+
+- CUDA tensors (fp16, bf16, fp32) run the Triton kernels (triton_attention.py).
+- CPU fp32/fp16 tensors with TRITON_INTERPRET=1 run the same Triton kernels in Triton's
+  interpreter: that is how the kernels are tested without a GPU.
+- Everything else (CPU without the interpreter, fp64 anywhere, CPU bf16 whose interpreted
+  dots are wrong) takes the torch reference, which other components rely on for exact fp64
+  tests of distributed attention.
+"""
 from __future__ import annotations
 
 import torch
 
+from kernels.flash_attn.block_config import SUPPORTED_HEAD_DIMS
+from kernels.flash_attn.kernel_loader import interpreter_requested
 from kernels.flash_attn.reference import attention_varlen_reference, merge_partials_reference
+from kernels.flash_attn.validation import check_attention_inputs, check_partials
+
+
+def _use_triton(q: torch.Tensor) -> tuple[bool, bool]:
+    """(run the Triton kernels, in the interpreter)."""
+    if q.is_cuda:
+        return q.dtype in (torch.float16, torch.bfloat16, torch.float32), False
+    if q.device.type == "cpu" and interpreter_requested():
+        return q.dtype in (torch.float16, torch.float32), True
+    return False, False
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
                            softmax_scale=None, causal=True, return_lse=False):
-    o, lse = attention_varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, softmax_scale, causal)
+    """Attention over packed variable-length segments.
+
+    q [total_q, Hq, D]; k, v [total_k, Hkv, D] with Hq % Hkv == 0 (GQA/MQA); cu_seqlens_q/k
+    int32 prefix sums with one (q, kv) segment pair per entry (empty segments allowed);
+    max_seqlen_q/k bound the segment lengths. Causal masks are aligned bottom-right: a segment
+    with m queries and n keys lets query i see keys 0..n-m+i (a query shard with its key
+    prefix is one call). Returns o [total_q, Hq, D] and, with return_lse, lse [Hq, total_q]
+    (fp32; fp64 for fp64 input); gradients flow through both. Queries that see no key get
+    o = 0 and lse = -inf.
+
+    The first call with a given cu_seqlens tensor reads its values to validate them (a host
+    sync on the GPU); keep one device copy per step so later layers skip that.
+    """
+    check_attention_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale)
+    scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
+    use_triton, interpret = _use_triton(q)
+    if use_triton and q.shape[-1] not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"q head_dim {q.shape[-1]} is not supported by the Triton kernel; "
+                         f"use one of {SUPPORTED_HEAD_DIMS}")
+    if not use_triton:
+        o, lse = attention_varlen_reference(q, k, v, cu_seqlens_q, cu_seqlens_k, scale, causal)
+        return (o, lse) if return_lse else o
+
+    from kernels.flash_attn.triton_attention import TritonVarlenAttention
+
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    cu_q = cu_seqlens_q.to(device=q.device, dtype=torch.int32).contiguous()
+    cu_k = cu_seqlens_k.to(device=q.device, dtype=torch.int32).contiguous()
+    o, lse = TritonVarlenAttention.apply(q, k, v, cu_q, cu_k, scale, bool(causal), interpret, None)
     return (o, lse) if return_lse else o
 
 
 def merge_attention_partials(outs: list[torch.Tensor], lses: list[torch.Tensor]):
-    return merge_partials_reference(outs, lses)
+    """Merge partial attention results over disjoint key sets by their lse, in fp32.
+
+    outs[i] [T, H, D], lses[i] [H, T]; returns (o in outs[0]'s dtype, lse fp32, fp64 for fp64).
+    Partials with lse = -inf contribute nothing. Differentiable through both inputs.
+    """
+    check_partials(outs, lses)
+    return merge_partials_reference(list(outs), list(lses))

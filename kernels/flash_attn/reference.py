@@ -66,8 +66,15 @@ def merge_partials_reference(
     """
     acc = torch.float64 if lses[0].dtype == torch.float64 else torch.float32
     lse_stack = torch.stack([l.to(acc) for l in lses])  # [P, H, T]
-    lse = torch.logsumexp(lse_stack, dim=0)
-    safe = torch.where(torch.isinf(lse), torch.zeros_like(lse), lse)
+    # logsumexp by hand: torch.logsumexp's gradient is NaN where every partial is -inf
+    # (a query that no rank's keys reach), and that NaN would flow back into the kernels.
+    shift = lse_stack.detach().amax(dim=0)
+    shift = torch.where(torch.isinf(shift), torch.zeros_like(shift), shift)
+    total = torch.exp(lse_stack - shift).sum(dim=0)
+    empty = total == 0
+    lse = torch.where(empty, torch.full_like(total, float("-inf")),
+                      shift + torch.log(torch.where(empty, torch.ones_like(total), total)))
+    safe = torch.where(empty, torch.zeros_like(lse), lse)
     w = torch.exp(lse_stack - safe.unsqueeze(0))  # [P, H, T]
     o = sum(w_i.transpose(0, 1).unsqueeze(-1) * o_i.to(acc) for w_i, o_i in zip(w, outs))
     return o.to(outs[0].dtype), lse

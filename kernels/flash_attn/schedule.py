@@ -1,0 +1,56 @@
+"""Which (segment, tile) each program of a varlen attention kernel works on, heaviest first.
+
+Packed batches mix a few long documents with many short ones, so a grid of
+(max tiles per segment) x (segments) would be mostly empty programs. Instead every program
+slot maps to one real tile through a small table built on the device with torch ops (no host
+sync: the table's length is bounded from shapes alone, and unused slots are marked -1).
+
+Under a causal mask tiles differ in cost by up to the segment length, and the GPU hands out
+programs in launch order, so the table is sorted by estimated work, largest first (longest
+processing time first): the expensive tiles start in the first wave instead of straggling
+at the end.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def tile_schedule(
+    cu_rows: torch.Tensor,
+    cu_cols: torch.Tensor,
+    total_rows: int,
+    block: int,
+    causal: bool,
+    rows_are_queries: bool,
+) -> torch.Tensor:
+    """Return int32 [slots, 2]: (segment, tile index) per program slot, (-1, *) for no work.
+
+    Rows are what a program owns (queries for forward and dq, keys for dk/dv); cols are what
+    it loops over. Work is the number of (row, col) pairs a tile's first or last row touches,
+    a proxy good enough for ordering.
+    """
+    num_segments = cu_rows.numel() - 1
+    slots = -(-total_rows // block) + num_segments  # sum(ceil(len/block)) never exceeds this
+    row_lens = (cu_rows[1:] - cu_rows[:-1]).long()
+    col_lens = (cu_cols[1:] - cu_cols[:-1]).long()
+    tiles = (row_lens + block - 1) // block
+    ends = torch.cumsum(tiles, 0)
+    slot = torch.arange(slots, device=cu_rows.device)
+    seg = torch.searchsorted(ends, slot, right=True)
+    valid = seg < num_segments
+    seg_c = seg.clamp(max=max(num_segments - 1, 0))
+    tile = slot - (ends - tiles)[seg_c]
+
+    n_rows, n_cols = row_lens[seg_c], col_lens[seg_c]
+    if not causal:
+        work = n_cols.clone()
+    elif rows_are_queries:
+        # the tile's last query sees keys 0..(n - m) + its index (bottom-right alignment)
+        work = torch.minimum(n_cols, (tile + 1) * block + n_cols - n_rows).clamp(min=0)
+    else:
+        # keys are seen by every query from (key - (n - m)) on
+        work = (n_cols - (tile * block - (n_rows - n_cols)).clamp(min=0)).clamp(min=0)
+    work = torch.where(valid, work, torch.full_like(work, -1))
+    order = torch.argsort(work, descending=True, stable=True)
+    table = torch.stack([torch.where(valid, seg, torch.full_like(seg, -1)), tile], dim=1)
+    return table[order].to(torch.int32).contiguous()

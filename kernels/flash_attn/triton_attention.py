@@ -1,0 +1,120 @@
+"""Autograd wrapper and launchers for the Triton varlen attention kernels.
+
+Inputs reaching this module are already validated (see validation.py): 3-D q/k/v with unit
+stride on the head dim, int32 cu_seqlens on q's device, a supported head dim.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from kernels.flash_attn.block_config import AttentionConfigs, select_configs
+from kernels.flash_attn.kernel_loader import load_kernels
+from kernels.flash_attn.schedule import tile_schedule
+
+LOG2E = 1.4426950408889634
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs get true fp32 products (the tensor cores' tf32 would cost ~3 digits)
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
+                      configs: AttentionConfigs, interpret: bool):
+    kernels = load_kernels("triton_forward", interpret)
+    total_q, hq, d = q.shape
+    hkv = k.shape[1]
+    o = torch.empty_like(q)
+    lse = torch.empty((hq, total_q), dtype=torch.float32, device=q.device)
+    cfg = configs.forward
+    schedule = tile_schedule(cu_q, cu_k, total_q, cfg.block_rows, causal, rows_are_queries=True)
+    grid = (schedule.shape[0] * hq,)
+    if grid[0] == 0:
+        return o, lse
+    kernels.attention_forward_kernel[grid](
+        q, k, v, o, lse, cu_q, cu_k, schedule,
+        softmax_scale * LOG2E,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        o.stride(0), o.stride(1), lse.stride(0),
+        hq,
+        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_M=cfg.block_rows, BLOCK_N=cfg.block_cols,
+        CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    return o, lse
+
+
+def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: float, causal: bool,
+                       configs: AttentionConfigs, interpret: bool):
+    kernels = load_kernels("triton_backward", interpret)
+    total_q, hq, d = q.shape
+    total_k, hkv, _ = k.shape
+    dq = torch.empty_like(q)
+    dk = torch.empty_like(k)
+    dv = torch.empty_like(v)
+    if total_q == 0 or total_k == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    if do is None:  # only lse was used downstream
+        do = torch.zeros_like(o)
+    do = do.contiguous() if do.stride(-1) != 1 else do
+    delta = torch.empty_like(lse)
+    has_dlse = dlse is not None
+    dlse_arg = dlse.contiguous() if has_dlse else delta  # placeholder pointer, never read
+    block_t = 64
+    kernels.attention_backward_delta_kernel[(math.ceil(total_q / block_t), hq)](
+        o, do, dlse_arg, delta, total_q,
+        o.stride(0), o.stride(1), do.stride(0), do.stride(1), dlse_arg.stride(0), delta.stride(0),
+        HEAD_DIM=d, BLOCK_T=block_t, HAS_DLSE=has_dlse,
+    )
+
+    common = dict(HEAD_DIM=d, GROUP=hq // hkv, CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype))
+    scale2 = softmax_scale * LOG2E
+
+    cfg = configs.dkdv
+    schedule = tile_schedule(cu_k, cu_q, total_k, cfg.block_rows, causal, rows_are_queries=False)
+    kernels.attention_backward_dkdv_kernel[(schedule.shape[0] * hkv,)](
+        q, k, v, do, lse, delta, dk, dv, cu_q, cu_k, schedule,
+        scale2, softmax_scale,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+        lse.stride(0), hkv,
+        BLOCK_N=cfg.block_rows, BLOCK_M=cfg.block_cols,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
+    )
+
+    cfg = configs.dq
+    schedule = tile_schedule(cu_q, cu_k, total_q, cfg.block_rows, causal, rows_are_queries=True)
+    kernels.attention_backward_dq_kernel[(schedule.shape[0] * hq,)](
+        q, k, v, do, lse, delta, dq, cu_q, cu_k, schedule,
+        scale2, softmax_scale,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
+        lse.stride(0), hq,
+        BLOCK_M=cfg.block_rows, BLOCK_N=cfg.block_cols,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
+    )
+    return dq, dk, dv
+
+
+class TritonVarlenAttention(torch.autograd.Function):
+    """o, lse = attention(q, k, v); both outputs differentiable."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_q, cu_k, softmax_scale, causal, interpret, configs):
+        if configs is None:
+            configs = select_configs(q.shape[-1], q.dtype, interpret)
+        o, lse = attention_forward(q, k, v, cu_q, cu_k, softmax_scale, causal, configs, interpret)
+        ctx.save_for_backward(q, k, v, o, lse, cu_q, cu_k)
+        ctx.softmax_scale, ctx.causal, ctx.interpret, ctx.configs = softmax_scale, causal, interpret, configs
+        # an unused lse output should cost nothing in backward, not a zero-filled [H, T] buffer
+        ctx.set_materialize_grads(False)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        q, k, v, o, lse, cu_q, cu_k = ctx.saved_tensors
+        dq, dk, dv = attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, ctx.softmax_scale,
+                                        ctx.causal, ctx.configs, ctx.interpret)
+        return dq, dk, dv, None, None, None, None, None, None

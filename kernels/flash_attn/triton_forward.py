@@ -1,0 +1,120 @@
+"""Forward Triton kernel: varlen (causal, bottom-right) attention with log-sum-exp output.
+
+One program = one q tile of one segment for one q head; it streams the segment's K/V tiles
+with the online softmax. The kv loop is split in two: tiles every row of the q tile sees
+completely run without any mask; only the few tiles that straddle the causal diagonal or the
+segment's end pay for the mask. Scores live in the log2 domain (scale folded with log2(e)) so
+the exponentials are exp2; lse is written in natural log, as the public contract says.
+
+Kept free of @triton.jit helper calls on purpose: `kernel_loader` re-executes this file under
+Triton's interpreter for CPU tests, and a single self-contained kernel needs nothing else.
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def attention_forward_kernel(
+    Q, K, V, O, LSE,
+    CU_Q, CU_K, SCHEDULE,
+    qk_scale_log2,  # softmax_scale * log2(e)
+    stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
+    stride_ot, stride_oh, stride_lse_h,
+    num_heads_q,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CAUSAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    # heads vary fastest so the heaviest tile of every head goes out in the first wave, and
+    # heads that share a kv head (GQA) run side by side and share K/V through L2
+    head = pid % num_heads_q
+    slot = pid // num_heads_q
+    seg = tl.load(SCHEDULE + 2 * slot)
+    if seg < 0:
+        return
+    tile = tl.load(SCHEDULE + 2 * slot + 1)
+    q_start = tl.load(CU_Q + seg)
+    m = tl.load(CU_Q + seg + 1) - q_start
+    k_start = tl.load(CU_K + seg)
+    n = tl.load(CU_K + seg + 1) - k_start
+    kv_head = head // GROUP
+    row0 = tile * BLOCK_M
+
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_m < m
+
+    # 64-bit segment bases: total_tokens * heads * dim can pass 2**31 at long context
+    q_base = Q + q_start.to(tl.int64) * stride_qt + head * stride_qh
+    k_base = K + k_start.to(tl.int64) * stride_kt + kv_head * stride_kh
+    v_base = V + k_start.to(tl.int64) * stride_vt + kv_head * stride_vh
+    q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
+
+    if CAUSAL:
+        diag = n - m  # query i sees keys 0..i + diag
+        full_hi = tl.maximum(tl.minimum(row0 + diag + 1, n), 0)
+        hi = tl.maximum(tl.minimum(row0 + BLOCK_M + diag, n), 0)
+    else:
+        diag = 0
+        full_hi = n
+        hi = n
+    full_end = (full_hi // BLOCK_N) * BLOCK_N
+
+    # phase 1: K/V tiles seen entirely by every row of this q tile (no mask)
+    k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
+    v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
+    for start_n in range(0, full_end, BLOCK_N):
+        k = tl.load(k_ptrs)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.exp2(s - m_new[:, None])
+        alpha = tl.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptrs)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+        k_ptrs += BLOCK_N * stride_kt
+        v_ptrs += BLOCK_N * stride_vt
+
+    # phase 2: tiles on the diagonal or past the segment end (masked)
+    k_ptrs = k_base + full_end.to(tl.int64) * stride_kt + offs_n[:, None] * stride_kt + offs_d[None, :]
+    v_ptrs = v_base + full_end.to(tl.int64) * stride_vt + offs_n[:, None] * stride_vt + offs_d[None, :]
+    for start_n in range(full_end, hi, BLOCK_N):
+        cols = start_n + offs_n
+        col_ok = cols < n
+        k = tl.load(k_ptrs, mask=col_ok[:, None], other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
+        keep = col_ok[None, :]
+        if CAUSAL:
+            keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # a row that has seen no key yet keeps m = -inf; shift by 0 instead to avoid inf - inf
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
+        acc = acc * alpha[:, None]
+        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+        m_i = m_new
+        k_ptrs += BLOCK_N * stride_kt
+        v_ptrs += BLOCK_N * stride_vt
+
+    # rows that see no key (more queries than keys under the causal mask): o = 0, lse = -inf
+    seen = l_i > 0.0
+    o = acc / tl.where(seen, l_i, 1.0)[:, None]
+    lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
+    o_base = O + q_start.to(tl.int64) * stride_ot + head * stride_oh
+    tl.store(o_base + offs_m[:, None] * stride_ot + offs_d[None, :], o.to(O.dtype.element_ty), mask=row_ok[:, None])
+    tl.store(LSE + head.to(tl.int64) * stride_lse_h + q_start + offs_m, lse, mask=row_ok)
