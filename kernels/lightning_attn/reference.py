@@ -62,3 +62,40 @@ def lightning_attn_reference(q, k, v, g_gamma=None, g=None, scale=None, initial_
     o = outs.to(q.dtype)
     final = torch.stack(finals).float() if acc != torch.float64 else torch.stack(finals)
     return o, (final if output_final_state else None)
+
+
+def lightning_attn_recurrent_reference(q, k, v, g_gamma=None, g=None, scale=None,
+                                       initial_state=None, output_final_state=False,
+                                       cu_seqlens=None):
+    """The same function as `lightning_attn_reference`, written as the token-by-token
+    recurrence S_t = exp(g_t) S_{t-1} + k_t v_t^T, o_t = scale * q_t S_t.
+
+    O(T) steps of O(K*V) work: slow, but an independent derivation of the dense form (no
+    cumulative sums, no masks), so agreement between the two checks both.
+    """
+    b, t, h, kd = q.shape
+    vd = v.shape[-1]
+    scale = kd ** -0.5 if scale is None else scale
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    gl = _log_decay(g_gamma, g, b, t, h, q.device, acc)
+    qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
+    if cu_seqlens is None:
+        bounds = [(bi, 0, t) for bi in range(b)]
+    else:
+        cs = cu_seqlens.tolist()
+        bounds = [(0, cs[i], cs[i + 1]) for i in range(len(cs) - 1)]
+    rows = [[None] * t for _ in range(b)]
+    finals = []
+    for n, (bi, lo, hi) in enumerate(bounds):
+        state = (initial_state[n].to(acc) if initial_state is not None
+                 else torch.zeros(h, kd, vd, dtype=acc, device=q.device))
+        for s in range(lo, hi):
+            decay = torch.exp(gl[bi, s]).view(h, 1, 1)
+            state = decay * state + ka[bi, s].unsqueeze(-1) * va[bi, s].unsqueeze(-2)
+            rows[bi][s] = scale * torch.einsum("hk,hkv->hv", qa[bi, s], state)
+        finals.append(state)
+    zero = torch.zeros(h, vd, dtype=acc, device=q.device)
+    o = torch.stack([torch.stack([r if r is not None else zero for r in row]) for row in rows])
+    final = torch.stack(finals)
+    final = final if acc == torch.float64 else final.float()
+    return o.to(q.dtype), (final if output_final_state else None)

@@ -1,0 +1,231 @@
+"""Host side of the Triton path: segment planning, kernel launches, and the autograd Function.
+
+Shapes follow fla: q, k [B, T, H, K], v [B, T, H, V]; states [N, H, K, V] in fp32. Without
+cu_seqlens the B rows are N = B independent sequences; both cases become a list of
+documents over the flattened B*T tokens, cut into segments (see `triton_common`).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+
+from kernels.lightning_attn.triton_backward import dkv_kernel, dq_kernel
+from kernels.lightning_attn.triton_forward import (output_kernel, segment_scan_kernel,
+                                                   segment_state_kernel)
+
+MAX_HEAD_DIM_K = 256  # the K x BV fp32 state lives in registers
+_SCAN_BLOCK = 1024
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def default_chunks_per_segment(tokens: int, heads: int, n_vblocks: int, chunk: int,
+                               device: torch.device) -> int:
+    """Longest segments that still give every multiprocessor ~8 programs: long segments mean
+    fewer fp32 states through memory, short ones mean more parallel programs."""
+    if device.type != "cuda":
+        return 2
+    work = triton.cdiv(max(tokens, 1), chunk) * heads * n_vblocks
+    per = max(1, work // (8 * _sm_count(device.index or 0)))
+    return max(1, min(64, 1 << (per.bit_length() - 1)))
+
+
+def plan_segments(cu: torch.Tensor, seg_len: int, device):
+    """cu: int64 CPU tensor [N+1] of document bounds over the flattened tokens.
+    Returns an int32 device tensor holding seg_bos [S], seg_eos [S], seq_seg [N+1] back to
+    back, and (S, N). Every document gets at least one segment (an empty one for an empty
+    document) so the scan carries its initial state through to its final state."""
+    lens = cu[1:] - cu[:-1]
+    n = lens.numel()
+    nseg = torch.clamp((lens + seg_len - 1) // seg_len, min=1)
+    seq_seg = torch.zeros(n + 1, dtype=torch.int64)
+    seq_seg[1:] = torch.cumsum(nseg, 0)
+    s_total = int(seq_seg[-1])
+    seg_doc = torch.repeat_interleave(torch.arange(n), nseg)
+    within = torch.arange(s_total) - seq_seg[seg_doc]
+    seg_bos = cu[seg_doc] + within * seg_len
+    seg_eos = torch.minimum(seg_bos + seg_len, cu[seg_doc + 1])
+    table = torch.cat([seg_bos, seg_eos, seq_seg]).to(torch.int32).to(device)
+    return table, s_total, n
+
+
+class _Plan:
+    """Everything about the problem's layout that forward and backward share."""
+
+    def __init__(self, q, v, cu_seqlens, chunk, chunks_per_segment, block_v):
+        b, t, h, kd = q.shape
+        vd = v.shape[-1]
+        self.B, self.T, self.H, self.K, self.V = b, t, h, kd, vd
+        self.TT = b * t
+        self.BT = chunk
+        self.BK = max(16, triton.next_power_of_2(kd))
+        if self.BK > MAX_HEAD_DIM_K:
+            raise ValueError(f"q: head dim K={kd} exceeds {MAX_HEAD_DIM_K}, the most the Triton "
+                             f"kernel holds in registers; split heads or use the reference")
+        self.BV = block_v or min(128, max(16, triton.next_power_of_2(vd)))
+        self.NV = triton.cdiv(vd, self.BV)
+        if cu_seqlens is None:
+            cu = torch.arange(b + 1, dtype=torch.int64) * t
+        else:
+            cu = cu_seqlens.detach().to("cpu", torch.int64)
+        self.cu = cu
+        cps = chunks_per_segment or default_chunks_per_segment(self.TT, h, self.NV, chunk,
+                                                               q.device)
+        self.table, self.S, self.N = plan_segments(cu, cps * chunk, q.device)
+        self.seg_bos = self.table[:self.S]
+        self.seg_eos = self.table[self.S:2 * self.S]
+        self.seq_seg = self.table[2 * self.S:]
+        self.dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
+
+    def grid(self):
+        return (self.S * self.H * self.NV,)
+
+    def scan_grid(self):
+        return (self.N * self.H, triton.cdiv(self.K * self.V, _SCAN_BLOCK))
+
+
+def _decay_inputs(g_gamma, g, tt, h, device):
+    """(DECAY mode, g as fp32 [TT, H] or a dummy, gamma as fp32 [H] or a dummy)."""
+    dummy = torch.zeros(1, dtype=torch.float32, device=device)
+    if g is not None:
+        return 2, g.detach().reshape(tt, h).to(torch.float32).contiguous(), dummy
+    if g_gamma is not None:
+        return 1, dummy, g_gamma.detach().to(torch.float32).contiguous()
+    return 0, dummy, dummy
+
+
+def _scan(plan, m_in, a_seg, init, reverse):
+    s_out = torch.empty_like(m_in)
+    final = torch.empty(plan.N, plan.H, plan.K, plan.V, dtype=torch.float32,
+                        device=m_in.device)
+    segment_scan_kernel[plan.scan_grid()](
+        m_in, a_seg, init if init is not None else m_in, s_out, final, plan.seq_seg,
+        plan.H, plan.K * plan.V, BLOCK=_SCAN_BLOCK, HAS_INIT=init is not None,
+        REVERSE=reverse)
+    return s_out, final
+
+
+def forward(q, k, v, decay, g32, gamma32, scale, initial_state, plan):
+    """q, k [TT, H, K], v [TT, H, V] contiguous. Returns o [TT, H, V], final [N, H, K, V],
+    and the per-segment entering states and log-decays the backward needs."""
+    dev = q.device
+    m = torch.empty(plan.S, plan.H, plan.K, plan.V, dtype=torch.float32, device=dev)
+    a_seg = torch.empty(plan.S, plan.H, dtype=torch.float32, device=dev)
+    meta = dict(K=plan.K, V=plan.V, BT=plan.BT, BK=plan.BK, BV=plan.BV, NV=plan.NV,
+                DECAY=decay, DOT_PREC=plan.dot_prec)
+    segment_state_kernel[plan.grid()](k, v, g32, gamma32, plan.seg_bos, plan.seg_eos, m, a_seg,
+                                      plan.H, **meta)
+    init = None if initial_state is None else initial_state.detach().to(torch.float32).contiguous()
+    s_seg, final = _scan(plan, m, a_seg, init, reverse=False)
+    del m
+    o = torch.empty(plan.TT, plan.H, plan.V, dtype=q.dtype, device=dev)
+    output_kernel[plan.grid()](q, k, v, o, g32, gamma32, plan.seg_bos, plan.seg_eos, s_seg,
+                               scale, plan.H, **meta)
+    return o, final, s_seg, a_seg
+
+
+def backward(q, k, v, do, dfinal, decay, g32, gamma32, scale, s_seg, a_seg, plan, need_dg):
+    """Returns dq, dk, dv (input dtype), d initial_state [N, H, K, V] fp32, and the
+    per-token gradient w.r.t. the cumulative log-decay (fp32 [TT, H]) or None."""
+    dev = q.device
+    nv, tt, h = plan.NV, plan.TT, plan.H
+    part = torch.float32 if nv > 1 else q.dtype
+    dq = torch.empty(nv, tt, h, plan.K, dtype=part, device=dev)
+    dk = torch.empty(nv, tt, h, plan.K, dtype=part, device=dev)
+    dv = torch.empty(tt, h, plan.V, dtype=v.dtype, device=dev)
+    n_dg = nv if need_dg else 1
+    dgq = torch.empty(n_dg, tt if need_dg else 1, h, dtype=torch.float32, device=dev)
+    dgk = torch.empty_like(dgq)
+    dm = torch.empty_like(s_seg)
+    meta = dict(K=plan.K, V=plan.V, BT=plan.BT, BK=plan.BK, BV=plan.BV, NV=nv, DECAY=decay,
+                NEED_DG=need_dg, DOT_PREC=plan.dot_prec)
+    dq_kernel[plan.grid()](q, k, v, do, dq, dgq, g32, gamma32, plan.seg_bos, plan.seg_eos,
+                           s_seg, dm, scale, tt, h, **meta)
+    dfin = None if dfinal is None else dfinal.to(torch.float32).contiguous()
+    e_seg, dinit = _scan(plan, dm, a_seg, dfin, reverse=True)
+    del dm
+    dkv_kernel[plan.grid()](q, k, v, do, dk, dv, dgk, g32, gamma32, plan.seg_bos, plan.seg_eos,
+                            e_seg, scale, tt, h, **meta)
+    dq = dq[0] if nv == 1 else dq.sum(0).to(q.dtype)
+    dk = dk[0] if nv == 1 else dk.sum(0).to(k.dtype)
+    dG = (dgq.sum(0) - dgk.sum(0)) if need_dg else None
+    return dq, dk, dv, dinit, dG
+
+
+def reverse_cumsum_per_document(dG: torch.Tensor, cu: torch.Tensor) -> torch.Tensor:
+    """dg_t = sum_{s >= t in t's document} dG_s, for dG [TT, H]; computed in fp64 so the
+    difference of prefix sums loses nothing that matters over millions of tokens."""
+    tt = dG.shape[0]
+    c = torch.zeros(tt + 1, dG.shape[1], dtype=torch.float64, device=dG.device)
+    c[1:] = torch.cumsum(dG.to(torch.float64), 0)
+    lens = (cu[1:] - cu[:-1])
+    end = torch.repeat_interleave(cu[1:], lens).to(dG.device)
+    return c[end] - c[:tt]
+
+
+class ChunkLightningAttnFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g_gamma, g, initial_state, scale, chunk, chunks_per_segment,
+                block_v, cu_seqlens):
+        plan = _Plan(q, v, cu_seqlens, chunk, chunks_per_segment, block_v)
+        tt, h = plan.TT, plan.H
+        qf = q.detach().reshape(tt, h, plan.K).contiguous()
+        kf = k.detach().reshape(tt, h, plan.K).contiguous()
+        vf = v.detach().reshape(tt, h, plan.V).contiguous()
+        decay, g32, gamma32 = _decay_inputs(g_gamma, g, tt, h, q.device)
+        o, final, s_seg, a_seg = forward(qf, kf, vf, decay, g32, gamma32, scale,
+                                         initial_state, plan)
+        ctx.plan, ctx.decay, ctx.scale = plan, decay, scale
+        ctx.has_init = initial_state is not None
+        ctx.init_dtype = None if initial_state is None else initial_state.dtype
+        ctx.g_dtype = None if g is None else g.dtype
+        ctx.gamma_dtype = None if g_gamma is None else g_gamma.dtype
+        ctx.save_for_backward(qf, kf, vf, g32, gamma32, s_seg, a_seg, final)
+        ctx.set_materialize_grads(False)
+        return o.view(plan.B, plan.T, h, plan.V), final
+
+    @staticmethod
+    def backward(ctx, do, dfinal):
+        qf, kf, vf, g32, gamma32, s_seg, a_seg, final = ctx.saved_tensors
+        plan = ctx.plan
+        need_dg = bool(ctx.needs_input_grad[3] or ctx.needs_input_grad[4])
+        if do is None:
+            do = torch.zeros(plan.B, plan.T, plan.H, plan.V, dtype=qf.dtype, device=qf.device)
+        dof = do.reshape(plan.TT, plan.H, plan.V).to(qf.dtype).contiguous()
+        dq, dk, dv, dinit, dG = backward(qf, kf, vf, dof, dfinal, ctx.decay, g32, gamma32,
+                                         ctx.scale, s_seg, a_seg, plan, need_dg)
+        dg = dgamma = None
+        if need_dg:
+            if dfinal is not None:
+                # d/dG_T of exp(G_T) in the final state: <dS_T, S_T> at each document's last
+                # token (empty documents have no token, and no decay to attribute it to).
+                ends = plan.cu[1:][plan.cu[1:] > plan.cu[:-1]]
+                docs = torch.nonzero(plan.cu[1:] > plan.cu[:-1]).flatten()
+                contrib = (dfinal.float() * final).sum((-1, -2))[docs.to(dG.device)]
+                dG.index_add_(0, (ends - 1).to(dG.device), contrib)
+            dg_tok = reverse_cumsum_per_document(dG, plan.cu)
+            if ctx.needs_input_grad[4]:
+                dg = dg_tok.view(plan.B, plan.T, plan.H).to(ctx.g_dtype)
+            if ctx.needs_input_grad[3]:
+                dgamma = dg_tok.sum(0).to(ctx.gamma_dtype)
+        shape_k = (plan.B, plan.T, plan.H, plan.K)
+        return (dq.view(shape_k), dk.view(shape_k), dv.view(plan.B, plan.T, plan.H, plan.V),
+                dgamma, dg, dinit.to(ctx.init_dtype) if ctx.has_init else None,
+                None, None, None, None, None)
+
+
+def chunk_lightning_attn_triton(q, k, v, g_gamma=None, g=None, scale=None, initial_state=None,
+                                output_final_state=False, cu_seqlens=None, *, chunk_size=64,
+                                chunks_per_segment=None, block_v=None):
+    """The Triton path of `chunk_lightning_attn` (inputs assumed validated). The keyword-only
+    knobs exist for tests: small chunks and segments reach every code path at small sizes."""
+    scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+    o, final = ChunkLightningAttnFunction.apply(q, k, v, g_gamma, g, initial_state, scale,
+                                                chunk_size, chunks_per_segment, block_v,
+                                                cu_seqlens)
+    return o, (final if output_final_state else None)
