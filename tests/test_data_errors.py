@@ -25,6 +25,7 @@ def test_bad_token_dtype():
 def test_unknown_tokenizer_and_distribution():
     fails(r"data\.tokenizer", tokenizer="sentencepiece")
     fails(r"data\.synthetic_dist", source="synthetic", synthetic_dist="zipf")
+    fails(r"data\.tokenizer.*token ids", source="synthetic", tokenizer="bpe")
 
 
 @pytest.mark.parametrize("source", ["jsonl", "parquet", "tokens"])

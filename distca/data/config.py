@@ -38,7 +38,8 @@ class DataConfig:
     # Tokens per packed sample (the context length).
     seq_len: int = 512
     # Text sources only: "byte" (256 bytes + EOS + PAD) or "bpe" (trained locally on the
-    # corpus, cached; see distca/data/bpe.py).
+    # whole corpus, before max_documents, and cached; see distca/data/bpe.py). A corpus with
+    # few distinct words may yield fewer merges: the tokenizer's vocab_size is authoritative.
     tokenizer: str = "byte"
     bpe_vocab_size: int = 4096
     # Synthetic source: document-length distribution (distca/data/distributions.py),
@@ -94,6 +95,9 @@ def validate_data_config(cfg: DataConfig) -> None:
         if cfg.synthetic_max_doc_len != -1 and cfg.synthetic_max_doc_len < 2:
             _fail("synthetic_max_doc_len", f"got {cfg.synthetic_max_doc_len}",
                   "use -1 (the distribution's default) or at least 2")
+    if cfg.tokenizer == "bpe" and cfg.source in ("tokens", "synthetic"):
+        _fail("tokenizer", f"bpe tokenizes text, but data.source={cfg.source} is already token ids",
+              "drop data.tokenizer (or set it to byte), or use a text source")
     if cfg.tokenizer == "bpe" and not 258 < cfg.bpe_vocab_size <= 65536:
         _fail("bpe_vocab_size", f"got {cfg.bpe_vocab_size}", "use a size in (258, 65536], e.g. 4096")
 
