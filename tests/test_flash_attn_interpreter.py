@@ -14,7 +14,7 @@ from kernels.flash_attn import flash_attn_varlen_func, merge_attention_partials
 from kernels.flash_attn.reference import attention_varlen_reference
 from kernels.flash_attn.block_config import AttentionConfigs, TileConfig
 from kernels.flash_attn.triton_attention import TritonVarlenAttention
-from tests.flash_attn_cases import (compare_to_oracle, cu_from_lengths, fp64_oracle, make_inputs, random_lengths,
+from tests.test_flash_attn_helpers import (compare_to_oracle, cu_from_lengths, fp64_oracle, make_inputs, random_lengths,
                                     rel_err, run_with_grads)
 
 FP32_TOL = 2e-5  # observed ~3e-7; fp32 accumulation order differs from the fp64 oracle

@@ -6,7 +6,7 @@ import torch
 
 from kernels.flash_attn import (attention_varlen_reference, flash_attn_varlen_func, merge_attention_partials,
                                 merge_partials_reference)
-from tests.flash_attn_cases import cu_from_lengths
+from tests.test_flash_attn_helpers import cu_from_lengths
 
 
 @pytest.fixture(autouse=True)

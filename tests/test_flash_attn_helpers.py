@@ -1,4 +1,4 @@
-"""Shared helpers for the flash-attention tests: random packed segments and an fp64 oracle."""
+"""Shared helpers (no tests) for the flash-attention tests: random packed segments and an fp64 oracle."""
 from __future__ import annotations
 
 import torch
