@@ -93,7 +93,7 @@ def _validate_cu_seqlens(cu_seqlens, b, t):
     if cu_seqlens.dtype.is_floating_point or cu_seqlens.dtype == torch.bool:
         raise ValueError(f"cu_seqlens must be an integer tensor, got {cu_seqlens.dtype}")
     if b != 1:
-        raise ValueError(f"with cu_seqlens the batch must be flattened to B=1, got B={b}")
+        raise ValueError(f"cu_seqlens needs the batch flattened to B=1 (one packed row), got B={b}")
     cs = cu_seqlens.tolist()
     if cs[0] != 0 or cs[-1] != t:
         raise ValueError(f"cu_seqlens must start at 0 and end at T={t}, got {cs[0]}..{cs[-1]}")
