@@ -1,0 +1,118 @@
+"""Context-parallel softmax attention (ring, allgather, ulysses, usp) against the
+single-process reference, on gloo CPU ranks for world sizes 1..8.
+
+One spawn per world size runs every algorithm/layout case: fp64 outputs and q/k/v
+gradients must match `LocalCoreAttention` on the unsharded stream to round-off, and in fp32
+the error against the fp64 reference must stay within a fixed multiple of the
+single-process fp32 kernel's own error, whatever the number of ranks.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import pytest
+import torch
+
+from parallel.context.local import LocalCoreAttention
+from parallel.context.shard import build_shard
+from parallel.dims import ParallelDims, ParallelState
+from tests.distributed_utils import run_distributed
+
+FP32_GROWTH = 8.0  # allowed fp32 error, in multiples of the single-process fp32 error
+
+
+def _heads(n: int) -> tuple[int, int]:
+    """(query heads, KV heads) Ulysses can split over n ranks; GQA everywhere, KV replicated
+    when n exceeds the KV heads (n = 4, 5, 6, 7, 8)."""
+    return {1: (8, 2), 2: (8, 2), 4: (8, 2), 8: (8, 2), 3: (6, 3), 6: (6, 3)}.get(n, (n, 1))
+
+
+def _doc_lens(n: int, seed: int) -> list[int]:
+    """Random documents: some shorter than 2N (empty chunks), one long enough to cross ranks."""
+    rng = random.Random(seed)
+    total = rng.randint(10 * n, 10 * n + 40)
+    lens = [rng.randint(total // 3, total // 2)]
+    while sum(lens) < total:
+        lens.append(rng.choice([1, 2, rng.randint(1, 2 * n + 1), rng.randint(3, 30)]))
+    rng.shuffle(lens)
+    return lens
+
+
+def _cases(n: int) -> list[tuple[str, str, int, dict]]:
+    """(cp_algo, layout, ulysses degree, options)."""
+    cases = [("ring", "zigzag", 1, {}), ("ring", "head_tail", 1, {}), ("ring", "contiguous", 1, {}),
+             ("allgather", "zigzag", 1, {}), ("allgather", "head_tail", 1, {"kv_head_groups": 1}),
+             ("ulysses", "contiguous", 1, {}), ("ulysses", "zigzag", 1, {})]
+    for u in range(2, n + 1):
+        if n % u == 0 and (u < n or n == 2):
+            cases.append(("usp", "zigzag" if u % 2 == 0 else "head_tail", u, {}))
+    return cases
+
+
+def _strategy(algo: str):
+    import importlib
+    mod = {"ring": "ring", "allgather": "allgather", "ulysses": "ulysses", "usp": "usp"}[algo]
+    cls = {"ring": "RingAttention", "allgather": "AllGatherAttention",
+           "ulysses": "UlyssesAttention", "usp": "USPAttention"}[algo]
+    return getattr(importlib.import_module(f"parallel.context.{mod}"), cls)
+
+
+def _run_case(state, algo, layout, u, options, doc_lens, hq, hkv, dtype, seed):
+    """(max |o - ref|, max |grad - ref grad|) of this rank's tokens; ref is fp64 local."""
+    n, r = state.dims.cp, state.cp_rank
+    g = torch.Generator().manual_seed(seed)
+    total, d = sum(doc_lens), 8
+    q = torch.randn(total, hq, d, generator=g, dtype=torch.float64)
+    k = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
+    v = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
+    do = torch.randn(total, hq, d, generator=g, dtype=torch.float64)
+    scale = 0.7 * d ** -0.5
+
+    full = build_shard(doc_lens, 0, 1, "contiguous")
+    ref_in = [x.clone().requires_grad_() for x in (q, k, v)]
+    ref = LocalCoreAttention()(*ref_in, full, scale)
+    ref_grads = torch.autograd.grad(ref, ref_in, do)
+
+    st = dataclasses.replace(state, dims=ParallelDims.resolve(n, cp=n, cp_algo=algo, ulysses=u))
+    strategy = _strategy(algo)(st, {**options, "layout": layout})
+    assert strategy.layout == layout
+    shard = build_shard(doc_lens, r, n, strategy.layout)
+    mine = [shard.local(x).to(dtype).requires_grad_() for x in (q, k, v)]
+    o = strategy(*mine, shard, scale)
+    assert o.shape == mine[0].shape and o.dtype == dtype
+    grads = torch.autograd.grad(o, mine, shard.local(do).to(dtype))
+    err_o = (o.double() - shard.local(ref)).abs().max().item()
+    err_g = max((a.double() - shard.local(b)).abs().max().item() for a, b in zip(grads, ref_grads))
+    return err_o, err_g
+
+
+def _local_fp32_error(doc_lens, hq, hkv, seed):
+    """How far the single-process fp32 kernel is from fp64 (the yardstick for CP fp32)."""
+    st = ParallelState(ParallelDims.resolve(1), 0, torch.device("cpu"))
+    return _run_case(st, "ring", "contiguous", 1, {}, doc_lens, hq, hkv, torch.float32, seed)
+
+
+def _worker(rank, world_size):
+    n = world_size
+    base = ParallelState.create(ParallelDims.resolve(n, cp=n, cp_algo="ring" if n > 1 else "local"))
+    hq, hkv = _heads(n)
+    for i, (algo, layout, u, options) in enumerate(_cases(n)):
+        seed = 1000 * n + i
+        doc_lens = _doc_lens(n, seed)
+        if algo == "usp":  # heads that split over the Ulysses degree u (KV replicated when u > 2)
+            hq_c, hkv_c = 2 * u, 2 if u % 2 == 0 else 1
+        else:
+            hq_c, hkv_c = hq, hkv
+        err_o, err_g = _run_case(base, algo, layout, u, options, doc_lens, hq_c, hkv_c, torch.float64, seed)
+        assert err_o < 1e-12 and err_g < 1e-12, (algo, layout, u, n, doc_lens, err_o, err_g)
+        if layout != "contiguous" or algo == "ulysses":
+            e32 = _run_case(base, algo, layout, u, options, doc_lens, hq_c, hkv_c, torch.float32, seed)
+            ref32 = _local_fp32_error(doc_lens, hq_c, hkv_c, seed)
+            for got, yard, what in zip(e32, ref32, ("output", "grad")):
+                assert got <= FP32_GROWTH * yard + 1e-7, (algo, layout, u, n, what, got, yard)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4, 5, 6, 7, 8])
+def test_cp_attention_matches_reference(world_size):
+    run_distributed(_worker, world_size)
