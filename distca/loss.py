@@ -12,14 +12,16 @@ from torch.utils.checkpoint import checkpoint
 
 
 def _chunk_ce_sum(h: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    logits = (h @ weight.t()).float()
+    logits = h @ weight.t()
+    if logits.dtype in (torch.float16, torch.bfloat16):  # softmax in fp32, never lower
+        logits = logits.float()
     return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
 
 
 def chunked_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
                               chunk: int = 4096) -> torch.Tensor:
     """Sum of CE over tokens whose label is not -100. hidden [T, d], weight [V, d], labels [T]."""
-    total = hidden.new_zeros((), dtype=torch.float32)
+    total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
     for s in range(0, hidden.shape[0], chunk):
         h, y = hidden[s:s + chunk], labels[s:s + chunk]
         if torch.is_grad_enabled() and hidden.requires_grad:

@@ -19,7 +19,6 @@ from distca.batching import global_label_count, rank_micro_batches
 from distca.data import build_dataset
 from distca.distributed import init_distributed
 from distca.flops import attention_flops, dense_flops, device_peak_tflops
-from distca.loss import chunked_cross_entropy_sum
 from distca.metrics import MetricsLogger
 from distca.model import build_model
 from distca.schedule import lr_at
@@ -119,9 +118,7 @@ def train(cfg) -> list[dict]:
             for i, mb in enumerate(micro):
                 with engine.accumulate(last=i == len(micro) - 1):
                     with amp:
-                        hidden = engine(mb.input_ids, mb.shard)
-                    ce = chunked_cross_entropy_sum(hidden, model.lm_head.weight, mb.labels,
-                                                   cfg.model.loss_chunk_tokens)
+                        ce = engine(mb.input_ids, mb.shard, mb.labels)
                     engine.backward(ce / n_labels * group_size)
                 local_sum += ce.detach()
             lr = lr_at(step, t)

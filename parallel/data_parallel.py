@@ -101,6 +101,10 @@ class DeepSpeedEngine:
 
     def backward(self, loss: torch.Tensor) -> None:
         self.model.backward(loss, scale_wrt_gas=False)
+        # DeepSpeed counts micro-steps in step(): call it after every backward but the last,
+        # where it only advances the counter; the real update happens in self.step().
+        if not self.model.is_gradient_accumulation_boundary():
+            self.model.step()
 
     def step(self, lr: float) -> float:
         for g in self.optimizer.param_groups:

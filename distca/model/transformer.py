@@ -6,9 +6,22 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
+from distca.loss import chunked_cross_entropy_sum
 from distca.model.layers import RMSNorm, SwiGLU, rope_cos_sin
 from distca.model.linear_attention import LinearAttention
 from distca.model.softmax_attention import SoftmaxAttention
+
+
+class ChunkedLMHead(nn.Module):
+    """The output projection fused with the loss, so logits exist one chunk at a time.
+    A module of its own so that ZeRO-3 gathers its weight around its forward and backward."""
+    def __init__(self, dim: int, vocab_size: int, chunk: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(vocab_size, dim))
+        self.chunk = chunk
+
+    def forward(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return chunked_cross_entropy_sum(hidden, self.weight, labels, self.chunk)
 
 
 class Block(nn.Module):
@@ -43,7 +56,7 @@ class HybridLM(nn.Module):
             blocks.append(Block(dim, mcfg.ffn_hidden, mixer, mcfg.norm_eps))
         self.blocks = nn.ModuleList(blocks)
         self.norm = RMSNorm(dim, mcfg.norm_eps)
-        self.lm_head = nn.Linear(dim, vocab_size, bias=False)
+        self.lm_head = ChunkedLMHead(dim, vocab_size, mcfg.loss_chunk_tokens)
         if mcfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self._init_weights(mcfg.init_std, len(blocks))
@@ -60,8 +73,9 @@ class HybridLM(nn.Module):
             if hasattr(blk.mixer, "decay_proj"):
                 nn.init.constant_(blk.mixer.decay_proj.bias, 4.0)  # start near no decay
 
-    def forward(self, input_ids: torch.Tensor, shard) -> torch.Tensor:
-        """input_ids [T_local] in the shard's local order -> final hidden states [T_local, dim]."""
+    def forward(self, input_ids: torch.Tensor, shard, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [T_local] in the shard's local order -> the summed next-token loss over
+        `labels` (not -100), or the final hidden states [T_local, dim] without labels."""
         x = self.embed(input_ids)
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         rope = rope_cos_sin(shard.position_ids.to(x.device), self.head_dim, self.cfg.rope_theta, dtype)
@@ -70,7 +84,8 @@ class HybridLM(nn.Module):
                 x = checkpoint(blk, x, shard, rope, use_reentrant=False)
             else:
                 x = blk(x, shard, rope)
-        return self.norm(x)
+        x = self.norm(x)
+        return x if labels is None else self.lm_head(x, labels)
 
     def num_params(self, exclude_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

@@ -1,0 +1,68 @@
+"""Bad input fails early with an error naming the field and the fix."""
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from distca.config import compose_config
+from distca.train import train
+from distca.validate import resolve_dims
+from tests.train_utils import tiny_cfg
+
+
+def _err(cfg, world=1):
+    with pytest.raises(ValueError) as e:
+        resolve_dims(cfg, world)
+    return str(e.value)
+
+
+def test_degrees_not_matching_world(tmp_path):
+    msg = _err(tiny_cfg(tmp_path, "parallel.dp=2", "parallel.cp=2", "parallel.cp_algo=ring"), world=6)
+    assert "world size is 6" in msg and "parallel.dp" in msg
+    msg = _err(tiny_cfg(tmp_path, "parallel.cp=4", "parallel.cp_algo=ring"), world=6)
+    assert "not divisible" in msg and "parallel.cp" in msg
+
+
+def test_heads_not_divisible_by_tp(tmp_path):
+    msg = _err(tiny_cfg(tmp_path, "parallel.tp=3"), world=3)
+    assert "parallel.tp=3" in msg and "model.heads" in msg
+
+
+def test_tp_pp_not_implemented_yet(tmp_path):
+    assert "tensor parallelism is not implemented" in _err(tiny_cfg(tmp_path, "parallel.tp=2"), world=2)
+    assert "pipeline parallelism is not implemented" in _err(tiny_cfg(tmp_path, "parallel.pp=2"), world=2)
+
+
+def test_cp_needs_an_algorithm(tmp_path):
+    assert "parallel.cp_algo" in _err(tiny_cfg(tmp_path, "parallel.cp=2"), world=2)
+
+
+def test_unknown_option_value(tmp_path):
+    assert "parallel.cp_algo='bogus'" in _err(tiny_cfg(tmp_path, "parallel.cp_algo=bogus"))
+    assert "train.dtype" in _err(tiny_cfg(tmp_path, "train.dtype=fp8"))
+    assert "model.layers" in _err(tiny_cfg(tmp_path, "model.layers=SXS"))
+
+
+def test_unknown_key_is_a_hydra_error():
+    with pytest.raises((ConfigCompositionException, ConfigKeyError, ValidationError)) as e:
+        compose_config(["experiment=tiny", "parallel.cpp=2"])
+    assert "cpp" in str(e.value) or "cpp" in str(e.value.__cause__)
+
+
+def test_batch_not_divisible(tmp_path):
+    msg = _err(tiny_cfg(tmp_path, "train.global_batch_size=3", "parallel.dp=2"), world=2)
+    assert "train.global_batch_size=3" in msg and "parallel.dp" in msg
+
+
+def test_missing_data_path(tmp_path):
+    cfg = tiny_cfg(tmp_path, "data.source=jsonl", f"data.paths=[{tmp_path}/nope/*.jsonl]")
+    with pytest.raises(ValueError, match="data.paths"):
+        train(cfg)
+
+
+def test_unbuilt_algorithm_is_a_clear_error(tmp_path, monkeypatch):
+    from parallel.context import api
+    monkeypatch.setitem(api.CORE_ATTENTION, "ring", "parallel.context.does_not_exist:Ring")
+    from parallel.dims import ParallelDims, ParallelState
+    st = ParallelState(ParallelDims.resolve(2, cp=2, cp_algo="ring"), 0, None)
+    with pytest.raises(ValueError, match="parallel.cp_algo='ring' is not implemented"):
+        api.build_core_attention(st)
