@@ -1,0 +1,250 @@
+"""Who sends which tokens where: the all-to-all layouts of a plan, and the all-to-all itself.
+
+Per direction there is ONE `all_to_all_single` with variable splits (gloo on CPU, NCCL on
+GPU). Rows of every buffer are D wide (one head of one token), so q (Hq heads) and k/v
+(Hkv heads) share a buffer and a single gather builds it:
+
+  dispatch  origin -> server: per destination [q rows | k rows | v rows]
+  return    server -> origin: o rows (forward), or [dq | dk | dv] rows (backward, same
+            layout as the dispatch, reversed)
+  dO        origin -> server: the q rows' layout
+
+A key/value token goes to a server once, whatever number of that server's tasks need it:
+the server replicates it into each kernel segment locally, and the gradients of those
+copies are summed on the server before the return, and over servers at the origin.
+Every rank computes every layout from the same global plan; only its own slices are kept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from distca.cad.planner import segment_order
+from distca.cad.tasks import CostModel, TaskTable
+
+
+@dataclass
+class PieceTable:
+    """Every local piece of every rank of the CAD group: where its tokens live."""
+    rank: np.ndarray    # owner rank
+    doc: np.ndarray     # document id, unique over the group
+    start: np.ndarray   # position of the first token inside the document
+    length: np.ndarray
+    local: np.ndarray   # offset of the first token in the owner's local order
+
+    def tasks(self) -> TaskTable:
+        """The in-place tasks: every piece's queries, run where they live."""
+        return TaskTable(np.arange(self.rank.size, dtype=np.int64), self.rank, self.doc,
+                         self.start, self.start + self.length)
+
+
+def expand_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenate arange(s, s + n) for every (s, n), without a Python loop."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offs = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, dtype=np.int64) - offs, lengths) + np.arange(total)
+
+
+@dataclass
+class Transfers:
+    """Token ranges moving between ranks, in the canonical order both ends agree on."""
+    q_src: np.ndarray
+    q_dst: np.ndarray
+    q_piece: np.ndarray
+    q_doc: np.ndarray
+    q_start: np.ndarray
+    q_end: np.ndarray
+    kv_src: np.ndarray
+    kv_dst: np.ndarray
+    kv_piece: np.ndarray
+    kv_doc: np.ndarray
+    kv_start: np.ndarray
+    kv_end: np.ndarray
+
+    def remote_bytes(self, cm: CostModel) -> int:
+        """Bytes crossing between ranks in one layer's forward and backward."""
+        q = int(((self.q_end - self.q_start)[self.q_src != self.q_dst]).sum())
+        kv = int(((self.kv_end - self.kv_start)[self.kv_src != self.kv_dst]).sum())
+        return q * cm.bytes_per_q_token + kv * cm.bytes_per_kv_token
+
+
+def transfers(parts: TaskTable, server: np.ndarray, pieces: PieceTable) -> Transfers:
+    """q ranges: each part's queries from their owner to its server. kv ranges: for every
+    (server, document) the prefix up to the furthest query there, from whichever ranks own it."""
+    o = np.lexsort((parts.q_start, parts.doc, parts.owner, server))
+    q = (parts.owner[o], server[o], parts.piece[o], parts.doc[o], parts.q_start[o], parts.q_end[o])
+    if len(parts):
+        o2 = np.lexsort((parts.doc, server))
+        sd_srv, sd_doc, sd_end = server[o2], parts.doc[o2], parts.q_end[o2]
+        new = np.r_[True, (sd_srv[1:] != sd_srv[:-1]) | (sd_doc[1:] != sd_doc[:-1])]
+        first = np.nonzero(new)[0]
+        need_srv, need_doc = sd_srv[first], sd_doc[first]
+        need_end = np.maximum.reduceat(sd_end, first)
+    else:
+        need_srv = need_doc = need_end = np.zeros(0, dtype=np.int64)
+    po = np.lexsort((pieces.start, pieces.doc))
+    pdoc = pieces.doc[po]
+    lo = np.searchsorted(pdoc, need_doc, side="left")
+    hi = np.searchsorted(pdoc, need_doc, side="right")
+    pair = np.repeat(np.arange(need_doc.size), hi - lo)
+    pidx = po[expand_ranges(lo, hi - lo)]
+    ks = pieces.start[pidx]
+    ke = np.minimum(pieces.start[pidx] + pieces.length[pidx], need_end[pair])
+    keep = ke > ks
+    pair, pidx, ks, ke = pair[keep], pidx[keep], ks[keep], ke[keep]
+    src, dst, doc = pieces.rank[pidx], need_srv[pair], need_doc[pair]
+    o3 = np.lexsort((ks, doc, src, dst))
+    return Transfers(*q, src[o3], dst[o3], pidx[o3], doc[o3], ks[o3], ke[o3])
+
+
+def _tokens(pieces: PieceTable, piece, start, end) -> np.ndarray:
+    """Local token indices (in the owner's local order) of document ranges inside pieces."""
+    return expand_ranges(pieces.local[piece] + (start - pieces.start[piece]), end - start)
+
+
+def _heads(base: np.ndarray, heads: int) -> np.ndarray:
+    """Row indices of every head of tokens whose first head row is `base`."""
+    return (base[:, None] + np.arange(heads)[None, :]).reshape(-1)
+
+
+@dataclass
+class Layout:
+    """This rank's side of one plan (or one ping-pong half), for given head counts.
+
+    Torch index tensors, built once per micro-batch and reused by every layer."""
+    send_rows: torch.Tensor      # rows of the [q; k; v] pool, in send order
+    send_splits: list[int]       # rows per destination
+    recv_splits: list[int]       # rows per source
+    q_tok: torch.Tensor          # local tokens whose queries leave, in send order
+    q_send_splits: list[int]     # q rows per destination (o return and dO dispatch)
+    q_recv_splits: list[int]     # q rows per source
+    srv_q_rows: torch.Tensor     # recv rows of the server's queries, in kernel order
+    srv_k_rows: torch.Tensor     # recv rows of keys, replicated per kernel segment
+    srv_v_rows: torch.Tensor
+    srv_q_slots: torch.Tensor    # recv q slot (token) of every kernel query
+    srv_q_pos: torch.Tensor      # kernel position of every recv q slot (inverse of the above)
+    cu_seqlens_q: torch.Tensor
+    cu_seqlens_k: torch.Tensor
+    max_seqlen_q: int
+    max_seqlen_k: int
+    num_segments: int
+
+    @property
+    def num_server_queries(self) -> int:
+        return int(self.srv_q_slots.numel())
+
+
+def build_layout(tr: Transfers, pieces: PieceTable, me: int, num_ranks: int,
+                 local_tokens: int, hq: int, hkv: int, device) -> Layout:
+    """Index tensors for rank `me`: what it sends as origin, what it runs as server."""
+    T = local_tokens
+    # ---- origin side: per destination [q | k | v] -------------------------------------
+    qm = tr.q_src == me
+    q_len = tr.q_end[qm] - tr.q_start[qm]
+    q_tok = _tokens(pieces, tr.q_piece[qm], tr.q_start[qm], tr.q_end[qm])
+    nq_dst = np.bincount(tr.q_dst[qm], q_len, minlength=num_ranks).astype(np.int64)
+    km = tr.kv_src == me
+    kv_len = tr.kv_end[km] - tr.kv_start[km]
+    kv_tok = _tokens(pieces, tr.kv_piece[km], tr.kv_start[km], tr.kv_end[km])
+    nkv_dst = np.bincount(tr.kv_dst[km], kv_len, minlength=num_ranks).astype(np.int64)
+    blk = nq_dst * hq + 2 * nkv_dst * hkv
+    blk_start = np.cumsum(blk) - blk
+    q_dst_tok = np.repeat(np.arange(num_ranks), nq_dst)
+    q_j = np.arange(q_tok.size) - np.repeat(np.cumsum(nq_dst) - nq_dst, nq_dst)
+    kv_dst_tok = np.repeat(np.arange(num_ranks), nkv_dst)
+    kv_j = np.arange(kv_tok.size) - np.repeat(np.cumsum(nkv_dst) - nkv_dst, nkv_dst)
+    send_rows = np.empty(int(blk.sum()), dtype=np.int64)
+    kbase = blk_start[kv_dst_tok] + nq_dst[kv_dst_tok] * hq + kv_j * hkv
+    send_rows[_heads(blk_start[q_dst_tok] + q_j * hq, hq)] = _heads(q_tok * hq, hq)
+    send_rows[_heads(kbase, hkv)] = _heads(T * hq + kv_tok * hkv, hkv)
+    send_rows[_heads(kbase + nkv_dst[kv_dst_tok] * hkv, hkv)] = _heads(T * (hq + hkv) + kv_tok * hkv, hkv)
+
+    # ---- server side -------------------------------------------------------------------
+    rq = tr.q_dst == me
+    r_src, r_doc = tr.q_src[rq], tr.q_doc[rq]
+    r_start, r_end = tr.q_start[rq], tr.q_end[rq]
+    nq_src = np.bincount(r_src, r_end - r_start, minlength=num_ranks).astype(np.int64)
+    rk = tr.kv_dst == me
+    k_src, k_doc = tr.kv_src[rk], tr.kv_doc[rk]
+    k_start, k_end = tr.kv_start[rk], tr.kv_end[rk]
+    nkv_src = np.bincount(k_src, k_end - k_start, minlength=num_ranks).astype(np.int64)
+    rblk = nq_src * hq + 2 * nkv_src * hkv
+    rblk_start = np.cumsum(rblk) - rblk
+    # recv q slots (tokens in receive order) of each part, then kernel order (doc, position)
+    part_len = r_end - r_start
+    part_slot = np.cumsum(part_len) - part_len
+    part_j = part_slot - (np.cumsum(nq_src) - nq_src)[r_src]  # index inside its source's q rows
+    korder, new = segment_order(TaskTable(np.zeros_like(r_src), r_src, r_doc, r_start, r_end),
+                                np.zeros_like(r_src))
+    slots = expand_ranges(part_slot[korder], part_len[korder])
+    q_base_of_slot = np.repeat(rblk_start[r_src] + part_j * hq, part_len) + \
+        (np.arange(slots.size) - np.repeat(part_slot, part_len)) * hq
+    srv_q_rows = _heads(q_base_of_slot[slots], hq)
+    # kernel segments: runs of parts of one document that meet end to start
+    seg_id = np.cumsum(new) - 1
+    seg_q = np.bincount(seg_id, part_len[korder]).astype(np.int64) if slots.size else np.zeros(0, np.int64)
+    seg_last = np.r_[new[1:], True] if new.size else new
+    seg_doc, seg_kv = r_doc[korder][seg_last], r_end[korder][seg_last]
+    # keys per document in position order: every (src, doc) range, sorted by (doc, start)
+    kslot_start = np.cumsum(k_end - k_start) - (k_end - k_start)
+    k_j = kslot_start - (np.cumsum(nkv_src) - nkv_src)[k_src]
+    ko = np.lexsort((k_start, k_doc))
+    rlen = k_end[ko] - k_start[ko]
+    rsrc = k_src[ko]
+    tok_in_range = np.arange(int(rlen.sum())) - np.repeat(np.cumsum(rlen) - rlen, rlen)
+    k_row_base = np.repeat(rblk_start[rsrc] + nq_src[rsrc] * hq + k_j[ko] * hkv, rlen) \
+        + tok_in_range * hkv
+    v_row_base = k_row_base + np.repeat(nkv_src[rsrc] * hkv, rlen)
+    doc_keys = np.unique(k_doc)
+    doc_first = np.searchsorted(k_doc[ko], doc_keys, side="left")
+    doc_base = (np.cumsum(rlen) - rlen)[doc_first]  # where each document's key 0 sits
+    seg_base = doc_base[np.searchsorted(doc_keys, seg_doc)] if seg_doc.size else seg_doc
+    seg_tok = expand_ranges(seg_base, seg_kv)
+    srv_k_rows = _heads(k_row_base[seg_tok], hkv)
+    srv_v_rows = _heads(v_row_base[seg_tok], hkv)
+    q_pos = np.empty(slots.size, dtype=np.int64)
+    q_pos[slots] = np.arange(slots.size)
+    cu_q = np.r_[0, np.cumsum(seg_q)].astype(np.int32)
+    cu_k = np.r_[0, np.cumsum(seg_kv)].astype(np.int32)
+
+    def t(a):
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    return Layout(
+        send_rows=t(send_rows), send_splits=blk.tolist(), recv_splits=rblk.tolist(),
+        q_tok=t(q_tok), q_send_splits=(nq_dst * hq).tolist(), q_recv_splits=(nq_src * hq).tolist(),
+        srv_q_rows=t(srv_q_rows), srv_k_rows=t(srv_k_rows), srv_v_rows=t(srv_v_rows),
+        srv_q_slots=t(slots), srv_q_pos=t(q_pos), cu_seqlens_q=t(cu_q), cu_seqlens_k=t(cu_k),
+        max_seqlen_q=int(seg_q.max()) if seg_q.size else 0,
+        max_seqlen_k=int(seg_kv.max()) if seg_kv.size else 0, num_segments=int(seg_q.size))
+
+
+class Exchange:
+    """One all-to-all in flight (or done). `wait()` returns the received buffer.
+
+    On GPU an async NCCL collective runs on the process group's own stream, so work issued
+    on the compute stream after `start` overlaps it; `wait` makes the compute stream wait."""
+
+    def __init__(self, send: torch.Tensor, send_splits: list[int], recv_splits: list[int],
+                 group, async_op: bool):
+        self.recv = send.new_empty((sum(recv_splits),) + tuple(send.shape[1:]))
+        self.work = None
+        if group is None or dist.get_world_size(group) == 1:
+            self.recv = send
+            return
+        self._send = send  # keep alive until the collective finishes
+        self.work = dist.all_to_all_single(self.recv, send, recv_splits, send_splits,
+                                           group=group, async_op=async_op)
+
+    def wait(self) -> torch.Tensor:
+        if self.work is not None:
+            self.work.wait()
+            self.work = None
+            self._send = None
+        return self.recv

@@ -1,0 +1,338 @@
+"""The CAD planner: which attention server runs which CA-task, rebalanced every step.
+
+Input: the tasks every rank would run in place (its own query pieces) with their costs.
+Output: parts (tasks, possibly split) and the server that runs each, such that every
+server's cost is within `tolerance` of the mean, moving as few bytes as it can.
+
+Two vectorised phases (numpy; no Python loop over tokens, tasks or ranks):
+
+1. Shed. Every server above (1 + tolerance) x mean sheds down to (1 + tolerance/2) x mean
+   (a dedicated-server setup makes non-servers shed everything). Within a donor, tasks go
+   in order of compute per byte (a task's cost over the bytes of its queries plus its whole
+   key prefix): whole tasks while they fit, then one task is split for the remainder, from
+   its head or its tail, whichever moves fewer bytes (the tail has the most compute per
+   query but needs the whole prefix; a short head needs only a short prefix).
+2. Place. Receivers are water-filled to a common level. Shed chunks (largest first) are laid
+   on a line against the receivers' capacities (largest first); a chunk that straddles a
+   capacity boundary is cut there, so a big document is spread over consecutive receivers
+   with at most one cut per receiver.
+
+Cuts snap to multiples of `block` in document positions (the kernel's tile), so shards keep
+the kernel efficient. Costs of the resulting parts are re-evaluated with the cost model
+(the measured table makes small shards relatively dearer, which the numbers then show).
+A per-server memory cap is met by lowering the cost ceiling of servers over it and planning
+again. Everything is deterministic: stable sorts with explicit tie-breaks, so every rank
+computes the same plan from the same all-gathered metadata.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from distca.cad.tasks import CostModel, TaskTable, position_at_pairs, prefix_pairs
+
+# Donors shed down to the middle of the tolerance band, so rounding to blocks and the table's
+# non-additive costs do not push them back over the band's top.
+SHED_TARGET_FRACTION = 0.5
+MAX_MEMORY_ROUNDS = 8
+
+
+@dataclass
+class Plan:
+    parts: TaskTable          # tasks after moving and splitting
+    server: np.ndarray        # [P] rank that runs each part
+    cost: np.ndarray          # [P] cost of each part (seconds, forward + backward)
+    servers: np.ndarray       # ranks that serve attention
+    load_before: np.ndarray   # [N] cost if every rank ran its own queries
+    load_after: np.ndarray    # [N] cost per rank under the plan
+    memory: np.ndarray        # [N] estimated bytes a server holds for its tasks
+    plan_ms: float
+
+    @property
+    def imbalance_before(self) -> float:
+        return _imbalance(self.load_before)
+
+    @property
+    def imbalance_after(self) -> float:
+        return _imbalance(self.load_after[self.servers])
+
+
+def _imbalance(loads: np.ndarray) -> float:
+    mean = float(loads.mean()) if loads.size else 0.0
+    return float(loads.max()) / mean if mean > 0 else 1.0
+
+
+def server_ranks(num_ranks: int, servers) -> np.ndarray:
+    """The ranks that serve: all of them (servers None/0), or K spread evenly over the group
+    (so dedicated servers do not all sit in one DP replica), or an explicit list."""
+    if servers is None or (np.isscalar(servers) and int(servers) in (0, num_ranks)):
+        return np.arange(num_ranks, dtype=np.int64)
+    if np.isscalar(servers):
+        k = int(servers)
+        if not 1 <= k <= num_ranks:
+            raise ValueError(f"servers={k} must be between 1 and the CAD group size {num_ranks} "
+                             "(0 = every rank serves in place)")
+        return np.unique((np.arange(k, dtype=np.int64) * num_ranks) // k)
+    s = np.unique(np.asarray(servers, dtype=np.int64))
+    if s.size == 0 or s[0] < 0 or s[-1] >= num_ranks:
+        raise ValueError(f"servers={list(servers)} must be ranks in [0, {num_ranks})")
+    return s
+
+
+def _group_starts(keys: np.ndarray) -> np.ndarray:
+    """Index of the first element of each element's group in a sorted key array."""
+    n = keys.size
+    new = np.ones(n, dtype=bool)
+    new[1:] = keys[1:] != keys[:-1]
+    first = np.nonzero(new)[0]
+    return first[np.cumsum(new) - 1]
+
+
+def _snap(start, end, cut, target, head: np.ndarray, block: int) -> np.ndarray:
+    """Move real cut positions to a multiple of `block` (or to start/end) inside [start, end],
+    choosing the neighbour whose head part [start, c) (head=True) or tail part [c, end) has
+    pair count closest to `target`."""
+    fl = np.floor(cut / block) * block
+    lo = np.clip(fl, start, end)
+    hi = np.clip(fl + block, start, end)
+
+    def err(c):
+        got = np.where(head, prefix_pairs(start, c), prefix_pairs(c, end))
+        return np.abs(got - target)
+
+    return np.where(err(lo) <= err(hi), lo, hi).astype(np.int64)
+
+
+def _shed(tasks: TaskTable, cost: np.ndarray, excess: np.ndarray, must_empty: np.ndarray,
+          split_floor: float, block: int, cm: CostModel):
+    """Phase 1. Returns (kept, shed) task tables; `excess[r]` is how much rank r sheds."""
+    n_ranks = excess.size
+    donor_task = excess[tasks.owner] > 0
+    idx = np.nonzero(donor_task)[0]
+    if idx.size == 0:
+        return tasks, tasks.take(np.zeros(0, dtype=np.int64))
+    t = tasks.take(idx)
+    c = cost[idx]
+    byt = t.q_len * cm.bytes_per_q_token + t.q_end * cm.bytes_per_kv_token
+    eff = c / np.maximum(byt, 1)
+    order = np.lexsort((idx, -eff, t.owner))          # per donor, best compute-per-byte first
+    t, c, idx = t.take(order), c[order], idx[order]
+    cs = np.cumsum(c)
+    gstart = _group_starts(t.owner)
+    before = cs - c - (cs[gstart] - c[gstart])          # cost taken before this task in its donor
+    x = excess[t.owner]
+    take = (before + c <= x * (1 + 1e-9)) | must_empty[t.owner]
+    # the first task that does not fit is split for what remains (if it is worth a split)
+    first_out = ~take & ((np.arange(t.q_len.size) == gstart) | np.r_[True, take[:-1]])
+    rem = x - before
+    split = first_out & (rem > split_floor)
+    shed_parts, keep_mask = [t.take(take)], ~take
+    if split.any():
+        s = t.take(split)
+        frac = rem[split] / c[split]
+        total = prefix_pairs(s.q_start, s.q_end)
+        want = frac * total
+        y = position_at_pairs(s.q_start, want)          # head [q_start, y)
+        xcut = position_at_pairs(s.q_start, total - want)  # tail [xcut, q_end)
+        head_bytes = (y - s.q_start) * cm.bytes_per_q_token + y * cm.bytes_per_kv_token
+        tail_bytes = (s.q_end - xcut) * cm.bytes_per_q_token + s.q_end * cm.bytes_per_kv_token
+        head = head_bytes < tail_bytes
+        cut = _snap(s.q_start, s.q_end, np.where(head, y, xcut), want, head, block)
+        shed_start = np.where(head, s.q_start, cut)
+        shed_end = np.where(head, cut, s.q_end)
+        keep_start = np.where(head, cut, s.q_start)
+        keep_end = np.where(head, s.q_end, cut)
+        shed_parts.append(TaskTable(s.piece, s.owner, s.doc, shed_start, shed_end))
+        keep_mask[split] = False
+        kept_split = TaskTable(s.piece, s.owner, s.doc, keep_start, keep_end)
+    else:
+        kept_split = t.take(np.zeros(0, dtype=np.int64))
+    untouched = np.ones(len(tasks), dtype=bool)
+    untouched[idx] = False
+    kept = TaskTable.concat([tasks.take(untouched), t.take(keep_mask), kept_split])
+    shed = TaskTable.concat(shed_parts)
+    nonempty = lambda tt: tt.take(tt.q_end > tt.q_start)  # noqa: E731
+    return nonempty(kept), nonempty(shed)
+
+
+def _water_level(load: np.ndarray, ceiling: np.ndarray, amount: float) -> np.ndarray:
+    """Capacities that fill receivers to one common level (never above their ceiling)
+    so that they add up to `amount` (or to all there is, when that is less)."""
+    room = np.maximum(ceiling - load, 0.0)
+    if amount <= 0 or room.sum() <= amount:
+        return room
+    lo, hi = float(load.min()), float(np.max(np.minimum(ceiling, load + amount)))
+    for _ in range(60):  # bisection on the level: 60 halvings reach float precision
+        mid = (lo + hi) / 2
+        if np.clip(np.minimum(mid, ceiling) - load, 0, None).sum() < amount:
+            lo = mid
+        else:
+            hi = mid
+    return np.clip(np.minimum(hi, ceiling) - load, 0, None)
+
+
+def _place(shed: TaskTable, shed_cost: np.ndarray, receivers: np.ndarray, capacity: np.ndarray,
+           block: int):
+    """Phase 2. Lay chunks against receiver capacities; returns (parts, server) where
+    server = -1 marks work no receiver had room for."""
+    if len(shed) == 0:
+        return shed, np.zeros(0, dtype=np.int64)
+    corder = np.lexsort((np.arange(len(shed)), -shed_cost))
+    ch, cc = shed.take(corder), shed_cost[corder]
+    rorder = np.lexsort((receivers, -capacity))
+    recv, cap = receivers[rorder], capacity[rorder]
+    c_end = np.cumsum(cc)
+    c_start = np.r_[0.0, c_end[:-1]]
+    r_end = np.cumsum(cap)
+    # every capacity boundary inside the line cuts; past the last one is overflow
+    bounds = r_end[r_end < c_end[-1]]
+    # a boundary strictly inside chunk j cuts it
+    j = np.searchsorted(c_end, bounds, side="right")
+    inside = (j < len(ch)) & (bounds > c_start[np.minimum(j, len(ch) - 1)])
+    bounds, j = bounds[inside], j[inside]
+    a, b = ch.q_start[j], ch.q_end[j]
+    total = prefix_pairs(a, b)
+    want = (bounds - c_start[j]) / cc[j] * total
+    cut = _snap(a, b, position_at_pairs(a, want), want, np.ones(j.size, dtype=bool), block)
+    # segment starts: every chunk start plus every cut, in line order
+    seg_chunk = np.concatenate([np.arange(len(ch)), j])
+    seg_line = np.concatenate([c_start, bounds])
+    seg_pos = np.concatenate([ch.q_start, cut])
+    o = np.lexsort((seg_line, seg_chunk))
+    seg_chunk, seg_line, seg_pos = seg_chunk[o], seg_line[o], seg_pos[o]
+    # snapping keeps cuts ordered already; enforce it anyway so segments never go backwards
+    big = np.int64(1) << np.int64(42)
+    seg_pos = np.maximum.accumulate(seg_pos + seg_chunk * big) - seg_chunk * big
+    last = np.r_[seg_chunk[1:] != seg_chunk[:-1], True]
+    seg_end = np.where(last, ch.q_end[seg_chunk], np.r_[seg_pos[1:], 0])
+    ridx = np.searchsorted(r_end, seg_line, side="right")
+    server = np.full(seg_line.size, -1, dtype=np.int64)
+    ok = ridx < recv.size
+    server[ok] = recv[ridx[ok]]
+    parts = TaskTable(ch.piece[seg_chunk], ch.owner[seg_chunk], ch.doc[seg_chunk],
+                      seg_pos, seg_end)
+    keep = seg_end > seg_pos
+    return parts.take(keep), server[keep].astype(np.int64)
+
+
+def _plan_once(tasks, cost, num_ranks, servers, ceiling, tolerance, block, cm):
+    load = np.bincount(tasks.owner, cost, minlength=num_ranks)
+    is_server = np.zeros(num_ranks, dtype=bool)
+    is_server[servers] = True
+    mean = load.sum() / servers.size
+    top = np.minimum(ceiling, mean * (1 + tolerance))
+    target = np.minimum(ceiling, mean * (1 + tolerance * SHED_TARGET_FRACTION))
+    excess = np.where(load > top * (1 + 1e-12), load - target, 0.0)
+    must_empty = ~is_server
+    excess[must_empty] = load[must_empty]
+    split_floor = mean * tolerance * SHED_TARGET_FRACTION / 2
+    kept, shed = _shed(tasks, cost, excess, must_empty & (load > 0), split_floor, block, cm)
+    kept_cost, shed_cost = cm.task_cost(kept), cm.task_cost(shed)
+    kept_load = np.bincount(kept.owner, kept_cost, minlength=num_ranks)
+    capacity = _water_level(kept_load[servers], ceiling[servers], float(shed_cost.sum()))
+    has_room = capacity > 0
+    moved, where = _place(shed, shed_cost, servers[has_room], capacity[has_room], block)
+    # work nobody had room for stays home, or goes to the least-loaded server
+    home = np.where(is_server[moved.owner], moved.owner,
+                    servers[np.argmin(kept_load[servers])])
+    where = np.where(where < 0, home, where)
+    parts = TaskTable.concat([kept, moved])
+    server = np.concatenate([kept.owner, where]).astype(np.int64)
+    return parts, server
+
+
+def segment_order(parts: TaskTable, server: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Order parts by (server, doc, q_start) and flag where a kernel segment starts: parts of
+    one document that meet end to start on one server run as one segment (one copy of its
+    key prefix instead of several)."""
+    order = np.lexsort((parts.q_start, parts.doc, server))
+    s, d = server[order], parts.doc[order]
+    qs, qe = parts.q_start[order], parts.q_end[order]
+    new = np.ones(order.size, dtype=bool)
+    new[1:] = (s[1:] != s[:-1]) | (d[1:] != d[:-1]) | (qs[1:] != qe[:-1])
+    return order, new
+
+
+def server_memory(parts: TaskTable, server: np.ndarray, num_ranks: int, cm: CostModel) -> np.ndarray:
+    """Bytes each server holds for its tasks: q, o and lse per query token, plus k and v of
+    every kernel segment's key prefix."""
+    mem = np.bincount(server, parts.q_len * float(cm.mem_per_q_token), minlength=num_ranks)
+    if len(parts):
+        order, new = segment_order(parts, server)
+        seg_last = np.r_[new[1:], True]
+        kv = parts.q_end[order][seg_last] * float(cm.mem_per_kv_token)
+        mem += np.bincount(server[order][seg_last], kv, minlength=num_ranks)
+    return mem
+
+
+def plan(tasks: TaskTable, num_ranks: int, cost_model: CostModel, *, tolerance: float = 0.1,
+         block: int = 128, servers=None, memory_cap: float | None = None) -> Plan:
+    """Balance the attention work of `tasks` over the serving ranks (see the module doc)."""
+    if tolerance < 0:
+        raise ValueError(f"tolerance={tolerance} must be >= 0 (e.g. 0.1 = within 10% of the mean)")
+    if int(block) != block or block < 1:
+        raise ValueError(f"block={block} must be a positive integer (the kernel's tile, e.g. 128)")
+    if memory_cap is not None and memory_cap <= 0:
+        raise ValueError(f"memory_cap={memory_cap} must be a positive number of bytes or None")
+    if len(tasks) and (tasks.owner.min() < 0 or tasks.owner.max() >= num_ranks):
+        raise ValueError(f"task owners must be ranks in [0, {num_ranks})")
+    t0 = time.perf_counter()
+    srv = server_ranks(num_ranks, servers)
+    cost = cost_model.task_cost(tasks)
+    load_before = np.bincount(tasks.owner, cost, minlength=num_ranks)
+    ceiling = np.full(num_ranks, np.inf)
+    for _ in range(MAX_MEMORY_ROUNDS):
+        parts, server = _plan_once(tasks, cost, num_ranks, srv, ceiling, tolerance, int(block),
+                                   cost_model)
+        part_cost = cost_model.task_cost(parts)
+        load_after = np.bincount(server, part_cost, minlength=num_ranks)
+        memory = server_memory(parts, server, num_ranks, cost_model)
+        over = memory > memory_cap if memory_cap is not None else np.zeros(num_ranks, bool)
+        if not over.any():
+            break
+        # plan again with a lower cost ceiling where memory overflowed
+        ceiling[over] = np.minimum(ceiling[over], load_after[over] * memory_cap / memory[over] * 0.9)
+    else:
+        raise ValueError(
+            f"memory_cap={memory_cap:.3g} bytes per server cannot be met: the best plan found "
+            f"needs {memory.max():.3g} bytes on rank {int(memory.argmax())}; raise "
+            "options['memory_cap'] (parallel.cad.memory_cap) or use more servers")
+    return Plan(parts, server, part_cost, srv, load_before, load_after, memory,
+                (time.perf_counter() - t0) * 1e3)
+
+
+def split_halves(p: Plan, cost_model: CostModel, block: int) -> np.ndarray:
+    """Ping-pong: give every part a half (0 or 1) so each server's two halves cost about the
+    same. Parts go in (doc, position) order; the one straddling the middle of the server's
+    cost is cut there (at most one extra split per server). Returns the half of each part,
+    and replaces p.parts/p.server/p.cost in place with the split parts."""
+    parts, server, cost = p.parts, p.server, p.cost
+    if len(parts) == 0:
+        return np.zeros(0, dtype=np.int64)
+    order = np.lexsort((parts.q_start, parts.doc, server))
+    parts, server, cost = parts.take(order), server[order], cost[order]
+    cs = np.cumsum(cost)
+    gs = _group_starts(server)
+    start = cs - cost - (cs[gs] - cost[gs])
+    total = np.bincount(server, cost, minlength=int(server.max()) + 1)[server]
+    mid = total / 2
+    straddle = (start < mid) & (start + cost > mid)
+    half = np.where(start + cost / 2 <= mid, 0, 1).astype(np.int64)
+    if straddle.any():
+        s = parts.take(straddle)
+        want = (mid[straddle] - start[straddle]) / cost[straddle] * prefix_pairs(s.q_start, s.q_end)
+        cut = _snap(s.q_start, s.q_end, position_at_pairs(s.q_start, want), want,
+                    np.ones(len(s), dtype=bool), block)
+        first = TaskTable(s.piece, s.owner, s.doc, s.q_start, cut)
+        second = TaskTable(s.piece, s.owner, s.doc, cut, s.q_end)
+        rest = ~straddle
+        parts = TaskTable.concat([parts.take(rest), first, second])
+        server = np.concatenate([server[rest], server[straddle], server[straddle]])
+        half = np.concatenate([half[rest], np.zeros(len(s), np.int64), np.ones(len(s), np.int64)])
+        keep = parts.q_end > parts.q_start
+        parts, server, half = parts.take(keep), server[keep], half[keep]
+        cost = cost_model.task_cost(parts)
+    p.parts, p.server, p.cost = parts, server, cost
+    return half

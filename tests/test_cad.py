@@ -1,0 +1,173 @@
+"""CAD against the single-process reference: outputs and q/k/v gradients, fp64, gloo on CPU.
+
+One spawn per world size (1..8) runs many cases: DP-only and DP x CP layouts, in-place and
+dedicated servers, with and without ping-pong, documents from one huge one to many tiny
+ones. The reference is `LocalCoreAttention` over each DP replica's whole micro-batch stream.
+Small blocks and tolerances make the planner move and split work even at these sizes
+(each case asserts that something actually moved when the layout was imbalanced).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from distca.cad.attention import CADAttention
+from parallel.context.local import LocalCoreAttention
+from parallel.context.shard import build_shard
+from parallel.dims import ParallelDims, ParallelState
+from tests.distributed_utils import run_distributed
+
+HQ, HKV, D = 4, 2, 8
+
+
+def doc_mix(pattern: str, total: int, rng: np.random.Generator) -> list[int]:
+    if pattern == "huge":
+        return [total]
+    if pattern == "tiny":
+        lens = rng.integers(1, 6, size=total).tolist()
+    elif pattern == "mixed":  # one long document among short ones
+        long = int(total * 0.6)
+        lens = [long] + rng.integers(1, 12, size=total).tolist()
+        rng.shuffle(lens)
+    else:
+        raise ValueError(pattern)
+    out, left = [], total
+    for x in lens:
+        if left == 0:
+            break
+        out.append(min(x, left))
+        left -= out[-1]
+    if left:
+        out.append(left)
+    return out
+
+
+def dp_stream(case_seed: int, dp_rank: int, pattern: str, total: int):
+    """The micro-batch of one DP replica: documents, q/k/v and loss weights (fp64)."""
+    rng = np.random.default_rng(case_seed * 100 + dp_rank)
+    # DP replicas get different mixes (the imbalance CAD removes across DP ranks)
+    pat = pattern if pattern != "per_dp" else ("huge", "tiny", "mixed")[dp_rank % 3]
+    doc_lens = doc_mix(pat, total, rng)
+    g = torch.Generator().manual_seed(case_seed * 100 + dp_rank)
+    q = torch.randn(total, HQ, D, generator=g, dtype=torch.float64)
+    k = torch.randn(total, HKV, D, generator=g, dtype=torch.float64)
+    v = torch.randn(total, HKV, D, generator=g, dtype=torch.float64)
+    w = torch.randn(total, HQ, D, generator=g, dtype=torch.float64)
+    return doc_lens, (q, k, v), w
+
+
+def assert_close(got, want, what):
+    """fp64 comparison (torch.testing's version imports DTensor: seconds per process)."""
+    assert got.shape == want.shape, (what, got.shape, want.shape)
+    if got.numel() == 0:
+        return
+    err = (got - want).abs().max().item()
+    assert err <= 1e-12 + 1e-10 * want.abs().max().item(), f"{what}: max error {err:.3g}"
+
+
+def reference(doc_lens, qkv, w, scale):
+    leaves = [x.clone().requires_grad_() for x in qkv]
+    o = LocalCoreAttention()(*leaves, build_shard(doc_lens), scale)
+    (o * w).sum().backward()
+    return o.detach(), [x.grad for x in leaves]
+
+
+def cases_for(world: int):
+    """(dp, cp, servers, ping_pong, pattern, tokens per dp rank, tolerance, block)."""
+    layouts = [(world, 1)]
+    for cp in range(2, world + 1):
+        if world % cp == 0:
+            layouts.append((world // cp, cp))
+    out = []
+    for i, (dp, cp) in enumerate(layouts):
+        for j, pattern in enumerate(("per_dp", "huge", "tiny", "mixed")):
+            ping = (i + j) % 2 == 0
+            tokens = 24 * cp + 7 * j + dp  # not a multiple of anything, so pieces are ragged
+            out.append((dp, cp, 0, ping, pattern, tokens, 0.0, 2 + (j % 3)))
+    if world >= 3:  # dedicated servers: tokens live everywhere, attention runs on K ranks
+        out.append((world, 1, 2, True, "per_dp", 40, 0.05, 4))
+        out.append((1, world, world - 1, False, "huge", 12 * world + 5, 0.0, 3))
+    if world >= 2:  # a micro-batch with fewer tokens than ranks: some own nothing
+        out.append((1, world, 0, True, "mixed", world - 1 if world > 2 else 3, 0.0, 1))
+    return out
+
+
+def _worker(rank, world, cases):
+    states = {}
+    for n, (dp, cp, servers, ping, pattern, tokens, tol, block) in enumerate(cases):
+        if (dp, cp) not in states:
+            states[(dp, cp)] = ParallelState.create(ParallelDims.resolve(world, dp=dp, cp=cp,
+                                                                         cp_algo="cad"))
+        state = states[(dp, cp)]
+        doc_lens, qkv, w = dp_stream(1000 * world + n, state.dp_rank, pattern, tokens)
+        scale = 0.3
+        o_ref, g_ref = reference(doc_lens, qkv, w, scale)
+        shard = build_shard(doc_lens, state.cp_rank, cp, "contiguous")
+        leaves = [shard.local(x).clone().requires_grad_() for x in qkv]
+        strat = CADAttention(state, {"tolerance": tol, "servers": servers, "block": block,
+                                     "ping_pong": ping, "cost_table": None})
+        o = strat(*leaves, shard, scale)
+        (o * shard.local(w)).sum().backward()
+        what = (f"rank {rank}/{world} dp={dp} cp={cp} servers={servers} ping_pong={ping} "
+                f"{pattern} docs={doc_lens}")
+        assert_close(o.detach(), shard.local(o_ref), f"o {what}")
+        for name, x, ref in zip("qkv", leaves, g_ref):
+            assert_close(x.grad, shard.local(ref), f"d{name} {what}")
+        m = strat.last_metrics
+        assert set(m) == {"cad_imbalance_before", "cad_imbalance_after", "cad_bytes",
+                          "cad_plan_ms"}, m
+        # the planner did its job: with tolerance 0 and small blocks an imbalanced step
+        # must come out better balanced (and move bytes to do it)
+        if (world > 1 and servers == 0 and tol == 0.0 and tokens >= 8 * world
+                and m["cad_imbalance_before"] > 1.5):
+            assert m["cad_imbalance_after"] < m["cad_imbalance_before"], (what, m)
+            assert m["cad_bytes"] > 0, (what, m)
+        if servers:
+            assert m["cad_bytes"] > 0, (what, m)
+        # a second call on the same shard (the next layer) reuses the plan and still matches
+        o2 = strat(*[x.detach() for x in leaves], shard, scale)
+        assert torch.equal(o2, o.detach()), what
+
+
+@pytest.mark.parametrize("world_size", range(1, 9))
+def test_cad_matches_single_process_reference(world_size):
+    run_distributed(_worker, world_size, cases_for(world_size))
+
+
+def test_cad_without_process_group_matches_local():
+    """No torch.distributed at all (one process): CAD runs its own tasks in place."""
+    doc_lens, qkv, w = dp_stream(5, 0, "mixed", 37)
+    o_ref, g_ref = reference(doc_lens, qkv, w, 0.5)
+    shard = build_shard(doc_lens)
+    leaves = [x.clone().requires_grad_() for x in qkv]
+    strat = CADAttention(None, {"cost_table": None, "block": 4})
+    o = strat(*leaves, shard, 0.5)
+    (o * w).sum().backward()
+    assert_close(o.detach(), o_ref, "o")
+    for name, x, ref in zip("qkv", leaves, g_ref):
+        assert_close(x.grad, ref, f"d{name}")
+    assert strat.last_metrics["cad_bytes"] == 0
+
+
+@pytest.mark.parametrize("options, field", [
+    ({"tolerance": -0.1}, "tolerance"),
+    ({"block": 0}, "block"),
+    ({"block": 2.5}, "block"),
+    ({"servers": 3}, "servers"),
+    ({"servers": -1}, "servers"),
+    ({"ping_pong": "yes"}, "ping_pong"),
+    ({"memory_cap": 0}, "memory_cap"),
+    ({"toleranse": 0.1}, "toleranse"),
+])
+def test_bad_options_name_the_field(options, field):
+    with pytest.raises(ValueError, match=field):
+        CADAttention(None, options)
+
+
+def test_tensors_not_in_shard_order_are_rejected():
+    shard = build_shard([5, 5])
+    q = torch.zeros(9, HQ, D)
+    k = torch.zeros(9, HKV, D)
+    with pytest.raises(ValueError, match="tokens"):
+        CADAttention(None, {"cost_table": None})(q, k, k, shard, 1.0)
