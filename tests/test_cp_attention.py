@@ -1,7 +1,8 @@
 """Context-parallel softmax attention (ring, allgather, ulysses, usp) against the
 single-process reference, on gloo CPU ranks for world sizes 1..8.
 
-One spawn per world size runs every algorithm/layout case: fp64 outputs and q/k/v
+One spawn of 8 ranks runs every algorithm/layout case on CP groups of 2..8 ranks (the
+others wait), then on a dp=2 x cp=4 grid; world size 1 runs in-process: fp64 outputs and q/k/v
 gradients must match `LocalCoreAttention` on the unsharded stream to round-off, and in fp32
 the error against the fp64 reference must stay within a fixed multiple of the
 single-process fp32 kernel's own error, whatever the number of ranks.
@@ -13,6 +14,7 @@ import random
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from parallel.context.local import LocalCoreAttention
 from parallel.context.shard import build_shard
@@ -58,7 +60,15 @@ def _strategy(algo: str):
     return getattr(importlib.import_module(f"parallel.context.{mod}"), cls)
 
 
-def _run_case(state, algo, layout, u, options, doc_lens, hq, hkv, dtype, seed):
+def _make_strategy(state, algo, layout, u, options):
+    st = dataclasses.replace(state, dims=ParallelDims.resolve(state.dims.world_size, cp=state.dims.cp,
+                                                              cp_algo=algo, ulysses=u))
+    strategy = _strategy(algo)(st, {**options, "layout": layout})
+    assert strategy.layout == layout
+    return strategy
+
+
+def _run_case(state, strategy, doc_lens, hq, hkv, dtype, seed):
     """(max |o - ref|, max |grad - ref grad|) of this rank's tokens; ref is fp64 local."""
     n, r = state.dims.cp, state.cp_rank
     g = torch.Generator().manual_seed(seed)
@@ -74,10 +84,7 @@ def _run_case(state, algo, layout, u, options, doc_lens, hq, hkv, dtype, seed):
     ref = LocalCoreAttention()(*ref_in, full, scale)
     ref_grads = torch.autograd.grad(ref, ref_in, do)
 
-    st = dataclasses.replace(state, dims=ParallelDims.resolve(n, cp=n, cp_algo=algo, ulysses=u))
-    strategy = _strategy(algo)(st, {**options, "layout": layout})
-    assert strategy.layout == layout
-    shard = build_shard(doc_lens, r, n, strategy.layout)
+    shard = build_shard(doc_lens, r, n, getattr(strategy, "layout", "contiguous"))
     mine = [shard.local(x).to(dtype).requires_grad_() for x in (q, k, v)]
     o = strategy(*mine, shard, scale)
     assert o.shape == mine[0].shape and o.dtype == dtype
@@ -87,32 +94,64 @@ def _run_case(state, algo, layout, u, options, doc_lens, hq, hkv, dtype, seed):
     return err_o, err_g
 
 
+def _single_process_state():
+    return ParallelState(ParallelDims.resolve(1), 0, torch.device("cpu"))
+
+
 def _local_fp32_error(doc_lens, hq, hkv, seed):
     """How far the single-process fp32 kernel is from fp64 (the yardstick for CP fp32)."""
-    st = ParallelState(ParallelDims.resolve(1), 0, torch.device("cpu"))
-    return _run_case(st, "ring", "contiguous", 1, {}, doc_lens, hq, hkv, torch.float32, seed)
+    st = _single_process_state()
+    return _run_case(st, LocalCoreAttention(), doc_lens, hq, hkv, torch.float32, seed)
 
 
-def _worker(rank, world_size):
-    n = world_size
-    base = ParallelState.create(ParallelDims.resolve(n, cp=n, cp_algo="ring" if n > 1 else "local"))
+def _check_world(state, active: bool):
+    """Every case on a CP group of state.dims.cp ranks. Ranks outside the group (active=False)
+    still construct the strategies: USP's sub-groups are created collectively by all ranks."""
+    n = state.dims.cp
     hq, hkv = _heads(n)
     for i, (algo, layout, u, options) in enumerate(_cases(n)):
+        strategy = _make_strategy(state, algo, layout, u, options)
+        if not active:
+            continue
         seed = 1000 * n + i
         doc_lens = _doc_lens(n, seed)
         if algo == "usp":  # heads that split over the Ulysses degree u (KV replicated when u > 2)
             hq_c, hkv_c = 2 * u, 2 if u % 2 == 0 else 1
         else:
             hq_c, hkv_c = hq, hkv
-        err_o, err_g = _run_case(base, algo, layout, u, options, doc_lens, hq_c, hkv_c, torch.float64, seed)
+        err_o, err_g = _run_case(state, strategy, doc_lens, hq_c, hkv_c, torch.float64, seed)
         assert err_o < 1e-12 and err_g < 1e-12, (algo, layout, u, n, doc_lens, err_o, err_g)
         if layout != "contiguous" or algo == "ulysses":
-            e32 = _run_case(base, algo, layout, u, options, doc_lens, hq_c, hkv_c, torch.float32, seed)
+            e32 = _run_case(state, strategy, doc_lens, hq_c, hkv_c, torch.float32, seed)
             ref32 = _local_fp32_error(doc_lens, hq_c, hkv_c, seed)
             for got, yard, what in zip(e32, ref32, ("output", "grad")):
                 assert got <= FP32_GROWTH * yard + 1e-7, (algo, layout, u, n, what, got, yard)
 
 
-@pytest.mark.parametrize("world_size", [1, 2, 3, 4, 5, 6, 7, 8])
-def test_cp_attention_matches_reference(world_size):
-    run_distributed(_worker, world_size)
+def _worker(rank, world_size):
+    """One spawn for all world sizes: CP groups of the first n ranks, n = 2..world_size."""
+    for n in range(2, world_size + 1):
+        ranks = list(range(n))
+        group = dist.new_group(ranks)  # collective: every rank calls it
+        dims = ParallelDims.resolve(n, cp=n, cp_algo="ring")
+        state = ParallelState(dims, rank, torch.device("cpu"), cp_rank=rank if rank < n else 0,
+                              cp_group=group if rank < n else None)
+        _check_world(state, active=rank < n)
+    # the real grid: 2 data-parallel replicas of CP=4 (CP groups are not the whole world)
+    dims = ParallelDims.resolve(world_size, dp=2, cp=world_size // 2, cp_algo="usp", ulysses=2)
+    state = ParallelState.create(dims)
+    hq, hkv = 4, 2
+    for algo, layout, u in (("usp", "zigzag", 2), ("ring", "head_tail", 1), ("allgather", "zigzag", 1)):
+        strategy = _make_strategy(state, algo, layout, u, {})
+        doc_lens = _doc_lens(dims.cp, 77 + state.dp_rank)  # each replica its own documents
+        err = _run_case(state, strategy, doc_lens, hq, hkv, torch.float64, 5 + state.dp_rank)
+        assert max(err) < 1e-12, (algo, "dp=2", err)
+
+
+def test_cp_attention_single_process():
+    """World size 1: no process group at all (the strategies must not need one)."""
+    _check_world(_single_process_state(), active=True)
+
+
+def test_cp_attention_matches_reference_world_sizes_2_to_8():
+    run_distributed(_worker, 8)
