@@ -39,7 +39,7 @@ def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         o.stride(0), o.stride(1), lse.stride(0),
         hq,
-        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_M=cfg.block_rows, BLOCK_N=cfg.block_cols,
+        group=hq // hkv, HEAD_DIM=d, BLOCK_M=cfg.block_rows, BLOCK_N=cfg.block_cols,
         CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -69,7 +69,7 @@ def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: flo
         HEAD_DIM=d, BLOCK_T=block_t, HAS_DLSE=has_dlse,
     )
 
-    common = dict(HEAD_DIM=d, GROUP=hq // hkv, CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype))
+    common = dict(HEAD_DIM=d, CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype))
     scale2 = softmax_scale * LOG2E
 
     cfg = configs.dkdv
@@ -80,7 +80,7 @@ def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: flo
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
         lse.stride(0), hkv,
-        BLOCK_N=cfg.block_rows, BLOCK_M=cfg.block_cols,
+        GROUP=hq // hkv, BLOCK_N=cfg.block_rows, BLOCK_M=cfg.block_cols,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )
 
@@ -92,7 +92,7 @@ def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: flo
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
         lse.stride(0), hq,
-        BLOCK_M=cfg.block_rows, BLOCK_N=cfg.block_cols,
+        group=hq // hkv, BLOCK_M=cfg.block_rows, BLOCK_N=cfg.block_cols,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )
     return dq, dk, dv

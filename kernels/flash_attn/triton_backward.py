@@ -17,7 +17,8 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# sizes that vary call to call stay unspecialized, so a new batch shape never recompiles
+@triton.jit(do_not_specialize=["total_q", "stride_dlse_h", "stride_delta_h"])
 def attention_backward_delta_kernel(
     O, DO, DLSE, DELTA,
     total_q,
@@ -40,7 +41,7 @@ def attention_backward_delta_kernel(
     tl.store(DELTA + head.to(tl.int64) * stride_delta_h + rows, delta, mask=ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_lse_h", "num_heads_kv"])
 def attention_backward_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
     CU_Q, CU_K, SCHEDULE,
@@ -49,7 +50,7 @@ def attention_backward_dkdv_kernel(
     stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
     stride_lse_h,
     num_heads_kv,
-    GROUP: tl.constexpr,
+    GROUP: tl.constexpr,  # q heads per kv head; constexpr here: a runtime head loop spills registers
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,  # keys owned by the program
     BLOCK_M: tl.constexpr,  # queries per inner step
@@ -143,7 +144,7 @@ def attention_backward_dkdv_kernel(
              + offs_n[:, None] * stride_dvt + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stride_lse_h", "num_heads_q", "group"])
 def attention_backward_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,
     CU_Q, CU_K, SCHEDULE,
@@ -152,7 +153,7 @@ def attention_backward_dq_kernel(
     stride_dot, stride_doh, stride_dqt, stride_dqh,
     stride_lse_h,
     num_heads_q,
-    GROUP: tl.constexpr,
+    group,  # q heads per kv head (runtime: one compiled kernel serves every GQA ratio)
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,  # queries owned by the program
     BLOCK_N: tl.constexpr,  # keys per inner step
@@ -171,7 +172,7 @@ def attention_backward_dq_kernel(
     m = tl.load(CU_Q + seg + 1) - q_start
     k_start = tl.load(CU_K + seg)
     n = tl.load(CU_K + seg + 1) - k_start
-    kv_head = head // GROUP
+    kv_head = head // group
     row0 = tile * BLOCK_M
 
     offs_m = row0 + tl.arange(0, BLOCK_M)

@@ -13,7 +13,8 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+# sizes that vary call to call stay unspecialized, so a new batch shape never recompiles
+@triton.jit(do_not_specialize=["stride_lse_h", "num_heads_q", "group"])
 def attention_forward_kernel(
     Q, K, V, O, LSE,
     CU_Q, CU_K, SCHEDULE,
@@ -21,7 +22,7 @@ def attention_forward_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_ot, stride_oh, stride_lse_h,
     num_heads_q,
-    GROUP: tl.constexpr,
+    group,  # q heads per kv head (runtime: one compiled kernel serves every GQA ratio)
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
@@ -41,7 +42,7 @@ def attention_forward_kernel(
     m = tl.load(CU_Q + seg + 1) - q_start
     k_start = tl.load(CU_K + seg)
     n = tl.load(CU_K + seg + 1) - k_start
-    kv_head = head // GROUP
+    kv_head = head // group
     row0 = tile * BLOCK_M
 
     offs_m = row0 + tl.arange(0, BLOCK_M)
