@@ -16,8 +16,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from parallel.context.comm_counter import CommCounter
 from parallel.context.local import LocalCoreAttention
-from parallel.context.shard import build_shard
+from parallel.context.shard import build_shard, doc_tables
 from parallel.dims import ParallelDims, ParallelState
 from tests.distributed_utils import run_distributed
 
@@ -109,6 +110,8 @@ def _check_world(state, active: bool):
     still construct the strategies: USP's sub-groups are created collectively by all ranks."""
     n = state.dims.cp
     hq, hkv = _heads(n)
+    if active:
+        _check_gather_and_bytes(state)
     for i, (algo, layout, u, options) in enumerate(_cases(n)):
         strategy = _make_strategy(state, algo, layout, u, options)
         if not active:
@@ -126,6 +129,24 @@ def _check_world(state, active: bool):
             ref32 = _local_fp32_error(doc_lens, hq_c, hkv_c, seed)
             for got, yard, what in zip(e32, ref32, ("output", "grad")):
                 assert got <= FP32_GROWTH * yard + 1e-7, (algo, layout, u, n, what, got, yard)
+
+
+def _check_gather_and_bytes(state):
+    """Shard.gather_global undoes the layout; the comm counter sees exactly the ring's K/V hops."""
+    n, r = state.dims.cp, state.cp_rank
+    doc_lens = _doc_lens(n, 5)
+    shard = build_shard(doc_lens, r, n, "zigzag")
+    got = shard.gather_global(shard.position_ids.double(), group=state.cp_group)
+    assert torch.equal(got, doc_tables(doc_lens)[1].double())
+    ring = _make_strategy(state, "ring", "zigzag", 1, {})
+    hkv, d = 2, 8
+    x = [torch.randn(shard.num_tokens, h, d) for h in (4, hkv, hkv)]
+    with CommCounter() as c:
+        ring(*x, shard, 0.3)
+    # rank r forwards every block except that of rank r+1 (which it would send back home)
+    blocks = [p.num_tokens for p in shard.peers()]
+    want = (sum(blocks) - blocks[(r + 1) % n]) * 2 * hkv * d * 4 if n > 1 else 0
+    assert c.bytes_sent == want, (c.by_op, want)
 
 
 def _worker(rank, world_size):
@@ -155,3 +176,28 @@ def test_cp_attention_single_process():
 
 def test_cp_attention_matches_reference_world_sizes_2_to_8():
     run_distributed(_worker, 8)
+
+
+def test_bad_configuration_errors_name_the_fix():
+    from parallel.context.ulysses import UlyssesAttention, kv_replication
+    from parallel.context.usp import USPAttention
+
+    assert kv_replication(8, 2, 4, "parallel.cp") == 2 and kv_replication(8, 8, 4, "parallel.cp") == 1
+    with pytest.raises(ValueError, match="query heads cannot be split over parallel.cp=3"):
+        kv_replication(8, 2, 3, "parallel.cp")
+    with pytest.raises(ValueError, match="KV heads cannot be split over parallel.ulysses=4"):
+        kv_replication(12, 6, 4, "parallel.ulysses")
+    st = _single_process_state()
+    with pytest.raises(ValueError, match="layout"):
+        _strategy("ring")(st, {"layout": "spiral"})
+    with pytest.raises(ValueError, match="kv_head_groups"):
+        _strategy("allgather")(st, {"kv_head_groups": 0})
+    assert _strategy("ring")(st, {"servers": 3}).layout == "zigzag"  # others' keys are ignored
+    assert UlyssesAttention.layout == "contiguous" and USPAttention.layout == "zigzag"
+    shard = build_shard([6, 4], 1, 2, "zigzag")  # a shard of rank 1 of 2, but no CP group here
+    x = torch.zeros(shard.num_tokens, 2, 8)
+    with pytest.raises(ValueError, match="build_shard"):
+        _strategy("ring")(st, {})(x, x, x, shard, 0.3)
+    with pytest.raises(ValueError, match="tokens"):
+        one = build_shard([6, 4], 0, 1, "zigzag")
+        _strategy("allgather")(st, {})(x, x, x, one, 0.3)
