@@ -78,7 +78,7 @@ def _hf(mcfg, seq_len, vocab):
     return model, step
 
 
-CATEGORIES = (("attention", ("attn", "flash", "fmha")),
+CATEGORIES = (("attention", ("attention", "attn", "flash", "fmha")),
               ("matmul", ("gemm", "matmul", "sm90", "cutlass", "nvjet", "xmma")),
               ("loss", ("cross_entropy", "log_softmax", "nll")),
               ("optimizer", ("adam", "multi_tensor", "foreach")))
