@@ -1,0 +1,168 @@
+"""LASP-2: sequence parallelism for linear-attention layers with one state all-gather per pass.
+
+Forward, per layer and rank: compute the state each local segment hands on (d_k x d_v per
+head, fp32 or fp64, keys decayed to the segment end) with its total log-decay and a
+"has a document start" flag; start ONE asynchronous all-gather of these records over
+`state.cp_group`; run the intra-rank chunked kernel meanwhile (pieces from the shard, no
+initial state); then form each segment's carried-in state as a segmented, decayed prefix
+over all gathered slots in global order and add q-side contributions. Backward mirrors it:
+the prefix gradients are all-gathered (overlapped with the intra backward), the decayed
+suffix gives the cross-rank terms of dk, dv and, with the saved prefix, of dq and the gates.
+
+The bytes sent per pass depend on cp, heads and head dims, never on the sequence length.
+Segment order comes from the gathered start indices, so contiguous and zigzag shards both
+work (with zigzag a rank holds two chunks, i.e. two slots). The math lives in
+`lasp2_states`, the token-layout bookkeeping in `lasp2_plan`.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from kernels.lightning_attn import chunk_lightning_attn
+from parallel.context.lasp2_plan import Lasp2Plan, plan_from_shard
+from parallel.context.lasp2_states import (META, add_cross_output, cross_grads, decays_from,
+                                           pack_states, prefix_grads, prefix_weights, unpack_meta)
+
+
+def _start_all_gather(send: torch.Tensor, group):
+    """Launch the all-gather of `send` (rows stacked rank by rank); returns (out, work)."""
+    if group is None:  # not distributed: this rank is the whole group
+        return send, None
+    size = dist.get_world_size(group)
+    out = send.new_empty((size * send.shape[0],) + tuple(send.shape[1:]))
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    work = gather(out, send.contiguous(), group=group, async_op=True)
+    return out, work
+
+
+def _intra(q, k, v, g_gamma, g, cu_seqlens, scale, needs):
+    """Intra-rank attention on the local pieces. Inputs that need gradients enter the kernel as
+    detached leaves under autograd, so backward replays exactly the kernel's own gradients
+    (whatever kernel `chunk_lightning_attn` dispatches to)."""
+    if q.shape[0] == 0:
+        return [None] * 5, q.new_zeros(q.shape[:2] + (v.shape[-1],))
+    with torch.enable_grad() if any(needs) else torch.no_grad():
+        leaves = [None if x is None else x.detach().requires_grad_(need)
+                  for x, need in zip((q, k, v, g_gamma, g), needs)]
+        lq, lk, lv, lgg, lg = leaves
+        o, _ = chunk_lightning_attn(lq.unsqueeze(0), lk.unsqueeze(0), lv.unsqueeze(0), g_gamma=lgg,
+                                    g=None if lg is None else lg.unsqueeze(0), scale=scale,
+                                    cu_seqlens=cu_seqlens)
+        o = o.squeeze(0)  # inside the grad-enabled block, or the view would lose its history
+    return leaves, o
+
+
+class _Lasp2Function(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, g_gamma, g, plan: Lasp2Plan, cu_seqlens, scale: float, group,
+                rank: int):
+        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        t, h, kd = q.shape
+        vd = v.shape[-1]
+        gl = decays_from(g_gamma, g, t, h, q.device, acc)
+        record = pack_states(plan, k, v, gl)
+        gathered, work = _start_all_gather(record, group)
+        needs = ctx.needs_input_grad[:5]
+        leaves, o_intra = _intra(q, k, v, g_gamma, g, cu_seqlens, scale, needs)
+        if work is not None:
+            work.wait()
+        key, a, flag = unpack_meta(gathered, h)
+        own = slice(rank * plan.slots, (rank + 1) * plan.slots)
+        weights = prefix_weights(key, a, flag)
+        carried = torch.einsum("jlh,lhkv->jhkv", weights[own],
+                               gathered[:, META + h:].reshape(-1, h, kd, vd))
+        # a copy: the cross terms are added in place and o_intra must stay as the kernel made it
+        o = add_cross_output(o_intra.detach().to(acc, copy=True), plan, q, gl, carried, scale)
+        o = o.to(q.dtype)
+
+        ctx.save_for_backward(q, k, v, gl, carried, key, a, flag)
+        ctx.intra = (o_intra if any(needs) else None, leaves)
+        ctx.plan, ctx.scale, ctx.group, ctx.rank = plan, scale, group, rank
+        ctx.decay_mode = "g" if g is not None else ("g_gamma" if g_gamma is not None else None)
+        ctx.gate_dtype = g.dtype if g is not None else (g_gamma.dtype if g_gamma is not None else None)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, gl, carried, key, a, flag = ctx.saved_tensors
+        plan, scale, rank = ctx.plan, ctx.scale, ctx.rank
+        dp = prefix_grads(plan, q, do, gl, scale)
+        gathered, work = _start_all_gather(dp, ctx.group)
+        o_intra, leaves = ctx.intra
+        ctx.intra = None
+        wanted = [i for i, x in enumerate(leaves) if x is not None and x.requires_grad]
+        intra = [None] * 5
+        if o_intra is not None and o_intra.requires_grad and wanted:
+            got = torch.autograd.grad(o_intra, [leaves[i] for i in wanted], do, allow_unused=True)
+            for i, gx in zip(wanted, got):
+                intra[i] = gx
+        if work is not None:
+            work.wait()
+        own = slice(rank * plan.slots, (rank + 1) * plan.slots)
+        weights = prefix_weights(key, a, flag)
+        suffix = torch.einsum("jlh,jhkv->lhkv", weights[:, own], gathered)
+        need_g = ctx.decay_mode is not None and any(ctx.needs_input_grad[3:5])
+        dq, dk, dv, dg = cross_grads(plan, q, k, v, do, gl, carried, suffix, a[own], scale, need_g)
+
+        def total(i, cross, dtype):
+            if not ctx.needs_input_grad[i]:
+                return None
+            if intra[i] is not None:
+                cross = cross + intra[i].to(cross.dtype)
+            return cross.to(dtype)
+
+        grads = [total(0, dq, q.dtype), total(1, dk, k.dtype), total(2, dv, v.dtype), None, None]
+        if need_g and ctx.decay_mode == "g":
+            grads[4] = total(4, dg, ctx.gate_dtype)
+        elif need_g:  # g_gamma is shared by every token: its gradient sums them (this rank's part)
+            grads[3] = total(3, dg.sum(0), ctx.gate_dtype)
+        return (*grads, None, None, None, None, None)
+
+
+class Lasp2LinearAttention:
+    """Linear-attention strategy for cp > 1: `strategy(q, k, v, shard, g_gamma, g, scale) -> o`.
+
+    q/k [T_local, H, K], v [T_local, H, V], g_gamma [H] or g [T_local, H] (log-decays <= 0),
+    in the shard's local order. The shard may use the contiguous or the zigzag layout.
+    """
+
+    def __init__(self, state, options: dict | None = None):
+        self.state = state
+        self.options = dict(options or {})
+        self._plan_for = (None, None)  # (shard, plan): the plan costs a host sync, reuse it
+
+    def _group(self):
+        group = getattr(self.state, "cp_group", None) if self.state is not None else None
+        if group is None:
+            return None, 0, 1
+        return group, dist.get_rank(group), dist.get_world_size(group)
+
+    def __call__(self, q, k, v, shard, g_gamma=None, g=None, scale=None):
+        _check_inputs(q, k, v, shard, g_gamma, g)
+        group, rank, size = self._group()
+        if self._plan_for[0] is not shard:
+            self._plan_for = (shard, plan_from_shard(shard, rank, size))
+        plan = self._plan_for[1]
+        scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
+        return _Lasp2Function.apply(q, k, v, g_gamma, g, plan, shard.cu_seqlens.to(q.device), scale,
+                                    group, rank)
+
+
+def _check_inputs(q, k, v, shard, g_gamma, g):
+    if q.dim() != 3 or k.shape != q.shape:
+        raise ValueError(f"q and k must both be [T_local, H, K]; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}")
+    t, h, _ = q.shape
+    if v.dim() != 3 or v.shape[:2] != (t, h):
+        raise ValueError(f"v must be [T_local, H, V] = [{t}, {h}, V]; got {tuple(v.shape)}")
+    if t != shard.num_tokens:
+        raise ValueError(f"q has {t} tokens but the shard owns {shard.num_tokens}; pass this "
+                         "rank's tokens in the shard's local order")
+    if g_gamma is not None and g is not None:
+        raise ValueError("pass either g_gamma (constant per-head decay) or g (per-token decay), "
+                         "not both")
+    if g_gamma is not None and tuple(g_gamma.shape) != (h,):
+        raise ValueError(f"g_gamma must be [H] = [{h}]; got {tuple(g_gamma.shape)}")
+    if g is not None and tuple(g.shape) != (t, h):
+        raise ValueError(f"g must be [T_local, H] = [{t}, {h}]; got {tuple(g.shape)}")
