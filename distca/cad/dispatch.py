@@ -23,32 +23,7 @@ import torch
 import torch.distributed as dist
 
 from distca.cad.planner import segment_order
-from distca.cad.tasks import CostModel, TaskTable
-
-
-@dataclass
-class PieceTable:
-    """Every local piece of every rank of the CAD group: where its tokens live."""
-    rank: np.ndarray    # owner rank
-    doc: np.ndarray     # document id, unique over the group
-    start: np.ndarray   # position of the first token inside the document
-    length: np.ndarray
-    local: np.ndarray   # offset of the first token in the owner's local order
-
-    def tasks(self) -> TaskTable:
-        """The in-place tasks: every piece's queries, run where they live."""
-        return TaskTable(np.arange(self.rank.size, dtype=np.int64), self.rank, self.doc,
-                         self.start, self.start + self.length)
-
-
-def expand_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """Concatenate arange(s, s + n) for every (s, n), without a Python loop."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    offs = np.cumsum(lengths) - lengths
-    return np.repeat(np.asarray(starts, dtype=np.int64) - offs, lengths) + np.arange(total)
+from distca.cad.tasks import CostModel, PieceTable, TaskTable, expand_ranges
 
 
 @dataclass

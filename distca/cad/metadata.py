@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from distca.cad.dispatch import PieceTable
+from distca.cad.tasks import PieceTable
 
 
 def _payload(shard, dp_rank: int) -> np.ndarray:
@@ -60,18 +60,29 @@ def decode(payloads: list[np.ndarray]) -> PieceTable:
     order = sorted(dp_docs)
     offset = dict(zip(order, np.cumsum([0] + [dp_docs[d].size for d in order[:-1]])))
     rank, doc, start, length, local = [], [], [], [], []
-    covered = {d: 0 for d in order}
     for r, dp, pd, ps, pl in rows:
         rank.append(np.full(pd.size, r, dtype=np.int64))
         doc.append(pd + offset[dp])
         start.append(ps)
         length.append(pl)
         local.append(np.cumsum(pl) - pl)
-        covered[dp] += int(pl.sum())
-    for d in order:
-        if covered[d] != int(dp_docs[d].sum()):
-            raise ValueError(f"CAD: the shards of data-parallel rank {d} hold {covered[d]} tokens "
-                             f"but its micro-batch has {int(dp_docs[d].sum())}; build every "
-                             "rank's shard with build_shard(doc_lens, cp_rank, cp_size)")
     cat = lambda xs: np.concatenate(xs).astype(np.int64)  # noqa: E731
-    return PieceTable(cat(rank), cat(doc), cat(start), cat(length), cat(local))
+    table = PieceTable(cat(rank), cat(doc), cat(start), cat(length), cat(local))
+    doc_len = np.concatenate([dp_docs[d] for d in order]).astype(np.int64)
+    _check_tiling(table, doc_len)
+    return table
+
+
+def _check_tiling(t: PieceTable, doc_len: np.ndarray) -> None:
+    """Pieces must tile every document exactly: no token missing, none owned twice."""
+    o = np.lexsort((t.start, t.doc))
+    d, s, e = t.doc[o], t.start[o], (t.start + t.length)[o]
+    first = np.r_[True, d[1:] != d[:-1]]
+    last = np.r_[first[1:], True]
+    ok = (np.unique(d).size == np.count_nonzero(doc_len)
+          and (s[first] == 0).all() and (e[last] == doc_len[d[last]]).all()
+          and (s[~first] == e[np.nonzero(~first)[0] - 1]).all())
+    if not ok:
+        raise ValueError("CAD: the shards of a data-parallel replica do not hold every token of "
+                         "its micro-batch exactly once; build every rank's shard with "
+                         "build_shard(doc_lens, cp_rank, cp_size) over the same doc_lens")

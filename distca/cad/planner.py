@@ -283,24 +283,79 @@ def plan(tasks: TaskTable, num_ranks: int, cost_model: CostModel, *, tolerance: 
     cost = cost_model.task_cost(tasks)
     load_before = np.bincount(tasks.owner, cost, minlength=num_ranks)
     ceiling = np.full(num_ranks, np.inf)
-    for _ in range(MAX_MEMORY_ROUNDS):
+    mem_before = server_memory(tasks, tasks.owner, num_ranks, cost_model) if memory_cap else None
+    best = None  # (max load, parts, server, memory) of the best plan within the memory cap
+    for _ in range(MAX_MEMORY_ROUNDS if memory_cap else 1):
         parts, server = _plan_once(tasks, cost, num_ranks, srv, ceiling, tolerance, int(block),
                                    cost_model)
-        part_cost = cost_model.task_cost(parts)
-        load_after = np.bincount(server, part_cost, minlength=num_ranks)
+        if not memory_cap:
+            best = (0.0, parts, server, server_memory(parts, server, num_ranks, cost_model))
+            break
         memory = server_memory(parts, server, num_ranks, cost_model)
-        over = memory > memory_cap if memory_cap is not None else np.zeros(num_ranks, bool)
+        over = memory > memory_cap
+        fixed, fixed_mem = (server, memory) if not over.any() else _repair_memory(
+            parts, server, srv, memory_cap, num_ranks, cost_model)
+        if fixed_mem.max() <= memory_cap:
+            peak = np.bincount(fixed, cost_model.task_cost(parts), minlength=num_ranks).max()
+            if best is None or peak < best[0]:
+                best = (peak, parts, fixed, fixed_mem)
         if not over.any():
             break
-        # plan again with a lower cost ceiling where memory overflowed
-        ceiling[over] = np.minimum(ceiling[over], load_after[over] * memory_cap / memory[over] * 0.9)
-    else:
+        # plan again with a lower cost ceiling where memory overflowed: a receiver gives back
+        # received work at the memory-per-cost rate of what it received; a rank over the cap
+        # with its own work sheds in proportion
+        load_after = np.bincount(server, cost_model.task_cost(parts), minlength=num_ranks)
+        gained = load_after - load_before
+        rate = np.where(gained > 0, (memory - mem_before) / np.where(gained > 0, gained, 1), 0)
+        cut = np.where(rate > 0, (memory - memory_cap) / np.where(rate > 0, rate, 1) * 1.2,
+                       load_after * (1 - memory_cap / memory * 0.9))
+        ceiling[over] = np.minimum(ceiling[over], np.maximum(load_after - cut, 0)[over])
+    if best is None:
+        need = mem_before.max()
         raise ValueError(
-            f"memory_cap={memory_cap:.3g} bytes per server cannot be met: the best plan found "
-            f"needs {memory.max():.3g} bytes on rank {int(memory.argmax())}; raise "
-            "options['memory_cap'] (parallel.cad.memory_cap) or use more servers")
+            f"memory_cap={memory_cap:.3g} bytes per server cannot be met: running every task "
+            f"where it lives already needs {need:.3g} bytes on rank {int(mem_before.argmax())}; "
+            "raise options['memory_cap'] (parallel.cad.memory_cap) or use more ranks")
+    _, parts, server, memory = best
+    part_cost = cost_model.task_cost(parts)
+    load_after = np.bincount(server, part_cost, minlength=num_ranks)
     return Plan(parts, server, part_cost, srv, load_before, load_after, memory,
                 (time.perf_counter() - t0) * 1e3)
+
+
+def _repair_memory(parts: TaskTable, server: np.ndarray, servers: np.ndarray, cap: float,
+                   num_ranks: int, cm: CostModel):
+    """Make a plan fit the memory cap: servers over it hand received parts (largest memory
+    first) to the least-loaded server with room for them, or back to their owner, which held
+    them before planning (so this always succeeds when running in place fits)."""
+    server = server.copy()
+    is_server = np.zeros(num_ranks, dtype=bool)
+    is_server[servers] = True
+    cost = cm.task_cost(parts)
+    part_mem = parts.q_len * float(cm.mem_per_q_token) + parts.q_end * float(cm.mem_per_kv_token)
+    for _ in range(MAX_MEMORY_ROUNDS):
+        memory = server_memory(parts, server, num_ranks, cm)
+        load = np.bincount(server, cost, minlength=num_ranks)
+        movable = (memory[server] > cap) & (server != parts.owner)
+        if not movable.any():
+            break
+        # a short loop over the parts of over-full servers only (a handful), biggest first
+        for i in np.nonzero(movable)[0][np.argsort(-part_mem[movable], kind="stable")]:
+            s = server[i]
+            if memory[s] <= cap:
+                continue
+            room = is_server & (memory + part_mem[i] <= cap)
+            room[s] = False
+            dest = int(np.flatnonzero(room)[np.argmin(load[room])]) if room.any() else \
+                (int(parts.owner[i]) if is_server[parts.owner[i]] else s)
+            if dest == s:
+                continue
+            server[i] = dest
+            memory[s] -= part_mem[i]
+            memory[dest] += part_mem[i]
+            load[s] -= cost[i]
+            load[dest] += cost[i]
+    return server, server_memory(parts, server, num_ranks, cm)
 
 
 def split_halves(p: Plan, cost_model: CostModel, block: int) -> np.ndarray:

@@ -214,3 +214,61 @@ class CostModel:
             return f"causal FLOPs at a nominal {self.nominal_flops / 1e12:.0f} TFLOP/s"
         return (f"measured table ({self.table.get('device', '?')}, {self.table.get('kernel', '?')}), "
                 f"scaled to {self.hq} q heads x head_dim {self.d}")
+
+
+@dataclass
+class PieceTable:
+    """Every local piece of every rank of the CAD group: where its tokens live."""
+    rank: np.ndarray    # owner rank
+    doc: np.ndarray     # document id, unique over the group
+    start: np.ndarray   # position of the first token inside the document
+    length: np.ndarray
+    local: np.ndarray   # offset of the first token in the owner's local order
+
+    def tasks(self) -> "TaskTable":
+        """The in-place tasks: every piece's queries, run where they live."""
+        return TaskTable(np.arange(self.rank.size, dtype=np.int64), self.rank, self.doc,
+                         self.start, self.start + self.length)
+
+
+def expand_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Concatenate arange(s, s + n) for every (s, n), without a Python loop."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offs = np.cumsum(lengths) - lengths
+    return np.repeat(np.asarray(starts, dtype=np.int64) - offs, lengths) + np.arange(total)
+
+
+def contiguous_pieces(streams: list, cp: int = 1) -> PieceTable:
+    """Pieces of the contiguous layout: DP replica i's stream (its document lengths) split
+    into `cp` equal token ranges, rank = i * cp + cp_rank (the order of parallel/dims.py).
+    The same split as `build_shard(..., layout="contiguous")`, in numpy for simulations."""
+    rank, doc, start, length, local = [], [], [], [], []
+    doc_base = 0
+    for i, lens in enumerate(streams):
+        lens = np.asarray(lens, dtype=np.int64)
+        total = int(lens.sum())
+        # torch.tensor_split: the first total % cp ranks get one token more
+        sizes = np.full(cp, total // cp, dtype=np.int64)
+        sizes[:total % cp] += 1
+        bounds = np.r_[0, np.cumsum(sizes)]
+        d_end = np.cumsum(lens)
+        d_start = d_end - lens
+        r0 = np.searchsorted(bounds, d_start, side="right") - 1
+        r1 = np.searchsorted(bounds, d_end - 1, side="right") - 1
+        cnt = np.where(lens > 0, r1 - r0 + 1, 0)
+        dd = np.repeat(np.arange(lens.size), cnt)
+        rr = expand_ranges(r0[cnt > 0], cnt[cnt > 0])
+        gs = np.maximum(d_start[dd], bounds[rr])
+        ge = np.minimum(d_end[dd], bounds[rr + 1])
+        rank.append(i * cp + rr)
+        doc.append(doc_base + dd)
+        start.append(gs - d_start[dd])
+        length.append(ge - gs)
+        local.append(gs - bounds[rr])
+        doc_base += lens.size
+    cat = lambda xs: np.concatenate(xs).astype(np.int64)  # noqa: E731
+    o = np.lexsort((cat(local), cat(rank)))
+    return PieceTable(*(cat(x)[o] for x in (rank, doc, start, length, local)))
