@@ -47,7 +47,7 @@ class Plan:
     servers: np.ndarray       # ranks that serve attention
     load_before: np.ndarray   # [N] cost if every rank ran its own queries
     load_after: np.ndarray    # [N] cost per rank under the plan
-    memory: np.ndarray        # [N] estimated bytes a server holds for its tasks
+    memory: np.ndarray | None  # [N] bytes a server holds for its tasks (None: not computed)
     plan_ms: float
 
     @property
@@ -107,17 +107,15 @@ def _snap(start, end, cut, target, head: np.ndarray, block: int) -> np.ndarray:
 
 def _shed(tasks: TaskTable, cost: np.ndarray, excess: np.ndarray, must_empty: np.ndarray,
           split_floor: float, block: int, cm: CostModel):
-    """Phase 1. Returns (kept, shed) task tables; `excess[r]` is how much rank r sheds."""
-    n_ranks = excess.size
-    donor_task = excess[tasks.owner] > 0
-    idx = np.nonzero(donor_task)[0]
+    """Phase 1. Returns (kept, kept_cost, shed, shed_cost); `excess[r]` is what rank r sheds."""
+    idx = np.flatnonzero(excess[tasks.owner] > 0)
     if idx.size == 0:
-        return tasks, tasks.take(np.zeros(0, dtype=np.int64))
+        return tasks, cost, tasks.take(idx), cost[idx]
     t = tasks.take(idx)
     c = cost[idx]
     byt = t.q_len * cm.bytes_per_q_token + t.q_end * cm.bytes_per_kv_token
     eff = c / np.maximum(byt, 1)
-    order = np.lexsort((idx, -eff, t.owner))          # per donor, best compute-per-byte first
+    order = np.lexsort((-eff, t.owner))  # per donor, best compute-per-byte first (stable)
     t, c, idx = t.take(order), c[order], idx[order]
     cs = np.cumsum(c)
     gstart = _group_starts(t.owner)
@@ -125,36 +123,38 @@ def _shed(tasks: TaskTable, cost: np.ndarray, excess: np.ndarray, must_empty: np
     x = excess[t.owner]
     take = (before + c <= x * (1 + 1e-9)) | must_empty[t.owner]
     # the first task that does not fit is split for what remains (if it is worth a split)
-    first_out = ~take & ((np.arange(t.q_len.size) == gstart) | np.r_[True, take[:-1]])
+    first_out = ~take & ((np.arange(c.size) == gstart) | np.r_[True, take[:-1]])
     rem = x - before
     split = first_out & (rem > split_floor)
-    shed_parts, keep_mask = [t.take(take)], ~take
+    untouched = np.ones(len(tasks), dtype=bool)
+    untouched[idx] = False
+    keep = ~take & ~split
+    kept = [tasks.take(untouched), t.take(keep)]
+    kept_cost = [cost[untouched], c[keep]]
+    shed, shed_cost = [t.take(take)], [c[take]]
     if split.any():
         s = t.take(split)
-        frac = rem[split] / c[split]
         total = prefix_pairs(s.q_start, s.q_end)
-        want = frac * total
-        y = position_at_pairs(s.q_start, want)          # head [q_start, y)
-        xcut = position_at_pairs(s.q_start, total - want)  # tail [xcut, q_end)
+        want = rem[split] / c[split] * total
+        y = position_at_pairs(s.q_start, want)              # head [q_start, y)
+        xcut = position_at_pairs(s.q_start, total - want)   # tail [xcut, q_end)
         head_bytes = (y - s.q_start) * cm.bytes_per_q_token + y * cm.bytes_per_kv_token
         tail_bytes = (s.q_end - xcut) * cm.bytes_per_q_token + s.q_end * cm.bytes_per_kv_token
         head = head_bytes < tail_bytes
         cut = _snap(s.q_start, s.q_end, np.where(head, y, xcut), want, head, block)
-        shed_start = np.where(head, s.q_start, cut)
-        shed_end = np.where(head, cut, s.q_end)
-        keep_start = np.where(head, cut, s.q_start)
-        keep_end = np.where(head, s.q_end, cut)
-        shed_parts.append(TaskTable(s.piece, s.owner, s.doc, shed_start, shed_end))
-        keep_mask[split] = False
-        kept_split = TaskTable(s.piece, s.owner, s.doc, keep_start, keep_end)
-    else:
-        kept_split = t.take(np.zeros(0, dtype=np.int64))
-    untouched = np.ones(len(tasks), dtype=bool)
-    untouched[idx] = False
-    kept = TaskTable.concat([tasks.take(untouched), t.take(keep_mask), kept_split])
-    shed = TaskTable.concat(shed_parts)
-    nonempty = lambda tt: tt.take(tt.q_end > tt.q_start)  # noqa: E731
-    return nonempty(kept), nonempty(shed)
+        a = TaskTable(s.piece, s.owner, s.doc, np.where(head, s.q_start, cut),
+                      np.where(head, cut, s.q_end))      # shed
+        b = TaskTable(s.piece, s.owner, s.doc, np.where(head, cut, s.q_start),
+                      np.where(head, s.q_end, cut))      # kept
+        shed.append(a)
+        shed_cost.append(cm.task_cost(a))
+        kept.append(b)
+        kept_cost.append(cm.task_cost(b))
+    kept, shed = TaskTable.concat(kept), TaskTable.concat(shed)
+    kept_cost, shed_cost = np.concatenate(kept_cost), np.concatenate(shed_cost)
+    k = kept.q_end > kept.q_start
+    sh = shed.q_end > shed.q_start
+    return kept.take(k), kept_cost[k], shed.take(sh), shed_cost[sh]
 
 
 def _water_level(load: np.ndarray, ceiling: np.ndarray, amount: float) -> np.ndarray:
@@ -163,6 +163,13 @@ def _water_level(load: np.ndarray, ceiling: np.ndarray, amount: float) -> np.nda
     room = np.maximum(ceiling - load, 0.0)
     if amount <= 0 or room.sum() <= amount:
         return room
+    if np.isinf(ceiling).all():
+        # exact: with loads sorted, the level over the k lowest is (amount + their sum) / k;
+        # take the first k whose level does not reach the next load
+        srt = np.sort(load)
+        level = (amount + np.cumsum(srt)) / np.arange(1, srt.size + 1)
+        k = int(np.argmax(np.r_[level[:-1] <= srt[1:], True]))
+        return np.maximum(level[k] - load, 0.0)
     lo, hi = float(load.min()), float(np.max(np.minimum(ceiling, load + amount)))
     for _ in range(60):  # bisection on the level: 60 halvings reach float precision
         mid = (lo + hi) / 2
@@ -174,12 +181,12 @@ def _water_level(load: np.ndarray, ceiling: np.ndarray, amount: float) -> np.nda
 
 
 def _place(shed: TaskTable, shed_cost: np.ndarray, receivers: np.ndarray, capacity: np.ndarray,
-           block: int):
-    """Phase 2. Lay chunks against receiver capacities; returns (parts, server) where
+           block: int, cm: CostModel):
+    """Phase 2. Lay chunks against receiver capacities; returns (parts, server, cost) where
     server = -1 marks work no receiver had room for."""
     if len(shed) == 0:
-        return shed, np.zeros(0, dtype=np.int64)
-    corder = np.lexsort((np.arange(len(shed)), -shed_cost))
+        return shed, np.zeros(0, dtype=np.int64), shed_cost
+    corder = np.argsort(-shed_cost, kind="stable")
     ch, cc = shed.take(corder), shed_cost[corder]
     rorder = np.lexsort((receivers, -capacity))
     recv, cap = receivers[rorder], capacity[rorder]
@@ -214,7 +221,13 @@ def _place(shed: TaskTable, shed_cost: np.ndarray, receivers: np.ndarray, capaci
     parts = TaskTable(ch.piece[seg_chunk], ch.owner[seg_chunk], ch.doc[seg_chunk],
                       seg_pos, seg_end)
     keep = seg_end > seg_pos
-    return parts.take(keep), server[keep].astype(np.int64)
+    parts, server, seg_chunk = parts.take(keep), server[keep], seg_chunk[keep]
+    # only the chunks that were cut need their pieces re-costed
+    cost = cc[seg_chunk]
+    whole = (parts.q_start == ch.q_start[seg_chunk]) & (parts.q_end == ch.q_end[seg_chunk])
+    if not whole.all():
+        cost[~whole] = cm.task_cost(parts.take(~whole))
+    return parts, server, cost
 
 
 def _plan_once(tasks, cost, num_ranks, servers, ceiling, tolerance, block, cm):
@@ -228,19 +241,20 @@ def _plan_once(tasks, cost, num_ranks, servers, ceiling, tolerance, block, cm):
     must_empty = ~is_server
     excess[must_empty] = load[must_empty]
     split_floor = mean * tolerance * SHED_TARGET_FRACTION / 2
-    kept, shed = _shed(tasks, cost, excess, must_empty & (load > 0), split_floor, block, cm)
-    kept_cost, shed_cost = cm.task_cost(kept), cm.task_cost(shed)
+    kept, kept_cost, shed, shed_cost = _shed(tasks, cost, excess, must_empty & (load > 0),
+                                             split_floor, block, cm)
     kept_load = np.bincount(kept.owner, kept_cost, minlength=num_ranks)
     capacity = _water_level(kept_load[servers], ceiling[servers], float(shed_cost.sum()))
     has_room = capacity > 0
-    moved, where = _place(shed, shed_cost, servers[has_room], capacity[has_room], block)
+    moved, where, moved_cost = _place(shed, shed_cost, servers[has_room], capacity[has_room],
+                                      block, cm)
     # work nobody had room for stays home, or goes to the least-loaded server
     home = np.where(is_server[moved.owner], moved.owner,
                     servers[np.argmin(kept_load[servers])])
     where = np.where(where < 0, home, where)
     parts = TaskTable.concat([kept, moved])
     server = np.concatenate([kept.owner, where]).astype(np.int64)
-    return parts, server
+    return parts, server, np.concatenate([kept_cost, moved_cost])
 
 
 def segment_order(parts: TaskTable, server: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -283,28 +297,31 @@ def plan(tasks: TaskTable, num_ranks: int, cost_model: CostModel, *, tolerance: 
     cost = cost_model.task_cost(tasks)
     load_before = np.bincount(tasks.owner, cost, minlength=num_ranks)
     ceiling = np.full(num_ranks, np.inf)
-    mem_before = server_memory(tasks, tasks.owner, num_ranks, cost_model) if memory_cap else None
-    best = None  # (max load, parts, server, memory) of the best plan within the memory cap
-    for _ in range(MAX_MEMORY_ROUNDS if memory_cap else 1):
-        parts, server = _plan_once(tasks, cost, num_ranks, srv, ceiling, tolerance, int(block),
-                                   cost_model)
-        if not memory_cap:
-            best = (0.0, parts, server, server_memory(parts, server, num_ranks, cost_model))
-            break
+    if not memory_cap:
+        parts, server, part_cost = _plan_once(tasks, cost, num_ranks, srv, ceiling, tolerance,
+                                              int(block), cost_model)
+        load_after = np.bincount(server, part_cost, minlength=num_ranks)
+        return Plan(parts, server, part_cost, srv, load_before, load_after, None,
+                    (time.perf_counter() - t0) * 1e3)
+    mem_before = server_memory(tasks, tasks.owner, num_ranks, cost_model)
+    best = None  # (max load, parts, server, cost, memory) of the best plan within the cap
+    for _ in range(MAX_MEMORY_ROUNDS):
+        parts, server, part_cost = _plan_once(tasks, cost, num_ranks, srv, ceiling, tolerance,
+                                              int(block), cost_model)
         memory = server_memory(parts, server, num_ranks, cost_model)
         over = memory > memory_cap
         fixed, fixed_mem = (server, memory) if not over.any() else _repair_memory(
-            parts, server, srv, memory_cap, num_ranks, cost_model)
+            parts, server, part_cost, srv, memory_cap, num_ranks, cost_model)
         if fixed_mem.max() <= memory_cap:
-            peak = np.bincount(fixed, cost_model.task_cost(parts), minlength=num_ranks).max()
+            peak = np.bincount(fixed, part_cost, minlength=num_ranks).max()
             if best is None or peak < best[0]:
-                best = (peak, parts, fixed, fixed_mem)
+                best = (peak, parts, fixed, part_cost, fixed_mem)
         if not over.any():
             break
         # plan again with a lower cost ceiling where memory overflowed: a receiver gives back
         # received work at the memory-per-cost rate of what it received; a rank over the cap
         # with its own work sheds in proportion
-        load_after = np.bincount(server, cost_model.task_cost(parts), minlength=num_ranks)
+        load_after = np.bincount(server, part_cost, minlength=num_ranks)
         gained = load_after - load_before
         rate = np.where(gained > 0, (memory - mem_before) / np.where(gained > 0, gained, 1), 0)
         cut = np.where(rate > 0, (memory - memory_cap) / np.where(rate > 0, rate, 1) * 1.2,
@@ -316,22 +333,20 @@ def plan(tasks: TaskTable, num_ranks: int, cost_model: CostModel, *, tolerance: 
             f"memory_cap={memory_cap:.3g} bytes per server cannot be met: running every task "
             f"where it lives already needs {need:.3g} bytes on rank {int(mem_before.argmax())}; "
             "raise options['memory_cap'] (parallel.cad.memory_cap) or use more ranks")
-    _, parts, server, memory = best
-    part_cost = cost_model.task_cost(parts)
+    _, parts, server, part_cost, memory = best
     load_after = np.bincount(server, part_cost, minlength=num_ranks)
     return Plan(parts, server, part_cost, srv, load_before, load_after, memory,
                 (time.perf_counter() - t0) * 1e3)
 
 
-def _repair_memory(parts: TaskTable, server: np.ndarray, servers: np.ndarray, cap: float,
-                   num_ranks: int, cm: CostModel):
+def _repair_memory(parts: TaskTable, server: np.ndarray, cost: np.ndarray, servers: np.ndarray,
+                   cap: float, num_ranks: int, cm: CostModel):
     """Make a plan fit the memory cap: servers over it hand received parts (largest memory
     first) to the least-loaded server with room for them, or back to their owner, which held
     them before planning (so this always succeeds when running in place fits)."""
     server = server.copy()
     is_server = np.zeros(num_ranks, dtype=bool)
     is_server[servers] = True
-    cost = cm.task_cost(parts)
     part_mem = parts.q_len * float(cm.mem_per_q_token) + parts.q_end * float(cm.mem_per_kv_token)
     for _ in range(MAX_MEMORY_ROUNDS):
         memory = server_memory(parts, server, num_ranks, cm)
