@@ -54,9 +54,10 @@ def test_bad_cu_seqlens(cu_q, cu_k, mq, match):
         call(*qkv(), cu_q=cu_q, cu_k=cu_k, mq=mq)
 
 
-def test_bad_scale():
-    with pytest.raises(ValueError, match="softmax_scale"):
-        call(*qkv(), softmax_scale=float("nan"))
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), "0.1"])
+def test_bad_scale(scale):
+    with pytest.raises(ValueError, match="softmax_scale must be a finite number"):
+        call(*qkv(), softmax_scale=scale)
 
 
 def test_cu_seqlens_modified_in_place_is_checked_again():

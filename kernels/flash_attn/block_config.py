@@ -41,13 +41,16 @@ _INTERPRETER = AttentionConfigs(
 )
 
 # H100 bf16/fp16. Candidates were first screened for register spills by compiling for sm_90
-# off-device (none of these spill at GROUP=1); the sweep in benchmarks/attention.py picks
-# among them by time on causal 16K.
+# off-device (cuobjdump resource usage); the sweep in benchmarks/attention.py picks among
+# them by time on causal 16K. Head dim 64 was not swept: it uses the spill-free screen pick.
 _GPU_16BIT = {
+    # sweep on H100 (2026-11-23, causal 16K x 4, 16 heads): forward 128x128 432 TFLOP/s vs
+    # 128x64 413; whole backward 31.0 ms with dkdv 128x64 vs 33.3 with 128x32, dq 128x64
+    # 31.7 vs 32.5 with 128x32 (benchmarks/results/attention_h100.json, "sweep")
     128: AttentionConfigs(
-        forward=TileConfig(128, 64, num_warps=8, num_stages=3),
-        dkdv=TileConfig(128, 32, num_warps=8, num_stages=3),
-        dq=TileConfig(128, 32, num_warps=8, num_stages=3),
+        forward=TileConfig(128, 128, num_warps=8, num_stages=3),
+        dkdv=TileConfig(128, 64, num_warps=8, num_stages=3),
+        dq=TileConfig(128, 64, num_warps=8, num_stages=3),
     ),
     64: AttentionConfigs(
         forward=TileConfig(128, 64, num_warps=8, num_stages=3),

@@ -23,6 +23,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
                       configs: AttentionConfigs, interpret: bool):
+    """Returns o, lse and the q-tile schedule (which dq can reuse when its tiles match)."""
     kernels = load_kernels("triton_forward", interpret)
     total_q, hq, d = q.shape
     hkv = k.shape[1]
@@ -32,7 +33,7 @@ def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
     schedule = tile_schedule(cu_q, cu_k, total_q, cfg.block_rows, causal, rows_are_queries=True)
     grid = (schedule.shape[0] * hq,)
     if grid[0] == 0:
-        return o, lse
+        return o, lse, schedule
     kernels.attention_forward_kernel[grid](
         q, k, v, o, lse, cu_q, cu_k, schedule,
         softmax_scale * LOG2E,
@@ -43,11 +44,11 @@ def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
         CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
-    return o, lse
+    return o, lse, schedule
 
 
 def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: float, causal: bool,
-                       configs: AttentionConfigs, interpret: bool):
+                       configs: AttentionConfigs, interpret: bool, forward_schedule=None):
     kernels = load_kernels("triton_backward", interpret)
     total_q, hq, d = q.shape
     total_k, hkv, _ = k.shape
@@ -85,7 +86,10 @@ def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: flo
     )
 
     cfg = configs.dq
-    schedule = tile_schedule(cu_q, cu_k, total_q, cfg.block_rows, causal, rows_are_queries=True)
+    if forward_schedule is not None and cfg.block_rows == configs.forward.block_rows:
+        schedule = forward_schedule  # same q tiles, same order: skip rebuilding it
+    else:
+        schedule = tile_schedule(cu_q, cu_k, total_q, cfg.block_rows, causal, rows_are_queries=True)
     kernels.attention_backward_dq_kernel[(schedule.shape[0] * hq,)](
         q, k, v, do, lse, delta, dq, cu_q, cu_k, schedule,
         scale2, softmax_scale,
@@ -105,8 +109,8 @@ class TritonVarlenAttention(torch.autograd.Function):
     def forward(ctx, q, k, v, cu_q, cu_k, softmax_scale, causal, interpret, configs):
         if configs is None:
             configs = select_configs(q.shape[-1], q.dtype, interpret)
-        o, lse = attention_forward(q, k, v, cu_q, cu_k, softmax_scale, causal, configs, interpret)
-        ctx.save_for_backward(q, k, v, o, lse, cu_q, cu_k)
+        o, lse, schedule = attention_forward(q, k, v, cu_q, cu_k, softmax_scale, causal, configs, interpret)
+        ctx.save_for_backward(q, k, v, o, lse, cu_q, cu_k, schedule)
         ctx.softmax_scale, ctx.causal, ctx.interpret, ctx.configs = softmax_scale, causal, interpret, configs
         # an unused lse output should cost nothing in backward, not a zero-filled [H, T] buffer
         ctx.set_materialize_grads(False)
@@ -114,7 +118,7 @@ class TritonVarlenAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dlse):
-        q, k, v, o, lse, cu_q, cu_k = ctx.saved_tensors
+        q, k, v, o, lse, cu_q, cu_k, schedule = ctx.saved_tensors
         dq, dk, dv = attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, ctx.softmax_scale,
-                                        ctx.causal, ctx.configs, ctx.interpret)
+                                        ctx.causal, ctx.configs, ctx.interpret, schedule)
         return dq, dk, dv, None, None, None, None, None, None
