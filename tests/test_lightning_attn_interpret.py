@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") != "1",
 
 if os.environ.get("TRITON_INTERPRET", "0") == "1":
     from kernels.lightning_attn import chunk_lightning_attn, lightning_attn_reference, uses_triton
+    from kernels.lightning_attn import chunked
     from kernels.lightning_attn.chunked import chunk_lightning_attn_triton
 
 TOL = 2e-5  # fp32 arithmetic against fp64; measured errors are ~1e-7 (dg_gamma ~1e-6)
@@ -78,16 +79,20 @@ def test_batch_rows_are_separate_sequences(decay):
     _check(_case(2, 35, 2, 16, 16, decay, n_states=2, seed=7), seed=7)
 
 
+@pytest.mark.parametrize("variant", ["split", "fused"])
 @pytest.mark.parametrize("decay", ["none", "gamma", "g"])
-def test_varlen_documents_reset_state(decay):
+def test_varlen_documents_reset_state(decay, variant, monkeypatch):
+    monkeypatch.setattr(chunked, "BACKWARD", variant)
     # documents of 1, 0, 16, 33, 1 and 7 tokens: boundaries inside chunks, empty and 1-token
     cu = torch.tensor([0, 1, 1, 17, 50, 51, 58])
     _check(_case(1, 58, 2, 16, 16, decay, n_states=6, seed=8), cu=cu, seed=8)
 
 
-def test_odd_head_dims_and_several_value_blocks():
-    # K=20 pads to 32; V=40 in blocks of 16 -> three blocks, the last one ragged
-    _check(_case(1, 37, 2, 20, 40, "g", n_states=1, seed=9), seed=9, block_v=16)
+@pytest.mark.parametrize("variant", ["split", "fused"])
+def test_odd_head_dims_and_several_state_slices(variant, monkeypatch):
+    monkeypatch.setattr(chunked, "BACKWARD", variant)
+    # K=20 pads to 32, V=40 to 64; slices of 16 -> K in two slices, V in three, both ragged
+    _check(_case(1, 37, 2, 20, 40, "g", n_states=1, seed=9), seed=9, block=16)
 
 
 def test_without_initial_state():

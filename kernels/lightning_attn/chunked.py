@@ -7,16 +7,23 @@ documents over the flattened B*T tokens, cut into segments (see `triton_common`)
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import triton
 
 from kernels.lightning_attn.triton_backward import dkv_kernel, dq_kernel
+from kernels.lightning_attn.triton_backward_split import (dk_split_kernel, dq_split_kernel,
+                                                          dv_split_kernel)
+from kernels.lightning_attn.triton_common import INTERPRET, launch
 from kernels.lightning_attn.triton_forward import (output_kernel, segment_scan_kernel,
                                                    segment_state_kernel)
 
-MAX_HEAD_DIM_K = 256  # the K x BV fp32 state lives in registers
+MAX_HEAD_DIM = 256  # a K x V-slice fp32 state lives in registers
 _SCAN_BLOCK = 1024
+# "split" (three kernels carrying state slices) or "fused" (two kernels carrying whole
+# states; they spill registers at K = V = 128). The benchmark measures both.
+BACKWARD = os.environ.get("DISTCA_LIGHTNING_BWD", "split")
 
 
 @functools.lru_cache(maxsize=None)
@@ -24,13 +31,12 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def default_chunks_per_segment(tokens: int, heads: int, n_vblocks: int, chunk: int,
-                               device: torch.device) -> int:
-    """Longest segments that still give every multiprocessor ~8 programs: long segments mean
-    fewer fp32 states through memory, short ones mean more parallel programs."""
+def default_chunks_per_segment(tokens: int, heads: int, chunk: int, device: torch.device) -> int:
+    """Longest segments that still give every multiprocessor ~8 (segment, head) programs: long
+    segments mean fewer fp32 states through memory, short ones more parallel programs."""
     if device.type != "cuda":
         return 2
-    work = triton.cdiv(max(tokens, 1), chunk) * heads * n_vblocks
+    work = triton.cdiv(max(tokens, 1), chunk) * heads
     per = max(1, work // (8 * _sm_count(device.index or 0)))
     return max(1, min(64, 1 << (per.bit_length() - 1)))
 
@@ -57,33 +63,43 @@ def plan_segments(cu: torch.Tensor, seg_len: int, device):
 class _Plan:
     """Everything about the problem's layout that forward and backward share."""
 
-    def __init__(self, q, v, cu_seqlens, chunk, chunks_per_segment, block_v):
+    def __init__(self, q, v, cu_seqlens, chunk, chunks_per_segment, block):
         b, t, h, kd = q.shape
         vd = v.shape[-1]
         self.B, self.T, self.H, self.K, self.V = b, t, h, kd, vd
         self.TT = b * t
         self.BT = chunk
         self.BK = max(16, triton.next_power_of_2(kd))
-        if self.BK > MAX_HEAD_DIM_K:
-            raise ValueError(f"q: head dim K={kd} exceeds {MAX_HEAD_DIM_K}, the most the Triton "
-                             f"kernel holds in registers; split heads or use the reference")
-        self.BV = block_v or min(128, max(16, triton.next_power_of_2(vd)))
-        self.NV = triton.cdiv(vd, self.BV)
+        self.BVF = max(16, triton.next_power_of_2(vd))
+        if self.BK > MAX_HEAD_DIM or self.BVF > MAX_HEAD_DIM:
+            raise ValueError(f"q, v: head dims K={kd}, V={vd} must be <= {MAX_HEAD_DIM} for the "
+                             f"Triton kernel (its states live in registers); split the heads")
+        self.block = block  # forced slice width (tests); None lets the tuner choose
         if cu_seqlens is None:
             cu = torch.arange(b + 1, dtype=torch.int64) * t
         else:
             cu = cu_seqlens.detach().to("cpu", torch.int64)
         self.cu = cu
-        cps = chunks_per_segment or default_chunks_per_segment(self.TT, h, self.NV, chunk,
-                                                               q.device)
+        cps = chunks_per_segment or default_chunks_per_segment(self.TT, h, chunk, q.device)
         self.table, self.S, self.N = plan_segments(cu, cps * chunk, q.device)
         self.seg_bos = self.table[:self.S]
         self.seg_eos = self.table[self.S:2 * self.S]
         self.seq_seg = self.table[2 * self.S:]
-        self.dot_prec = "ieee" if q.dtype == torch.float32 else "tf32"
+        # fp32 input: exact products in the interpreter; on a GPU three-pass TF32 (about fp32
+        # accuracy on the tensor cores; "ieee" compiles for minutes and spills everything).
+        if q.dtype != torch.float32:
+            self.dot_prec = "tf32"  # unused: 16-bit operands
+        else:
+            self.dot_prec = "ieee" if INTERPRET else "tf32x3"
+        self.dims = dict(K=kd, V=vd, BK=self.BK, BVF=self.BVF, BKF=self.BK)
 
-    def grid(self):
-        return (self.S * self.H * self.NV,)
+    def grid_over(self, dim):
+        """Grid for kernels with one program per (segment, head, slice of `dim`)."""
+        return lambda blk: (self.S * self.H * triton.cdiv(dim, blk),)
+
+    def run(self, kernel, dim, args, meta):
+        """Launch a tuned kernel with one program per (segment, head, slice of `dim`)."""
+        launch(kernel, self.grid_over(dim), args, meta, self.dims, self.block)
 
     def scan_grid(self):
         return (self.N * self.H, triton.cdiv(self.K * self.V, _SCAN_BLOCK))
@@ -110,47 +126,91 @@ def _scan(plan, m_in, a_seg, init, reverse):
     return s_out, final
 
 
+def _segment_sums(plan, a, b, decay, g32, gamma32, scale, from_start, a_seg):
+    m = torch.empty(plan.S, plan.H, plan.K, plan.V, dtype=torch.float32, device=a.device)
+    meta = dict(K=plan.K, V=plan.V, BT=plan.BT, BK=plan.BK, DECAY=decay,
+                FROM_START=from_start, DOT_PREC=plan.dot_prec)
+    plan.run(segment_state_kernel, plan.V,
+             (a, b, g32, gamma32, plan.seg_bos, plan.seg_eos, m, a_seg, scale, plan.H), meta)
+    return m
+
+
 def forward(q, k, v, decay, g32, gamma32, scale, initial_state, plan):
     """q, k [TT, H, K], v [TT, H, V] contiguous. Returns o [TT, H, V], final [N, H, K, V],
     and the per-segment entering states and log-decays the backward needs."""
-    dev = q.device
-    m = torch.empty(plan.S, plan.H, plan.K, plan.V, dtype=torch.float32, device=dev)
-    a_seg = torch.empty(plan.S, plan.H, dtype=torch.float32, device=dev)
-    meta = dict(K=plan.K, V=plan.V, BT=plan.BT, BK=plan.BK, BV=plan.BV, NV=plan.NV,
-                DECAY=decay, DOT_PREC=plan.dot_prec)
-    segment_state_kernel[plan.grid()](k, v, g32, gamma32, plan.seg_bos, plan.seg_eos, m, a_seg,
-                                      plan.H, **meta)
+    a_seg = torch.empty(plan.S, plan.H, dtype=torch.float32, device=q.device)
+    m = _segment_sums(plan, k, v, decay, g32, gamma32, 1.0, False, a_seg)
     init = None if initial_state is None else initial_state.detach().to(torch.float32).contiguous()
     s_seg, final = _scan(plan, m, a_seg, init, reverse=False)
     del m
-    o = torch.empty(plan.TT, plan.H, plan.V, dtype=q.dtype, device=dev)
-    output_kernel[plan.grid()](q, k, v, o, g32, gamma32, plan.seg_bos, plan.seg_eos, s_seg,
-                               scale, plan.H, **meta)
+    o = torch.empty(plan.TT, plan.H, plan.V, dtype=q.dtype, device=q.device)
+    meta = dict(K=plan.K, V=plan.V, BT=plan.BT, BK=plan.BK, DECAY=decay, DOT_PREC=plan.dot_prec)
+    plan.run(output_kernel, plan.V,
+             (q, k, v, o, g32, gamma32, plan.seg_bos, plan.seg_eos, s_seg, scale, plan.H), meta)
     return o, final, s_seg, a_seg
 
 
 def backward(q, k, v, do, dfinal, decay, g32, gamma32, scale, s_seg, a_seg, plan, need_dg):
     """Returns dq, dk, dv (input dtype), d initial_state [N, H, K, V] fp32, and the
     per-token gradient w.r.t. the cumulative log-decay (fp32 [TT, H]) or None."""
+    if BACKWARD == "fused":
+        return _backward_fused(q, k, v, do, dfinal, decay, g32, gamma32, scale, s_seg, a_seg,
+                               plan, need_dg)
     dev = q.device
-    nv, tt, h = plan.NV, plan.TT, plan.H
+    tt, h = plan.TT, plan.H
+    dfin = None if dfinal is None else dfinal.to(torch.float32).contiguous()
+    dm = _segment_sums(plan, q, do, decay, g32, gamma32, scale, True, a_seg)
+    e_seg, dinit = _scan(plan, dm, a_seg, dfin, reverse=True)
+    del dm
+    # dq and dk are split over K: the q.dq and k.dk sums for dg come in per-slice partials.
+    nk = triton.cdiv(plan.K, 16) if need_dg else 1  # room for the narrowest slice
+    dgq = torch.zeros(nk, tt if need_dg else 1, h, dtype=torch.float32, device=dev)
+    dgk = torch.zeros_like(dgq)
+    dq = torch.empty(tt, h, plan.K, dtype=q.dtype, device=dev)
+    dk = torch.empty(tt, h, plan.K, dtype=k.dtype, device=dev)
+    dv = torch.empty(tt, h, plan.V, dtype=v.dtype, device=dev)
+    meta = dict(K=plan.K, V=plan.V, BT=plan.BT, BVF=plan.BVF, DECAY=decay, NEED_DG=need_dg,
+                DOT_PREC=plan.dot_prec)
+    plan.run(dq_split_kernel, plan.K,
+             (q, k, v, do, dq, dgq, g32, gamma32, plan.seg_bos, plan.seg_eos, s_seg, scale,
+              tt, h), meta)
+    plan.run(dk_split_kernel, plan.K,
+             (q, k, v, do, dk, dgk, g32, gamma32, plan.seg_bos, plan.seg_eos, e_seg, scale,
+              tt, h), meta)
+    plan.run(dv_split_kernel, plan.V,
+             (q, k, do, dv, g32, gamma32, plan.seg_bos, plan.seg_eos, e_seg, scale, h),
+             dict(K=plan.K, V=plan.V, BT=plan.BT, BKF=plan.BK, DECAY=decay,
+                  DOT_PREC=plan.dot_prec))
+    dG = (dgq.sum(0) - dgk.sum(0)) if need_dg else None
+    return dq, dk, dv, dinit, dG
+
+
+def _backward_fused(q, k, v, do, dfinal, decay, g32, gamma32, scale, s_seg, a_seg, plan,
+                    need_dg):
+    dev = q.device
+    tt, h = plan.TT, plan.H
+    bv = plan.block or min(128, plan.BVF)
+    nv = triton.cdiv(plan.V, bv)
     part = torch.float32 if nv > 1 else q.dtype
     dq = torch.empty(nv, tt, h, plan.K, dtype=part, device=dev)
     dk = torch.empty(nv, tt, h, plan.K, dtype=part, device=dev)
     dv = torch.empty(tt, h, plan.V, dtype=v.dtype, device=dev)
-    n_dg = nv if need_dg else 1
-    dgq = torch.empty(n_dg, tt if need_dg else 1, h, dtype=torch.float32, device=dev)
+    dgq = torch.empty(nv if need_dg else 1, tt if need_dg else 1, h, dtype=torch.float32,
+                      device=dev)
     dgk = torch.empty_like(dgq)
     dm = torch.empty_like(s_seg)
-    meta = dict(K=plan.K, V=plan.V, BT=plan.BT, BK=plan.BK, BV=plan.BV, NV=nv, DECAY=decay,
-                NEED_DG=need_dg, DOT_PREC=plan.dot_prec)
-    dq_kernel[plan.grid()](q, k, v, do, dq, dgq, g32, gamma32, plan.seg_bos, plan.seg_eos,
-                           s_seg, dm, scale, tt, h, **meta)
+    opts = {} if INTERPRET else {"num_warps": 8 if plan.BK * bv >= 128 * 128 else 4,
+                                 "num_stages": 2}
+    meta = dict(K=plan.K, V=plan.V, BT=plan.BT, BK=plan.BK, BV=bv, DECAY=decay,
+                NEED_DG=need_dg, DOT_PREC=plan.dot_prec, **opts)
+    grid = (plan.S * h * nv,)
+    dq_kernel[grid](q, k, v, do, dq, dgq, g32, gamma32, plan.seg_bos, plan.seg_eos, s_seg, dm,
+                    scale, tt, h, **meta)
     dfin = None if dfinal is None else dfinal.to(torch.float32).contiguous()
     e_seg, dinit = _scan(plan, dm, a_seg, dfin, reverse=True)
     del dm
-    dkv_kernel[plan.grid()](q, k, v, do, dk, dv, dgk, g32, gamma32, plan.seg_bos, plan.seg_eos,
-                            e_seg, scale, tt, h, **meta)
+    dkv_kernel[grid](q, k, v, do, dk, dv, dgk, g32, gamma32, plan.seg_bos, plan.seg_eos, e_seg,
+                     scale, tt, h, **meta)
     dq = dq[0] if nv == 1 else dq.sum(0).to(q.dtype)
     dk = dk[0] if nv == 1 else dk.sum(0).to(k.dtype)
     dG = (dgq.sum(0) - dgk.sum(0)) if need_dg else None
@@ -171,8 +231,8 @@ def reverse_cumsum_per_document(dG: torch.Tensor, cu: torch.Tensor) -> torch.Ten
 class ChunkLightningAttnFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g_gamma, g, initial_state, scale, chunk, chunks_per_segment,
-                block_v, cu_seqlens):
-        plan = _Plan(q, v, cu_seqlens, chunk, chunks_per_segment, block_v)
+                block, cu_seqlens):
+        plan = _Plan(q, v, cu_seqlens, chunk, chunks_per_segment, block)
         tt, h = plan.TT, plan.H
         qf = q.detach().reshape(tt, h, plan.K).contiguous()
         kf = k.detach().reshape(tt, h, plan.K).contiguous()
@@ -221,11 +281,12 @@ class ChunkLightningAttnFunction(torch.autograd.Function):
 
 def chunk_lightning_attn_triton(q, k, v, g_gamma=None, g=None, scale=None, initial_state=None,
                                 output_final_state=False, cu_seqlens=None, *, chunk_size=64,
-                                chunks_per_segment=None, block_v=None):
+                                chunks_per_segment=None, block=None):
     """The Triton path of `chunk_lightning_attn` (inputs assumed validated). The keyword-only
-    knobs exist for tests: small chunks and segments reach every code path at small sizes."""
+    knobs exist for tests: small chunks, segments and state slices (`block`, the width the
+    untuned kernels split K or V into) reach every code path at small sizes."""
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     o, final = ChunkLightningAttnFunction.apply(q, k, v, g_gamma, g, initial_state, scale,
-                                                chunk_size, chunks_per_segment, block_v,
+                                                chunk_size, chunks_per_segment, block,
                                                 cu_seqlens)
     return o, (final if output_final_state else None)

@@ -1,4 +1,5 @@
-"""Backward Triton kernels. With b the chunk-local cumulative log-decay and D_ij = exp(b_i - b_j)
+"""Backward Triton kernels, fused variant (one forward walk for dq and dM, one backward walk for
+dk and dv; see `triton_backward_split.py` for the variant that carries smaller states). With b the chunk-local cumulative log-decay and D_ij = exp(b_i - b_j)
 for i >= j (0 otherwise), per chunk with entering state S and state gradient dH at its end:
 
   dq_i = scale [sum_j D_ij (do_i . v_j) k_j + exp(b_i) do_i S^T]
@@ -19,14 +20,15 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.lightning_attn.triton_common import chunk_log_decay, load_rows, store_rows, tuned
+from kernels.lightning_attn.triton_common import chunk_log_decay, load_rows, store_rows
 
 
 @triton.jit
 def _dq_kernel(q, k, v, do, dq, dgq, g, gamma, seg_bos, seg_eos, s_seg, dm_out, scale, TT, H,
                K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-               BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
+               BK: tl.constexpr, BV: tl.constexpr,
                DECAY: tl.constexpr, NEED_DG: tl.constexpr, DOT_PREC: tl.constexpr):
+    NV = (V + BV - 1) // BV
     pid = tl.program_id(0)
     i_v = pid % NV
     i_h = (pid // NV) % H
@@ -66,13 +68,15 @@ def _dq_kernel(q, k, v, do, dq, dgq, g, gamma, seg_bos, seg_eos, s_seg, dm_out, 
         else:
             b, b_last = chunk_log_decay(g, gam, t0, eos, i_h, H, BT, DECAY)
             dA = dA * tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
+            # Decays scale the products' rows, or the one operand that must be scaled, so
+            # the raw tiles feed the MMAs straight from shared memory.
             dqt = tl.dot(dot, tl.trans(S.to(dt)), input_precision=DOT_PREC) * tl.exp(b)[:, None]
             dqt = tl.dot(dA.to(dt), kt, dqt, input_precision=DOT_PREC)
-            qd = (qt * tl.exp(off + b)[:, None]).to(dt)
-            dM = tl.dot(tl.trans(qd), dot, dM, input_precision=DOT_PREC)
+            dod = (dot * tl.exp(off + b)[:, None]).to(dt)
+            dM = tl.dot(tl.trans(qt), dod, dM, input_precision=DOT_PREC)
             off += b_last
-            kd = (kt * tl.exp(b_last - b)[:, None]).to(dt)
-            S = tl.dot(tl.trans(kd), vt, S * tl.exp(b_last), input_precision=DOT_PREC)
+            vd = (vt * tl.exp(b_last - b)[:, None]).to(dt)
+            S = tl.dot(tl.trans(kt), vd, S * tl.exp(b_last), input_precision=DOT_PREC)
         dqt = dqt * scale
         store_rows(dq_p, dqt, t0, eos, i_h, H, K, ck, BT)
         if NEED_DG:
@@ -81,14 +85,16 @@ def _dq_kernel(q, k, v, do, dq, dgq, g, gamma, seg_bos, seg_eos, s_seg, dm_out, 
     tl.store(dm_out + base + ck[:, None] * V + cv[None, :], dM * scale, mask=smask)
 
 
-dq_kernel = tuned(_dq_kernel, key=["BK", "BV", "BT", "DECAY", "NEED_DG"])
+# Not autotuned: the value-block size fixes the partial buffers the caller allocates.
+dq_kernel = _dq_kernel
 
 
 @triton.jit
 def _dkv_kernel(q, k, v, do, dk, dv, dgk, g, gamma, seg_bos, seg_eos, e_seg, scale, TT, H,
                 K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
-                BK: tl.constexpr, BV: tl.constexpr, NV: tl.constexpr,
+                BK: tl.constexpr, BV: tl.constexpr,
                 DECAY: tl.constexpr, NEED_DG: tl.constexpr, DOT_PREC: tl.constexpr):
+    NV = (V + BV - 1) // BV
     pid = tl.program_id(0)
     i_v = pid % NV
     i_h = (pid // NV) % H
@@ -132,12 +138,12 @@ def _dkv_kernel(q, k, v, do, dk, dv, dgk, g, gamma, seg_bos, seg_eos, e_seg, sca
             At = At * Dt
             dAt = dAt * Dt
             w = tl.exp(b_last - b)[:, None]
-            dvt = tl.dot((kt * w).to(dt), dH.to(dt), input_precision=DOT_PREC)
+            dvt = tl.dot(kt, dH.to(dt), input_precision=DOT_PREC) * w
             dvt = tl.dot(At.to(dt), dot, dvt, input_precision=DOT_PREC)
-            dkt = tl.dot((vt * w).to(dt), tl.trans(dH.to(dt)), input_precision=DOT_PREC)
+            dkt = tl.dot(vt, tl.trans(dH.to(dt)), input_precision=DOT_PREC) * w
             dkt = tl.dot(dAt.to(dt), qt, dkt, input_precision=DOT_PREC)
-            qd = (qt * (tl.exp(b) * scale)[:, None]).to(dt)
-            dH = tl.dot(tl.trans(qd), dot, dH * tl.exp(b_last), input_precision=DOT_PREC)
+            dod = (dot * (tl.exp(b) * scale)[:, None]).to(dt)
+            dH = tl.dot(tl.trans(qt), dod, dH * tl.exp(b_last), input_precision=DOT_PREC)
         store_rows(dv, dvt, t0, eos, i_h, H, V, cv, BT)
         store_rows(dk_p, dkt, t0, eos, i_h, H, K, ck, BT)
         if NEED_DG:
@@ -145,4 +151,4 @@ def _dkv_kernel(q, k, v, do, dk, dv, dgk, g, gamma, seg_bos, seg_eos, e_seg, sca
             tl.store(dg_p + t * H + i_h, tl.sum(kt.to(tl.float32) * dkt, axis=1), mask=t < eos)
 
 
-dkv_kernel = tuned(_dkv_kernel, key=["BK", "BV", "BT", "DECAY", "NEED_DG"])
+dkv_kernel = _dkv_kernel

@@ -56,11 +56,59 @@ def store_rows(ptr, val, t0, eos, i_h, H, D: tl.constexpr, cols, BT: tl.constexp
              mask=mask)
 
 
-def tuned(fn, key):
-    """Autotune over warps and pipeline depth on a GPU; under the interpreter the plain kernel
-    (autotuning there would time every variant on the CPU for nothing). Every tuned kernel
+# DISTCA_LIGHTNING_AUTOTUNE=0 skips tuning (tests: one compile per variant instead of several).
+AUTOTUNE = not INTERPRET and os.environ.get("DISTCA_LIGHTNING_AUTOTUNE", "1") != "0"
+
+# Which dimension each tunable block size splits, and which padded full dimension it is paired
+# with in the kernel's fp32 state (K x BV, BKS x V, K x BVS).
+_TUNE_DIMS = {"BV": ("V", "BK"), "BKS": ("K", "BVF"), "BVS": ("V", "BKF")}
+_CANDIDATES = {}
+
+
+def _shapes(tune_block, candidates, dims):
+    """Candidate (block, warps, stages) for these head dims: blocks no wider than the padded
+    dimension, and 4 warps where the fp32 state is small enough for their registers."""
+    dim, paired = _TUNE_DIMS[tune_block]
+    full = max(16, triton.next_power_of_2(dims[dim]))
+    out = []
+    for blk, warps, stages in candidates:
+        blk = min(blk, full)
+        if dims[paired] * blk < 64 * 128:
+            warps = 4
+        if (blk, warps, stages) not in out:
+            out.append((blk, warps, stages))
+    return out
+
+
+def tuned(fn, key, tune_block, candidates):
+    """Autotune over `candidates` [(block size, warps, stages)], the block size being the kernel
+    argument named `tune_block`, on a GPU. Under the interpreter, or with autotuning off, the
+    plain kernel, launched with the first candidate. The candidates were chosen from the sm_90
+    compiler's resource report (no register spills at K = V = 128); every tuned kernel
     overwrites all of its outputs, so the tuner's repeated launches are harmless."""
-    if INTERPRET:
+    _CANDIDATES[fn] = (tune_block, candidates)
+    if not AUTOTUNE:
         return fn
-    configs = [triton.Config({}, num_warps=w, num_stages=s) for w in (4, 8) for s in (2, 3)]
-    return triton.autotune(configs=configs, key=key)(fn)
+
+    def prune(configs, named_args, **kwargs):
+        dims = {**named_args, **kwargs}
+        return [triton.Config({tune_block: b}, num_warps=w, num_stages=st)
+                for b, w, st in _shapes(tune_block, candidates, dims)]
+
+    placeholder = [triton.Config({tune_block: 64}, num_warps=4, num_stages=2)]
+    return triton.autotune(configs=placeholder, key=key,
+                           prune_configs_by={"early_config_prune": prune})(fn)
+
+
+def launch(kernel, grid_of, args, meta, dims, override=None):
+    """Launch a `tuned` kernel; grid_of(block) gives the grid for a value of its block size.
+    override: a block size to force (tests), which only untuned launches honour."""
+    if isinstance(kernel, triton.runtime.Autotuner):
+        tune_block, _ = _CANDIDATES[kernel.fn]
+        kernel[lambda m: grid_of(m[tune_block])](*args, **meta)
+        return
+    tune_block, candidates = _CANDIDATES[kernel]
+    blk, warps, stages = _shapes(tune_block, candidates, dims)[0]
+    blk = override or blk
+    opts = {} if INTERPRET else {"num_warps": warps, "num_stages": stages}
+    kernel[grid_of(blk)](*args, **meta, **{tune_block: blk}, **opts)
