@@ -83,6 +83,8 @@ def _restrict_fla_autotune():
     kept = {}
     for name in dir(chunk_h):
         obj = getattr(chunk_h, name)
+        while obj is not None and not isinstance(obj, Autotuner):  # under @triton.heuristics
+            obj = getattr(obj, "fn", None)
         if isinstance(obj, Autotuner) and len(obj.configs) > 16:
             before = len(obj.configs)
             obj.configs = [c for c in obj.configs if c.num_warps in (4, 8)

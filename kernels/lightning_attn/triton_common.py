@@ -95,7 +95,9 @@ def tuned(fn, key, tune_block, candidates):
         return [triton.Config({tune_block: b}, num_warps=w, num_stages=st)
                 for b, w, st in _shapes(tune_block, candidates, dims)]
 
-    placeholder = [triton.Config({tune_block: 64}, num_warps=4, num_stages=2)]
+    # Triton's autotuner skips pruning (and tuning) when it holds a single config, so the
+    # placeholders are two; `prune` replaces them with the real candidates for the call.
+    placeholder = [triton.Config({tune_block: b}, num_warps=8, num_stages=2) for b in (64, 128)]
     return triton.autotune(configs=placeholder, key=key,
                            prune_configs_by={"early_config_prune": prune})(fn)
 
