@@ -22,7 +22,7 @@ from parallel.context.shard import build_shard, doc_tables
 from parallel.dims import ParallelDims, ParallelState
 from tests.distributed_utils import run_distributed
 
-FP32_GROWTH = 8.0  # allowed fp32 error, in multiples of the single-process fp32 error
+FP32_GROWTH = 3.0  # allowed fp32 RMS error, in multiples of the single-process fp32 error
 
 
 def _heads(n: int) -> tuple[int, int]:
@@ -78,6 +78,8 @@ def _run_case(state, strategy, doc_lens, hq, hkv, dtype, seed):
     k = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
     v = torch.randn(total, hkv, d, generator=g, dtype=torch.float64)
     do = torch.randn(total, hq, d, generator=g, dtype=torch.float64)
+    # round inputs to the tested dtype first, so the error measured is the computation's own
+    q, k, v, do = (x.to(dtype).double() for x in (q, k, v, do))
     scale = 0.7 * d ** -0.5
 
     full = build_shard(doc_lens, 0, 1, "contiguous")
@@ -90,9 +92,17 @@ def _run_case(state, strategy, doc_lens, hq, hkv, dtype, seed):
     o = strategy(*mine, shard, scale)
     assert o.shape == mine[0].shape and o.dtype == dtype
     grads = torch.autograd.grad(o, mine, shard.local(do).to(dtype))
-    err_o = (o.double() - shard.local(ref)).abs().max().item()
-    err_g = max((a.double() - shard.local(b)).abs().max().item() for a, b in zip(grads, ref_grads))
-    return err_o, err_g
+    if dtype == torch.float64:  # exact up to round-off: the worst element
+        err_o = (o.double() - shard.local(ref)).abs().max().item()
+        err_g = max((a.double() - shard.local(b)).abs().max().item() for a, b in zip(grads, ref_grads))
+        return err_o, err_g
+    # fp32: RMS error over all tokens (a max is dominated by tokens that never merge blocks)
+    sq_o = ((o.double() - shard.local(ref)) ** 2).sum()
+    sq_g = sum(((a.double() - shard.local(b)) ** 2).sum() for a, b in zip(grads, ref_grads))
+    tot = torch.stack([sq_o, sq_g, torch.tensor(float(o.numel()), dtype=torch.float64)])
+    if state.cp_group is not None:
+        dist.all_reduce(tot, group=state.cp_group)
+    return (tot[0] / tot[2]).sqrt().item(), (tot[1] / (3 * tot[2])).sqrt().item()
 
 
 def _single_process_state():
@@ -128,7 +138,7 @@ def _check_world(state, active: bool):
             e32 = _run_case(state, strategy, doc_lens, hq_c, hkv_c, torch.float32, seed)
             ref32 = _local_fp32_error(doc_lens, hq_c, hkv_c, seed)
             for got, yard, what in zip(e32, ref32, ("output", "grad")):
-                assert got <= FP32_GROWTH * yard + 1e-7, (algo, layout, u, n, what, got, yard)
+                assert got <= FP32_GROWTH * yard, (algo, layout, u, n, what, got, yard)
 
 
 def _check_gather_and_bytes(state):
