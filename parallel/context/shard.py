@@ -45,8 +45,9 @@ class Shard:
     piece_docs: list[int]        # [P] document of each piece
     piece_starts: list[int]      # [P] offset inside its document of each piece's first token
     # Per-shard memo for derived plans (peer shards, ring/all-gather plans): the trainer
-    # reuses one shard for every layer of a micro-batch, so plans are built once.
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+    # reuses one shard for every layer of a micro-batch, so plans are built once. Not an
+    # __init__ argument, so copies (Shard(...), dataclasses.replace, .to) start empty.
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @property
     def num_tokens(self) -> int:
@@ -232,5 +233,5 @@ def build_shard(doc_lens: list[int], cp_rank: int = 0, cp_size: int = 1,
     """The shard of rank `cp_rank` out of `cp_size` for a stream with these documents."""
     doc_lens = [int(n) for n in doc_lens]
     _check(doc_lens, cp_rank, cp_size, layout)
-    index = layout_indices(tuple(doc_lens), cp_size, layout)[cp_rank]
+    index = layout_indices(tuple(doc_lens), cp_size, layout)[cp_rank].clone()  # cache stays intact
     return shard_from_index(doc_lens, index, layout, cp_rank, cp_size)
