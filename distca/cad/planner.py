@@ -95,8 +95,8 @@ def _snap(start, end, cut, target, head: np.ndarray, block: int) -> np.ndarray:
     choosing the neighbour whose head part [start, c) (head=True) or tail part [c, end) has
     pair count closest to `target`."""
     fl = np.floor(cut / block) * block
-    lo = np.clip(fl, start, end)
-    hi = np.clip(fl + block, start, end)
+    lo = np.minimum(np.maximum(fl, start), end)
+    hi = np.minimum(np.maximum(fl + block, start), end)
 
     def err(c):
         got = np.where(head, prefix_pairs(start, c), prefix_pairs(c, end))
@@ -105,23 +105,23 @@ def _snap(start, end, cut, target, head: np.ndarray, block: int) -> np.ndarray:
     return np.where(err(lo) <= err(hi), lo, hi).astype(np.int64)
 
 
-def _shed(tasks: TaskTable, cost: np.ndarray, excess: np.ndarray, must_empty: np.ndarray,
-          split_floor: float, block: int, cm: CostModel):
-    """Phase 1. Returns (kept, kept_cost, shed, shed_cost); `excess[r]` is what rank r sheds."""
-    idx = np.flatnonzero(excess[tasks.owner] > 0)
+def _shed(tasks: TaskTable, cost: np.ndarray, where: np.ndarray, excess: np.ndarray,
+          must_empty: np.ndarray, split_floor: float, block: int, cm: CostModel):
+    """Phase 1. `where[i]`: the rank task i sits on now; `excess[r]`: what rank r sheds.
+    Returns (kept, kept_cost, kept_where, shed, shed_cost, shed_where)."""
+    idx = np.flatnonzero(excess[where] > 0)
     if idx.size == 0:
-        return tasks, cost, tasks.take(idx), cost[idx]
-    t = tasks.take(idx)
-    c = cost[idx]
+        return tasks, cost, where, tasks.take(idx), cost[idx], where[idx]
+    t, c, w = tasks.take(idx), cost[idx], where[idx]
     byt = t.q_len * cm.bytes_per_q_token + t.q_end * cm.bytes_per_kv_token
     eff = c / np.maximum(byt, 1)
-    order = np.lexsort((-eff, t.owner))  # per donor, best compute-per-byte first (stable)
-    t, c, idx = t.take(order), c[order], idx[order]
+    order = np.lexsort((-eff, w))  # per donor, best compute-per-byte first (stable)
+    t, c, w, idx = t.take(order), c[order], w[order], idx[order]
     cs = np.cumsum(c)
-    gstart = _group_starts(t.owner)
+    gstart = _group_starts(w)
     before = cs - c - (cs[gstart] - c[gstart])          # cost taken before this task in its donor
-    x = excess[t.owner]
-    take = (before + c <= x * (1 + 1e-9)) | must_empty[t.owner]
+    x = excess[w]
+    take = (before + c <= x * (1 + 1e-9)) | must_empty[w]
     # the first task that does not fit is split for what remains (if it is worth a split)
     first_out = ~take & ((np.arange(c.size) == gstart) | np.r_[True, take[:-1]])
     rem = x - before
@@ -131,7 +131,8 @@ def _shed(tasks: TaskTable, cost: np.ndarray, excess: np.ndarray, must_empty: np
     keep = ~take & ~split
     kept = [tasks.take(untouched), t.take(keep)]
     kept_cost = [cost[untouched], c[keep]]
-    shed, shed_cost = [t.take(take)], [c[take]]
+    kept_where = [where[untouched], w[keep]]
+    shed, shed_cost, shed_where = [t.take(take)], [c[take]], [w[take]]
     if split.any():
         s = t.take(split)
         total = prefix_pairs(s.q_start, s.q_end)
@@ -148,13 +149,17 @@ def _shed(tasks: TaskTable, cost: np.ndarray, excess: np.ndarray, must_empty: np
                       np.where(head, s.q_end, cut))      # kept
         shed.append(a)
         shed_cost.append(cm.task_cost(a))
+        shed_where.append(w[split])
         kept.append(b)
         kept_cost.append(cm.task_cost(b))
+        kept_where.append(w[split])
     kept, shed = TaskTable.concat(kept), TaskTable.concat(shed)
     kept_cost, shed_cost = np.concatenate(kept_cost), np.concatenate(shed_cost)
+    kept_where, shed_where = np.concatenate(kept_where), np.concatenate(shed_where)
     k = kept.q_end > kept.q_start
     sh = shed.q_end > shed.q_start
-    return kept.take(k), kept_cost[k], shed.take(sh), shed_cost[sh]
+    return (kept.take(k), kept_cost[k], kept_where[k],
+            shed.take(sh), shed_cost[sh], shed_where[sh])
 
 
 def _water_level(load: np.ndarray, ceiling: np.ndarray, amount: float) -> np.ndarray:
@@ -180,14 +185,14 @@ def _water_level(load: np.ndarray, ceiling: np.ndarray, amount: float) -> np.nda
     return np.clip(np.minimum(hi, ceiling) - load, 0, None)
 
 
-def _place(shed: TaskTable, shed_cost: np.ndarray, receivers: np.ndarray, capacity: np.ndarray,
-           block: int, cm: CostModel):
-    """Phase 2. Lay chunks against receiver capacities; returns (parts, server, cost) where
-    server = -1 marks work no receiver had room for."""
+def _place(shed: TaskTable, shed_cost: np.ndarray, shed_where: np.ndarray, receivers: np.ndarray,
+           capacity: np.ndarray, block: int, cm: CostModel):
+    """Phase 2. Lay chunks against receiver capacities; returns (parts, server, cost, from)
+    where server = -1 marks work no receiver had room for and `from` is where it was."""
     if len(shed) == 0:
-        return shed, np.zeros(0, dtype=np.int64), shed_cost
+        return shed, np.zeros(0, dtype=np.int64), shed_cost, shed_where
     corder = np.argsort(-shed_cost, kind="stable")
-    ch, cc = shed.take(corder), shed_cost[corder]
+    ch, cc, cw = shed.take(corder), shed_cost[corder], shed_where[corder]
     rorder = np.lexsort((receivers, -capacity))
     recv, cap = receivers[rorder], capacity[rorder]
     c_end = np.cumsum(cc)
@@ -227,11 +232,12 @@ def _place(shed: TaskTable, shed_cost: np.ndarray, receivers: np.ndarray, capaci
     whole = (parts.q_start == ch.q_start[seg_chunk]) & (parts.q_end == ch.q_end[seg_chunk])
     if not whole.all():
         cost[~whole] = cm.task_cost(parts.take(~whole))
-    return parts, server, cost
+    return parts, server, cost, cw[seg_chunk]
 
 
-def _plan_once(tasks, cost, num_ranks, servers, ceiling, tolerance, block, cm):
-    load = np.bincount(tasks.owner, cost, minlength=num_ranks)
+def _plan_once(tasks, cost, where, num_ranks, servers, ceiling, tolerance, block, cm):
+    """One shed-and-place pass over tasks sitting on ranks `where`; returns (parts, server, cost)."""
+    load = np.bincount(where, cost, minlength=num_ranks)
     is_server = np.zeros(num_ranks, dtype=bool)
     is_server[servers] = True
     mean = load.sum() / servers.size
@@ -241,20 +247,35 @@ def _plan_once(tasks, cost, num_ranks, servers, ceiling, tolerance, block, cm):
     must_empty = ~is_server
     excess[must_empty] = load[must_empty]
     split_floor = mean * tolerance * SHED_TARGET_FRACTION / 2
-    kept, kept_cost, shed, shed_cost = _shed(tasks, cost, excess, must_empty & (load > 0),
-                                             split_floor, block, cm)
-    kept_load = np.bincount(kept.owner, kept_cost, minlength=num_ranks)
+    kept, kept_cost, kept_where, shed, shed_cost, shed_where = _shed(
+        tasks, cost, where, excess, must_empty & (load > 0), split_floor, block, cm)
+    kept_load = np.bincount(kept_where, kept_cost, minlength=num_ranks)
     capacity = _water_level(kept_load[servers], ceiling[servers], float(shed_cost.sum()))
     has_room = capacity > 0
-    moved, where, moved_cost = _place(shed, shed_cost, servers[has_room], capacity[has_room],
-                                      block, cm)
-    # work nobody had room for stays home, or goes to the least-loaded server
-    home = np.where(is_server[moved.owner], moved.owner,
-                    servers[np.argmin(kept_load[servers])])
-    where = np.where(where < 0, home, where)
+    moved, dest, moved_cost, moved_from = _place(shed, shed_cost, shed_where, servers[has_room],
+                                                 capacity[has_room], block, cm)
+    # work nobody had room for stays where it was, or goes to the least-loaded server
+    home = np.where(is_server[moved_from], moved_from, servers[np.argmin(kept_load[servers])])
+    dest = np.where(dest < 0, home, dest)
     parts = TaskTable.concat([kept, moved])
-    server = np.concatenate([kept.owner, where]).astype(np.int64)
+    server = np.concatenate([kept_where, dest]).astype(np.int64)
     return parts, server, np.concatenate([kept_cost, moved_cost])
+
+
+def _balanced(tasks, cost, num_ranks, servers, ceiling, tolerance, block, cm,
+              max_passes: int = 3):
+    """Shed-and-place passes until the measured costs are within tolerance: splitting
+    changes costs a little (the table prices small shards dearer), so a second pass starts
+    from the parts where they landed."""
+    parts, server, part_cost = _plan_once(tasks, cost, tasks.owner, num_ranks, servers, ceiling,
+                                          tolerance, block, cm)
+    for _ in range(max_passes - 1):
+        load = np.bincount(server, part_cost, minlength=num_ranks)[servers]
+        if load.max() <= load.mean() * (1 + tolerance) * (1 + 1e-9):
+            break
+        parts, server, part_cost = _plan_once(parts, part_cost, server, num_ranks, servers,
+                                              ceiling, tolerance, block, cm)
+    return parts, server, part_cost
 
 
 def segment_order(parts: TaskTable, server: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -298,16 +319,16 @@ def plan(tasks: TaskTable, num_ranks: int, cost_model: CostModel, *, tolerance: 
     load_before = np.bincount(tasks.owner, cost, minlength=num_ranks)
     ceiling = np.full(num_ranks, np.inf)
     if not memory_cap:
-        parts, server, part_cost = _plan_once(tasks, cost, num_ranks, srv, ceiling, tolerance,
-                                              int(block), cost_model)
+        parts, server, part_cost = _balanced(tasks, cost, num_ranks, srv, ceiling, tolerance,
+                                             int(block), cost_model)
         load_after = np.bincount(server, part_cost, minlength=num_ranks)
         return Plan(parts, server, part_cost, srv, load_before, load_after, None,
                     (time.perf_counter() - t0) * 1e3)
     mem_before = server_memory(tasks, tasks.owner, num_ranks, cost_model)
     best = None  # (max load, parts, server, cost, memory) of the best plan within the cap
     for _ in range(MAX_MEMORY_ROUNDS):
-        parts, server, part_cost = _plan_once(tasks, cost, num_ranks, srv, ceiling, tolerance,
-                                              int(block), cost_model)
+        parts, server, part_cost = _balanced(tasks, cost, num_ranks, srv, ceiling, tolerance,
+                                             int(block), cost_model)
         memory = server_memory(parts, server, num_ranks, cost_model)
         over = memory > memory_cap
         fixed, fixed_mem = (server, memory) if not over.any() else _repair_memory(

@@ -193,10 +193,12 @@ class CostModel:
         gx, gy, z = self._lq, self._lkv, self._lspf
 
         def locate(grid, v):
-            v = np.clip(v, grid[0], grid[-1])
+            # np.minimum/np.maximum rather than np.clip: clip's dtype checks cost more than
+            # the arithmetic at the planner's array sizes
+            v = np.minimum(np.maximum(v, grid[0]), grid[-1])
             if grid.size == 1:
                 return np.zeros(v.shape, dtype=np.int64), np.zeros(v.shape)
-            i = np.clip(np.searchsorted(grid, v, side="right") - 1, 0, grid.size - 2)
+            i = np.minimum(np.searchsorted(grid, v, side="right") - 1, grid.size - 2)
             return i, (v - grid[i]) / (grid[i + 1] - grid[i])
 
         i, fx = locate(gx, x)
