@@ -181,7 +181,13 @@ def main():
     ap.add_argument("--lightning-max", type=int, default=262144)
     ap.add_argument("--flash-max", type=int, default=65536)
     ap.add_argument("--variant-size", type=int, default=65536,
-                    help="tokens at which both of our backward variants are timed")
+                    help="tokens at which both of our backward variants are timed (0: skip)")
+    ap.add_argument("--segment-sweep", type=str, default="4096:1,4,16;65536:4,16,64",
+                    help="T:chunks_per_segment,... points timed for ours ('' to skip)")
+    ap.add_argument("--fixed-total", type=str, default="1048576:4096,65536,1048576",
+                    help="TOTAL:T,... batches of TOTAL/T sequences of T tokens ('' to skip)")
+    ap.add_argument("--fla-fixed-total", type=int, default=262144,
+                    help="fla's total tokens in the fixed-total sweep (its states OOM at 1M)")
     ap.add_argument("--no-fla-tune-subset", dest="fla_tune_subset", action="store_false")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -235,20 +241,28 @@ def main():
         return [torch.randn(1, t, h, d, generator=gen, device=dev, dtype=torch.bfloat16)
                 for _ in range(4)]
 
+    def batch_inputs(b, t):
+        gen = torch.Generator(device=dev).manual_seed(t + b)
+        return [torch.randn(b, t, h, d, generator=gen, device=dev, dtype=torch.bfloat16)
+                for _ in range(4)]
+
     # Our two backward variants at one size; the faster one runs the sweep.
-    t = args.variant_size
-    q, k, v, do = inputs(t)
-    leaves = [x.requires_grad_() for x in (q, k, v)]
-    variants = {}
-    for variant in ("split", "fused"):
-        chunked.BACKWARD = variant
-        _try(f"ours-{variant}", lambda: _row(t, *measure(lambda: ours(*leaves, g_gamma), leaves,
-                                                         do, args.budget_s)), variants, t)
-    timed = {k: v["fwdbwd_ms"] for k, v in variants.items() if isinstance(v, dict)}
-    chunked.BACKWARD = min(timed, key=timed.get).split("-")[1] if timed else "split"
-    info["backward_variants"] = {"tokens": t, **variants, "chosen": chunked.BACKWARD}
-    del q, k, v, do, leaves
-    torch.cuda.empty_cache()
+    if args.variant_size:
+        t = args.variant_size
+        q, k, v, do = inputs(t)
+        leaves = [x.requires_grad_() for x in (q, k, v)]
+        variants = {}
+        for variant in ("split", "fused"):
+            chunked.BACKWARD = variant
+            _try(f"ours-{variant}", lambda: _row(t, *measure(lambda: ours(*leaves, g_gamma),
+                                                             leaves, do, args.budget_s)),
+                 variants, t)
+        timed = {k: v["fwdbwd_ms"] for k, v in variants.items() if isinstance(v, dict)}
+        chunked.BACKWARD = min(timed, key=timed.get).split("-")[1] if timed else "split"
+        info["backward_variants"] = {"tokens": t, **variants, "chosen": chunked.BACKWARD}
+        del q, k, v, do, leaves
+        torch.cuda.empty_cache()
+    info["backward_variant_used"] = chunked.BACKWARD
 
     for t in args.sizes:
         results[str(t)] = row = {}
@@ -282,6 +296,52 @@ def main():
         del q, k, v, do, leaves
         torch.cuda.empty_cache()
 
+    from kernels.lightning_attn.chunked import chunk_lightning_attn_triton
+    sweep = {}
+    for spec in filter(None, args.segment_sweep.split(";")):
+        t, cps_list = spec.split(":")
+        t = int(t)
+        q, k, v, do = inputs(t)
+        leaves = [x.requires_grad_() for x in (q, k, v)]
+        for cps in map(int, cps_list.split(",")):
+            if time.perf_counter() - began > args.deadline_s:
+                break
+
+            def call(cps=cps):
+                return chunk_lightning_attn_triton(*leaves, g_gamma, chunks_per_segment=cps)[0]
+            _try(f"T={t} chunks_per_segment={cps}",
+                 lambda: _row(t, *measure(call, leaves, do, args.budget_s)), sweep, t)
+        del q, k, v, do, leaves
+        torch.cuda.empty_cache()
+    info["default_chunks_per_segment"] = {
+        t: chunked.default_chunks_per_segment(t, h, 64, dev) for t in args.sizes}
+
+    fixed = {}
+    for spec in filter(None, args.fixed_total.split(";")):
+        total, ts = spec.split(":")
+        for t in map(int, ts.split(",")):
+            for name, tot in (("ours", int(total)), ("fla", min(int(total), args.fla_fixed_total))):
+                if name not in impls or t > tot or time.perf_counter() - began > args.deadline_s:
+                    continue
+                b = tot // t
+                q, k, v, do = batch_inputs(b, t)
+                leaves = [x.requires_grad_() for x in (q, k, v)]
+                run = impls[name]
+                _try(f"{name} B={b} T={t}", lambda: _row(b * t, *measure(
+                    lambda: run(*leaves, g_gamma), leaves, do, args.budget_s)), fixed, b * t)
+                del q, k, v, do, leaves
+                torch.cuda.empty_cache()
+
+    from triton.runtime import Autotuner
+    from kernels.lightning_attn import triton_backward_split, triton_forward
+    choices = {}
+    for mod in (triton_forward, triton_backward_split):
+        for name in dir(mod):
+            obj = getattr(mod, name)
+            if isinstance(obj, Autotuner):
+                choices[name] = {str(key[:6]): str(cfg) for key, cfg in obj.cache.items()}
+    info["autotune_choices"] = choices
+
     ours_rows = {int(t): r["ours"] for t, r in results.items() if isinstance(r.get("ours"), dict)}
     summary = {}
     if ours_rows:
@@ -294,7 +354,8 @@ def main():
                   if isinstance(r.get("ours"), dict) and isinstance(r.get("fla"), dict)]
         if ratios:
             summary["ours_over_fla_fwdbwd"] = [round(x, 3) for x in ratios]
-    out = {"info": info, "results": results, "summary": summary,
+    out = {"info": info, "results": results, "segment_sweep": sweep,
+           "fixed_total_tokens": fixed, "summary": summary,
            "elapsed_s": round(time.perf_counter() - began, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1))
@@ -305,7 +366,9 @@ def main():
                 print(f"{t:>8} {name:10s} {r['fwd_mtok_s']:10.2f} {r['fwdbwd_mtok_s']:12.2f}")
             else:
                 print(f"{t:>8} {name:10s} {r}")
-    print("summary", summary, "variants", info["backward_variants"])
+    for label, r in list(sweep.items()) + list(fixed.items()):
+        print(f"{label:34s} {r}")
+    print("summary", summary, "variant", info["backward_variant_used"])
 
 
 if __name__ == "__main__":

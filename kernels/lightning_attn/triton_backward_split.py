@@ -72,7 +72,9 @@ def _dq_split_kernel(q, k, v, do, dq, dgq, g, gamma, seg_bos, seg_eos, s_seg, sc
             tl.store(dg_p + t * H + i_h, tl.sum(qt * dqt, axis=1), mask=t < eos)
 
 
-_SPLIT_SHAPES = [(64, 8, 2), (64, 8, 3)]
+# 8 warps: no spills, one program per multiprocessor (registers); 4 warps: a few spilled
+# bytes, but two programs per multiprocessor to hide the per-chunk dependency chain.
+_SPLIT_SHAPES = [(64, 8, 2), (64, 8, 3), (64, 4, 2)]
 dq_split_kernel = tuned(_dq_split_kernel, key=["K", "BVF", "BT", "DECAY", "NEED_DG"],
                         tune_block="BKS", candidates=_SPLIT_SHAPES)
 
