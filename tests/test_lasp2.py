@@ -1,6 +1,9 @@
 """LASP-2 against the single-process reference: outputs and every gradient, fp64, gloo on CPU.
 
-Each world size is one spawn that runs many cases (decay mode x layout x document pattern).
+One 8-rank spawn covers CP groups of every size 1..8: the ranks are cut into blocks of that
+size (each block its own cp_group, so group ranks differ from global ranks and nothing may
+fall back to the default group) and every block runs many cases (decay mode x layout x
+document pattern).
 Zigzag shards are built here from our own index (2N chunks, rank r holds chunk r then chunk
 2N-1-r) so these tests do not depend on the shard module's zigzag support.
 """
@@ -115,16 +118,31 @@ def cases_for(size):
     return out
 
 
-def _worker(rank, size):
-    torch.manual_seed(0)
-    state = ParallelState.create(ParallelDims.resolve(size, cp=size, cp_algo="ring"))
-    for case in cases_for(size):
-        check_case(rank, size, state, *case)
+def cp_state(rank, world, size):
+    """A state whose cp_group is this rank's block of `size` ranks (None when left over).
+    Every rank creates every group: new_group is collective over the default group."""
+    mine = None
+    for first in range(0, world - size + 1, size):
+        ranks = list(range(first, first + size))
+        group = dist.new_group(ranks)
+        if rank in ranks:
+            dims = ParallelDims.resolve(size, cp=size, cp_algo="ring" if size > 1 else "local")
+            mine = ParallelState(dims, rank, torch.device("cpu"), cp_rank=ranks.index(rank),
+                                 cp_group=group)
+    return mine
 
 
-@pytest.mark.parametrize("world_size", range(1, 9))
-def test_lasp2_matches_single_process_reference(world_size):
-    run_distributed(_worker, world_size)
+def _worker(rank, world):
+    for size in range(1, world + 1):
+        state = cp_state(rank, world, size)
+        if state is not None:
+            for case in cases_for(size):
+                check_case(state.cp_rank, size, state, *case)
+        dist.barrier()
+
+
+def test_lasp2_matches_single_process_reference_for_cp_groups_1_to_8():
+    run_distributed(_worker, 8)
 
 
 def test_single_process_without_group_matches_local():
