@@ -52,12 +52,20 @@ def _check_options(options: dict, group_size: int) -> dict:
     return o
 
 
+# Plans kept per strategy: the current micro-batch and a few before it, so schedules that
+# come back to an earlier micro-batch (activation recompute, pipeline 1F1B) do not replan.
+# Every rank sees the same sequence of shards, so hits and misses (a miss all-gathers) agree.
+CACHED_STEPS = 4
+
+
 class _Step:
     """Everything planned for one micro-batch (one shard object)."""
 
-    def __init__(self, shard, layouts, metrics):
-        self.shard_ref = weakref.ref(shard)
-        self.layouts = layouts   # {(hq, hkv, head_dim, device): [Layout per half]}
+    def __init__(self, shard, pieces, transfers, metrics):
+        self.shard_ref = weakref.ref(shard)   # identity, not equality: a new shard replans
+        self.pieces = pieces
+        self.transfers = transfers            # one Transfers per ping-pong half
+        self.layouts = {}                     # {(hq, hkv, head_dim, device): [Layout per half]}
         self.metrics = metrics
 
 
@@ -72,8 +80,7 @@ class CADAttention:
         self.dp_rank = getattr(state, "dp_rank", 0) if state is not None else 0
         self.options = _check_options(dict(options or {}), self.size)
         self.last_metrics: dict = {}
-        self._step: _Step | None = None
-        self._plan_inputs = None  # (pieces, plan, halves) of the current step
+        self._steps: list[_Step] = []
 
     def __call__(self, q, k, v, shard, softmax_scale: float):
         if q.shape[0] != shard.num_tokens or k.shape[0] != shard.num_tokens:
@@ -84,17 +91,17 @@ class CADAttention:
 
     # ---- planning (once per shard) ---------------------------------------------------------
     def _layouts(self, q, k, shard):
-        step = self._step
-        if step is None or step.shard_ref() is not shard:
-            step = self._step = self._plan_step(q, k, shard)
+        step = next((st for st in self._steps if st.shard_ref() is shard), None)
+        if step is None:
+            step = self._plan_step(q, k, shard)
+            self._steps = [step] + self._steps[:CACHED_STEPS - 1]
             self.last_metrics = step.metrics
         key = (q.shape[1], k.shape[1], q.shape[2], str(q.device))
         if key not in step.layouts:
-            pieces, p, halves = self._plan_inputs
-            hq, hkv = q.shape[1], k.shape[1]
             step.layouts[key] = [
-                build_layout(tr, pieces, self.rank, self.size, shard.num_tokens, hq, hkv, q.device)
-                for tr in halves]
+                build_layout(tr, step.pieces, self.rank, self.size, shard.num_tokens,
+                             q.shape[1], k.shape[1], q.device)
+                for tr in step.transfers]
         return step.layouts[key]
 
     def _plan_step(self, q, k, shard) -> _Step:
@@ -111,9 +118,10 @@ class CADAttention:
             groups = [np.arange(len(p.parts))]
         plan_ms = (time.perf_counter() - t0) * 1e3
         halves = [transfers(p.parts.take(g), p.server[g], pieces) for g in groups]
+        # imbalance: max/mean attention cost over ranks (servers, after); bytes: what crosses
+        # between ranks in one softmax layer's forward and backward, summed over the group
         metrics = {"cad_imbalance_before": p.imbalance_before,
                    "cad_imbalance_after": p.imbalance_after,
                    "cad_bytes": float(sum(tr.remote_bytes(cm) for tr in halves)),
                    "cad_plan_ms": plan_ms}
-        self._plan_inputs = (pieces, p, halves)
-        return _Step(shard, {}, metrics)
+        return _Step(shard, pieces, halves, metrics)
