@@ -124,6 +124,8 @@ def sim_cad(samples, cm, lin_tok, bw, tolerance, block):
     lin = np.full(n, lin_tok * T)
     exposed = np.maximum(sent / bw - (attn + lin), 0.0)
     out = summarize(attn, lin, exposed, sent)
+    # no plan can beat every rank at the mean attention cost: the ceiling of any balancer
+    out["perfect_balance_step_ms"] = float((attn.mean() + lin.max()) * 1e3)
     out.update(attn_imbalance_before=p.imbalance_before, plan_ms=float(min(ms)),
                plan_ms_all=[float(x) for x in ms], plan_cpu_ms=float(min(cpu_ms)),
                num_tasks=int(pieces.rank.size),
@@ -227,6 +229,8 @@ def main() -> None:
     if key:
         targets["speedup_vs_per_doc_cp_256_ranks_512K"] = {
             r["dist"]: r["cad_speedup_vs_per_doc_cp"] for r in key}
+        targets["perfect_balance_speedup_bound_256_ranks_512K"] = {
+            r["dist"]: r["per_doc_cp"]["step_ms"] / r["cad"]["perfect_balance_step_ms"] for r in key}
     out = {"config": {**vars(args), "cost_model": cm.describe(), "linear": lin_src,
                       "assumptions": {"bandwidth_gbs_per_gpu": args.bandwidth_gbs,
                                       "cad_comm_overlap": "ping-pong hides comm up to the rank's compute",
