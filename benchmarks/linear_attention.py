@@ -8,6 +8,11 @@ our output and gradients against the fp32 torch reference, and our output agains
 
     python benchmarks/linear_attention.py --out benchmarks/results/linear_attention_h100.json
 
+(`results/linear_attention_h100.json` came from that with `--deadline-s 170 --variant-size 0
+--lightning-max 65536 --flash-max 16384`, to fit the lease; `..._run1.json` from an earlier
+kernel version, defaults, with both backward variants timed.) Also: a segment-length sweep
+for ours, and a fixed-total-tokens sweep (B = TOTAL / T), where tokens/s should not depend on T.
+
 Baselines come from wheels (see ../shared/DEVICE.md); a missing one is recorded as such.
 fla autotunes its two state kernels over 48 configurations each; to fit a short GPU lease,
 `--fla-tune-subset` (on by default) keeps its configurations with 4 or 8 warps and 2 or 3
@@ -155,7 +160,8 @@ def correctness(ours, fla_run, h, d, g_gamma):
     ref_grads = torch.autograd.grad(o_ref, ref_leaves, do.float())
 
     def rel(a, b):
-        return float((a.float() - b.float()).norm() / b.float().norm())
+        a, b = a.detach().float(), b.detach().float()
+        return float((a - b).norm() / b.norm())
     out = {"tokens": t, "o_vs_fp32_reference": rel(o, o_ref)}
     for name, a, b in zip(("dq", "dk", "dv"), grads, ref_grads):
         out[f"{name}_vs_fp32_reference"] = rel(a, b)
@@ -354,6 +360,11 @@ def main():
                   if isinstance(r.get("ours"), dict) and isinstance(r.get("fla"), dict)]
         if ratios:
             summary["ours_over_fla_fwdbwd"] = [round(x, 3) for x in ratios]
+    fixed_ours = [r["fwdbwd_mtok_s"] for label, r in fixed.items()
+                  if label.startswith("ours") and isinstance(r, dict)]
+    if len(fixed_ours) > 1:  # in the order given: shortest sequences first
+        summary["ours_fixed_total_fwdbwd_longest_over_shortest"] = round(
+            fixed_ours[-1] / fixed_ours[0], 3)
     out = {"info": info, "results": results, "segment_sweep": sweep,
            "fixed_total_tokens": fixed, "summary": summary,
            "elapsed_s": round(time.perf_counter() - began, 1)}

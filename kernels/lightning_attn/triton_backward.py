@@ -1,6 +1,7 @@
-"""Backward Triton kernels, fused variant (one forward walk for dq and dM, one backward walk for
-dk and dv; see `triton_backward_split.py` for the variant that carries smaller states). With b the chunk-local cumulative log-decay and D_ij = exp(b_i - b_j)
-for i >= j (0 otherwise), per chunk with entering state S and state gradient dH at its end:
+"""Backward Triton kernels, fused variant: one forward walk for dq and dM, one backward walk for
+dk and dv (`triton_backward_split.py` has the default variant, which carries smaller states).
+With b the chunk-local cumulative log-decay and D_ij = exp(b_i - b_j) for i >= j (0
+otherwise), per chunk with entering state S and state gradient dH at its end:
 
   dq_i = scale [sum_j D_ij (do_i . v_j) k_j + exp(b_i) do_i S^T]
   dk_j = scale sum_i D_ij (do_i . v_j) q_i + exp(b_last - b_j) v_j dH^T
