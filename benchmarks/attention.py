@@ -8,10 +8,12 @@ Cases (bf16, Hq = Hkv = --heads, head dim --dim, 64K tokens per case):
                                        SDPA has no varlen mask and is left out.
   docs 64K GQA H/(H/4)              -- the same with 4 q heads per kv head (flex: enable_gqa)
 TFLOP/s count useful FLOPs only: 4 * D * H per visible (query, key) pair forward, 2.5x that
-backward (5 of the 7 matmuls a recomputing backward does are counted, as everyone reports).
+backward (5 matmuls; our backward runs 7, recomputing P twice, and the extra 2 are not counted).
 
---sweep first times a few tile configurations of our kernels on causal 16K and uses the best
-for the main table (the winners are then written into kernels/flash_attn/block_config.py).
+--sweep first times a few tile configurations of our kernels (forward, then the dK/dV and dQ
+kernels of the backward, TMA or pointer loads; the opt-in fused backward for the record) on
+causal 16K and the packed documents, and uses the fastest for the main table (the winners
+are then written into kernels/flash_attn/block_config.py).
 
 Usage (GPU machine): python benchmarks/attention.py --sweep --out $OUT/attention_h100.json
 """
@@ -127,48 +129,62 @@ def random_qkv(total, heads, dim, seed=0, heads_kv=None):
 
 
 def sweep(heads, dim, log):
-    """Time tile configs on causal 16K x 4; return the fastest forward/dkdv/dq configs."""
-    lengths = [16384] * 4
-    total = sum(lengths)
-    cu = cu_seqlens(lengths)
-    (q, k, v), do = random_qkv(total, heads, dim, seed=1)
-    q, k, v = q.detach(), k.detach(), v.detach()
+    """Time tile configs on causal 16K x 4 and on the packed documents; return the configs with
+    the lowest summed time (forward, then fused backward given that forward)."""
+    from dataclasses import replace
     scale = dim ** -0.5
-    flops = 4 * dim * heads * causal_pairs(lengths)
+    cases = []
+    for name, lengths in (("causal 16K x4", [16384] * 4), ("docs 64K", pretraining_doc_lengths(TOTAL_TOKENS, 0))):
+        cu = cu_seqlens(lengths)
+        (q, k, v), do = random_qkv(sum(lengths), heads, dim, seed=1)
+        cases.append((name, cu, q.detach(), k.detach(), v.detach(), do, 4 * dim * heads * causal_pairs(lengths)))
     base = select_configs(dim, torch.bfloat16, interpret=False)
-    # screened off-device for register spills (sm_90 compile + cuobjdump resource usage)
-    fwd_cands = [TileConfig(128, 64, 8, 3), TileConfig(128, 128, 8, 3), TileConfig(128, 64, 8, 2),
-                 TileConfig(64, 64, 4, 3)]
-    dkdv_cands = [TileConfig(128, 32, 8, 3), TileConfig(64, 64, 8, 3), TileConfig(128, 64, 8, 3),
-                  TileConfig(128, 32, 8, 2)]
-    dq_cands = [TileConfig(128, 32, 8, 3), TileConfig(128, 64, 8, 3), TileConfig(64, 64, 4, 3),
-                TileConfig(128, 64, 8, 2)]
+    # screened off-device for register spills (benchmarks/screen_attention_kernels.py)
+    fwd_cands = [TileConfig(128, 128, 8, 3), TileConfig(128, 128, 8, 3, tma=True), TileConfig(128, 64, 8, 3, tma=True)]
+    dkdv_cands = [TileConfig(128, 64, 8, 3), TileConfig(128, 64, 8, 3, tma=True), TileConfig(128, 64, 8, 2, tma=True),
+                  TileConfig(128, 32, 8, 3, tma=True)]
+    dq_cands = [TileConfig(128, 64, 8, 3), TileConfig(128, 64, 8, 3, tma=True), TileConfig(128, 128, 8, 2, tma=True),
+                TileConfig(128, 32, 8, 3, tma=True)]
+    fused_cands = [TileConfig(128, 64, 8, 3, tma=True), TileConfig(128, 64, 8, 2)]
     rows = []
 
-    def timed(kind, cfg, fn, work):
-        try:
-            t0 = time.time()
-            fn()
-            torch.cuda.synchronize()
-            compile_s = time.time() - t0
-            ms = bench_ms(fn, rep_ms=60)
-        except Exception as e:  # out of shared memory or registers: skip the candidate
-            log(f"sweep {kind} {cfg}: failed ({type(e).__name__}: {str(e)[:120]})")
-            rows.append(dict(kernel=kind, config=cfg.__dict__, error=f"{type(e).__name__}"))
-            return math.inf
-        rows.append(dict(kernel=kind, config=cfg.__dict__, ms=ms, tflops=work / ms / 1e9, first_call_s=compile_s))
-        log(f"sweep {kind:8s} {cfg}: {ms:8.3f} ms  {work / ms / 1e9:6.1f} TFLOP/s  (first call {compile_s:.1f}s)")
-        return ms
+    def timed(kind, cfg, make_fn, flops_factor):
+        total_ms = 0.0
+        for name, cu, q, k, v, do, flops in cases:
+            fn = make_fn(cu, q, k, v, do)
+            try:
+                t0 = time.time()
+                fn()
+                torch.cuda.synchronize()
+                compile_s = time.time() - t0
+                ms = bench_ms(fn, rep_ms=60)
+            except Exception as e:  # out of shared memory or registers: skip the candidate
+                log(f"sweep {kind} {cfg} {name}: failed ({type(e).__name__}: {str(e)[:160]})")
+                rows.append(dict(kernel=kind, case=name, config=cfg.__dict__, error=type(e).__name__))
+                return math.inf
+            work = flops_factor * flops
+            rows.append(dict(kernel=kind, case=name, config=cfg.__dict__, ms=ms,
+                             tflops=work / ms / 1e9, first_call_s=compile_s))
+            log(f"sweep {kind:9s} {name:13s} {cfg}: {ms:8.3f} ms  {work / ms / 1e9:6.1f} TFLOP/s")
+            total_ms += ms
+        return total_ms
 
-    best_fwd = min(fwd_cands, key=lambda c: timed("forward", c, lambda: attention_forward(
-        q, k, v, cu, cu, scale, True, AttentionConfigs(c, base.dkdv, base.dq), False), flops))
-    o, lse, _ = attention_forward(q, k, v, cu, cu, scale, True, AttentionConfigs(best_fwd, base.dkdv, base.dq), False)
+    def fwd_fn(cfg):
+        return lambda cu, q, k, v, do: (lambda: attention_forward(q, k, v, cu, cu, scale, True,
+                                                                    replace(base, forward=cfg), False))
+    best = replace(base, forward=min(fwd_cands, key=lambda c: timed("forward", c, fwd_fn(c), 1.0)))
 
-    def bwd(cfgs):
-        return lambda: attention_backward(do, None, q, k, v, o, lse, cu, cu, scale, True, cfgs, False)
-    best_dkdv = min(dkdv_cands, key=lambda c: timed("bwd/dkdv", c, bwd(AttentionConfigs(best_fwd, c, base.dq)), 2.5 * flops))
-    best_dq = min(dq_cands, key=lambda c: timed("bwd/dq", c, bwd(AttentionConfigs(best_fwd, best_dkdv, c)), 2.5 * flops))
-    return AttentionConfigs(best_fwd, best_dkdv, best_dq), rows
+    def bwd_fn(cfgs):
+        def make(cu, q, k, v, do):
+            o, lse, _ = attention_forward(q, k, v, cu, cu, scale, True, cfgs, False)
+            return lambda: attention_backward(do, None, q, k, v, o, lse, cu, cu, scale, True, cfgs, False)
+        return make
+    # whole backward times (delta + dK/dV + dQ kernels) while one kernel's tiles vary
+    best = replace(best, dkdv=min(dkdv_cands, key=lambda c: timed("bwd/dkdv", c, bwd_fn(replace(best, dkdv=c)), 2.5)))
+    best = replace(best, dq=min(dq_cands, key=lambda c: timed("bwd/dq", c, bwd_fn(replace(best, dq=c)), 2.5)))
+    for c in fused_cands:  # the opt-in one-kernel backward, for the record
+        timed("bwd/fused", c, bwd_fn(replace(best, fused=c)), 2.5)
+    return best, rows
 
 
 def main():
@@ -205,7 +221,7 @@ def main():
         configs, rows = sweep(heads, dim, log)
         report["sweep"] = dict(case="causal 16K x 4", rows=rows)
     configs_used = configs or select_configs(dim, torch.bfloat16, interpret=False)
-    report["our_tile_configs"] = {k: v.__dict__ for k, v in configs_used.__dict__.items()}
+    report["our_tile_configs"] = {k: v.__dict__ if v is not None else None for k, v in configs_used.__dict__.items()}
 
     doc_lengths = pretraining_doc_lengths(TOTAL_TOKENS, seed=0)
     report["doc_distribution"] = dict(
@@ -216,8 +232,6 @@ def main():
     cases = [("causal 4K x16", [4096] * 16, heads), ("causal 16K x4", [16384] * 4, heads),
              ("causal 64K x1", [65536], heads), ("docs 64K", doc_lengths, heads),
              (f"docs 64K GQA {heads}/{gqa_kv}", doc_lengths, gqa_kv)]
-    # forward tiles of 128 x 64 waste less on the diagonal of short documents: measured beside
-    small_fwd = AttentionConfigs(TileConfig(128, 64, 8, 3), configs_used.dkdv, configs_used.dq)
     results = []
     for name, lengths, hkv in cases:
         total = sum(lengths)
@@ -228,10 +242,8 @@ def main():
             batch, seqlen = len(lengths), lengths[0]
             methods["sdpa_flash"] = sdpa_callable(batch, seqlen, heads, dim, SDPBackend.FLASH_ATTENTION)
             methods["sdpa_cudnn"] = sdpa_callable(batch, seqlen, heads, dim, SDPBackend.CUDNN_ATTENTION)
-        else:
-            methods["ours_fwd128x64"] = ours_callable(lengths, heads, dim, small_fwd)
-            if not args.no_flex:
-                methods["flex"] = flex_callable(lengths, gqa=hkv != heads)
+        elif not args.no_flex:
+            methods["flex"] = flex_callable(lengths, gqa=hkv != heads)
         ref = None
         for method, call in methods.items():
             try:

@@ -59,10 +59,21 @@ CASES = [
 ]
 
 
+FUSED = AttentionConfigs(forward=TileConfig(16, 16), dkdv=TileConfig(16, 16), dq=TileConfig(16, 16),
+                         fused=TileConfig(16, 16))
+
+
+def public_fused(q, k, v, cu_q, cu_k, mq, mk, scale, causal):
+    scale = scale if scale is not None else q.shape[-1] ** -0.5
+    return TritonVarlenAttention.apply(q, k, v, cu_q, cu_k, scale, causal, True, FUSED)
+
+
+# default: the dK/dV + dQ kernel pair; fused: the opt-in one-kernel backward with atomic dQ
+@pytest.mark.parametrize("backward", ["default", "fused"])
 @pytest.mark.parametrize("lq,lk,hq,hkv,d,causal", CASES)
-def test_kernel_matches_fp64_reference(lq, lk, hq, hkv, d, causal, no_reference):
+def test_kernel_matches_fp64_reference(lq, lk, hq, hkv, d, causal, backward, no_reference):
     inp = make_inputs(lq, lk, hq, hkv, d, torch.float32, seed=len(lq) * 7 + d)
-    got = run_with_grads(public, inp, causal)
+    got = run_with_grads(public if backward == "default" else public_fused, inp, causal)
     compare_to_oracle(got, fp64_oracle(inp, causal), FP32_TOL, LSE_TOL)
 
 
@@ -74,13 +85,16 @@ def test_random_packed_documents(no_reference):
     compare_to_oracle(got, fp64_oracle(inp, True, scale=0.3), FP32_TOL, LSE_TOL)
 
 
-@pytest.mark.parametrize("fwd,dkdv,dq", [
-    ((32, 16), (16, 32), (32, 16)),
-    ((16, 32), (32, 16), (16, 32)),
+@pytest.mark.parametrize("fwd,dkdv,dq,fused", [
+    ((32, 16), (16, 32), (32, 16), None),
+    ((16, 32), (32, 16), (16, 32), None),
+    ((32, 16), (16, 16), (16, 16), (32, 16)),
+    ((16, 32), (16, 16), (16, 16), (16, 32)),
 ])
-def test_other_tile_shapes(fwd, dkdv, dq):
+def test_other_tile_shapes(fwd, dkdv, dq, fused):
     """The masked/unmasked loop split must hold for any tile shape, not just the default."""
-    cfg = AttentionConfigs(forward=TileConfig(*fwd), dkdv=TileConfig(*dkdv), dq=TileConfig(*dq))
+    cfg = AttentionConfigs(forward=TileConfig(*fwd), dkdv=TileConfig(*dkdv), dq=TileConfig(*dq),
+                           fused=TileConfig(*fused) if fused else None)
     lq, lk = [41, 7, 0, 64], [70, 7, 3, 64]
 
     def with_cfg(q, k, v, cu_q, cu_k, mq, mk, scale, causal):

@@ -54,9 +54,9 @@ def test_bad_cu_seqlens(cu_q, cu_k, mq, match):
         call(*qkv(), cu_q=cu_q, cu_k=cu_k, mq=mq)
 
 
-@pytest.mark.parametrize("scale", [float("nan"), float("inf"), "0.1"])
+@pytest.mark.parametrize("scale", [float("nan"), float("inf"), "0.1", 0.0, -0.125])
 def test_bad_scale(scale):
-    with pytest.raises(ValueError, match="softmax_scale must be a finite number"):
+    with pytest.raises(ValueError, match="softmax_scale must be a positive finite number"):
         call(*qkv(), softmax_scale=scale)
 
 

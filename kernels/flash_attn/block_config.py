@@ -1,4 +1,4 @@
-"""Tile sizes and launch settings for the three attention kernels, per head dim and dtype.
+"""Tile sizes and launch settings for the attention kernels, per head dim and dtype.
 
 Fixed tables instead of `triton.autotune`: in a data-parallel trainer every rank must run the
 same kernel (autotuning per rank can pick different tiles and so different rounding), and the
@@ -24,15 +24,24 @@ class TileConfig:
     block_cols: int
     num_warps: int = 4
     num_stages: int = 2
+    # GPU only: stream tiles (and, in the fused backward, reduce dQ) through TMA descriptors;
+    # used where the device is sm_90+ and the tensors meet TMA's 16-byte alignment rules
+    tma: bool = False
 
 
 @dataclass(frozen=True)
 class AttentionConfigs:
-    """forward: (q rows, kv cols); dkdv: (kv rows, q cols); dq: (q rows, kv cols)."""
+    """forward: (q rows, kv cols); dkdv: (kv rows, q cols); dq: (q rows, kv cols).
+
+    fused: (kv rows, q cols) of the one-kernel backward that adds dQ with fp32 atomics
+    (triton_backward_fused.py), opt-in; None (the default) runs the dkdv and dq kernels, which
+    measured faster on the H100 and give bitwise-reproducible gradients.
+    """
 
     forward: TileConfig
     dkdv: TileConfig
     dq: TileConfig
+    fused: TileConfig | None = None
 
 
 # Interpreter (CPU): correctness only, small tiles so short test sequences span several.
@@ -40,22 +49,21 @@ _INTERPRETER = AttentionConfigs(
     forward=TileConfig(16, 16), dkdv=TileConfig(16, 16), dq=TileConfig(16, 16),
 )
 
-# H100 bf16/fp16. Candidates were first screened for register spills by compiling for sm_90
-# off-device (cuobjdump resource usage); the sweep in benchmarks/attention.py picks among
-# them by time on causal 16K. Head dim 64 was not swept: it uses the spill-free screen pick.
+# H100 bf16/fp16. Candidates are first screened off-device for register spills with the
+# GPU machine's Triton (benchmarks/screen_attention_kernels.py: with Triton 3.6 the pointer-load
+# versions of these tiles spill, the TMA ones much less); `benchmarks/attention.py --sweep`
+# then picks among them by time (benchmarks/results/attention_h100.json, "sweep").
 _GPU_16BIT = {
-    # sweep on H100 (2026-11-23, causal 16K x 4, 16 heads): forward 128x128 432 TFLOP/s vs
-    # 128x64 413; whole backward 31.0 ms with dkdv 128x64 vs 33.3 with 128x32, dq 128x64
-    # 31.7 vs 32.5 with 128x32 (benchmarks/results/attention_h100.json, "sweep")
     128: AttentionConfigs(
-        forward=TileConfig(128, 128, num_warps=8, num_stages=3),
-        dkdv=TileConfig(128, 64, num_warps=8, num_stages=3),
-        dq=TileConfig(128, 64, num_warps=8, num_stages=3),
+        forward=TileConfig(128, 128, num_warps=8, num_stages=3, tma=True),
+        dkdv=TileConfig(128, 64, num_warps=8, num_stages=3, tma=True),
+        dq=TileConfig(128, 64, num_warps=8, num_stages=3, tma=True),
     ),
+    # head dim 64 is not swept: the spill-free screen picks
     64: AttentionConfigs(
-        forward=TileConfig(128, 64, num_warps=8, num_stages=3),
-        dkdv=TileConfig(128, 32, num_warps=8, num_stages=3),
-        dq=TileConfig(128, 64, num_warps=8, num_stages=3),
+        forward=TileConfig(128, 64, num_warps=8, num_stages=3, tma=True),
+        dkdv=TileConfig(128, 32, num_warps=8, num_stages=3, tma=True),
+        dq=TileConfig(128, 64, num_warps=8, num_stages=3, tma=True),
     ),
 }
 # Small head dims: register pressure is low, shorter tiles keep more programs in flight.

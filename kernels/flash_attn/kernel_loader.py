@@ -14,9 +14,9 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
-_KERNEL_FILES = ("triton_forward", "triton_backward")
+_KERNEL_FILES = ("triton_forward", "triton_backward", "triton_backward_fused", "segment_tma")
 _cache: dict[tuple[str, bool], ModuleType] = {}
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: kernel files load segment_tma while being loaded
 
 
 def interpreter_requested() -> bool:

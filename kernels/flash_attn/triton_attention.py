@@ -21,6 +21,23 @@ def _dot_precision(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"
 
 
+def _tma_usable(interpret: bool, *tensors: torch.Tensor) -> bool:
+    """TMA needs sm_90+, 16-byte aligned bases and strides, and a unit-stride last dim."""
+    if interpret or not tensors[0].is_cuda or torch.cuda.get_device_capability(tensors[0].device)[0] < 9:
+        return False
+    if tensors[0].shape[0] > 2 ** 30:  # segment descriptors address rows below 2**30
+        return False
+    for t in tensors:
+        size = t.element_size()
+        if t.numel() == 0 or t.data_ptr() % 16 or t.stride(-1) != 1 or any(st * size % 16 for st in t.stride()[:-1]):
+            return False
+    return True
+
+
+def _descriptor(t: torch.Tensor, block_rows: int):
+    return load_kernels("segment_tma", False).segment_descriptor(t, block_rows)
+
+
 def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
                       configs: AttentionConfigs, interpret: bool):
     """Returns o, lse and the q-tile schedule (which dq can reuse when its tiles match)."""
@@ -34,14 +51,20 @@ def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
     grid = (schedule.shape[0] * hq,)
     if grid[0] == 0:
         return o, lse, schedule
+    use_tma = cfg.tma and _tma_usable(interpret, q, k, v, o)
+    if use_tma:
+        descs = (_descriptor(q, cfg.block_rows), _descriptor(k, cfg.block_cols), _descriptor(v, cfg.block_cols),
+                 _descriptor(o, cfg.block_rows))
+    else:
+        descs = (q, k, v, o)
     kernels.attention_forward_kernel[grid](
-        q, k, v, o, lse, cu_q, cu_k, schedule,
+        q, k, v, o, lse, *descs, cu_q, cu_k, schedule,
         softmax_scale * LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         o.stride(0), o.stride(1), lse.stride(0),
         hq,
         group=hq // hkv, HEAD_DIM=d, BLOCK_M=cfg.block_rows, BLOCK_N=cfg.block_cols,
-        CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype),
+        CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype), USE_TMA=use_tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return o, lse, schedule
@@ -49,6 +72,8 @@ def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
 
 def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: float, causal: bool,
                        configs: AttentionConfigs, interpret: bool, forward_schedule=None):
+    """dq, dk, dv: the dK/dV and dQ kernels that each recompute P (deterministic), or, when
+    configs.fused is set, one kernel that adds dQ with fp32 atomics."""
     kernels = load_kernels("triton_backward", interpret)
     total_q, hq, d = q.shape
     total_k, hkv, _ = k.shape
@@ -73,15 +98,22 @@ def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: flo
     common = dict(HEAD_DIM=d, CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype))
     scale2 = softmax_scale * LOG2E
 
+    if configs.fused is not None:
+        _fused_backward(do, q, k, v, lse, delta, dq, dk, dv, cu_q, cu_k, softmax_scale, causal,
+                        configs.fused, interpret)
+        return dq, dk, dv
+
     cfg = configs.dkdv
     schedule = tile_schedule(cu_k, cu_q, total_k, cfg.block_rows, causal, rows_are_queries=False)
+    use_tma = cfg.tma and _tma_usable(interpret, q, do)
+    descs = (_descriptor(q, cfg.block_cols), _descriptor(do, cfg.block_cols)) if use_tma else (q, do)
     kernels.attention_backward_dkdv_kernel[(schedule.shape[0] * hkv,)](
-        q, k, v, do, lse, delta, dk, dv, cu_q, cu_k, schedule,
+        q, k, v, do, lse, delta, dk, dv, *descs, cu_q, cu_k, schedule,
         scale2, softmax_scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
         lse.stride(0), hkv,
-        GROUP=hq // hkv, BLOCK_N=cfg.block_rows, BLOCK_M=cfg.block_cols,
+        GROUP=hq // hkv, BLOCK_N=cfg.block_rows, BLOCK_M=cfg.block_cols, USE_TMA=use_tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )
 
@@ -90,16 +122,45 @@ def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: flo
         schedule = forward_schedule  # same q tiles, same order: skip rebuilding it
     else:
         schedule = tile_schedule(cu_q, cu_k, total_q, cfg.block_rows, causal, rows_are_queries=True)
+    use_tma = cfg.tma and _tma_usable(interpret, k, v)
+    descs = (_descriptor(k, cfg.block_cols), _descriptor(v, cfg.block_cols)) if use_tma else (k, v)
     kernels.attention_backward_dq_kernel[(schedule.shape[0] * hq,)](
-        q, k, v, do, lse, delta, dq, cu_q, cu_k, schedule,
+        q, k, v, do, lse, delta, dq, *descs, cu_q, cu_k, schedule,
         scale2, softmax_scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
         lse.stride(0), hq,
-        group=hq // hkv, BLOCK_M=cfg.block_rows, BLOCK_N=cfg.block_cols,
+        group=hq // hkv, BLOCK_M=cfg.block_rows, BLOCK_N=cfg.block_cols, USE_TMA=use_tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )
     return dq, dk, dv
+
+
+def _fused_backward(do, q, k, v, lse, delta, dq, dk, dv, cu_q, cu_k, softmax_scale, causal,
+                    cfg, interpret):
+    """dk, dv written directly; dq accumulated in fp32 by atomics, then cast into `dq`."""
+    kernels = load_kernels("triton_backward_fused", interpret)
+    total_q, hq, d = q.shape
+    total_k, hkv, _ = k.shape
+    dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    use_tma = cfg.tma and _tma_usable(interpret, q, do, dq_acc)
+    # K/V stay pointer loads (once per program): through TMA they raised register spills
+    if use_tma:
+        descs = (_descriptor(q, cfg.block_cols), _descriptor(do, cfg.block_cols), _descriptor(dq_acc, cfg.block_cols))
+    else:
+        descs = (q, do, dq_acc)
+    schedule = tile_schedule(cu_k, cu_q, total_k, cfg.block_rows, causal, rows_are_queries=False)
+    kernels.attention_backward_fused_kernel[(schedule.shape[0] * hkv,)](
+        q, k, v, do, lse, delta, dk, dv, dq_acc, *descs, cu_q, cu_k, schedule,
+        softmax_scale * LOG2E, softmax_scale,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+        dq_acc.stride(0), dq_acc.stride(1), lse.stride(0), hkv,
+        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_N=cfg.block_rows, BLOCK_M=cfg.block_cols,
+        CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype), USE_TMA=use_tma,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+    dq.copy_(dq_acc)
 
 
 class TritonVarlenAttention(torch.autograd.Function):

@@ -10,11 +10,21 @@ atomics: no fp32 atomics traffic, a deterministic result, and no dQ accumulation
 dK/dV program owns one kv tile and loops over every q head of its GQA group, so grouped heads
 need no reduction afterwards either.
 
-As in the forward kernel, each loop is split into unmasked tiles and the few masked ones, and
-the kernels call no @triton.jit helpers (see triton_forward.py for why).
+As in the forward kernel, each loop is split into unmasked tiles and the few masked ones.
+With USE_TMA (GPU, sm_90+) the tiles each program streams (q/dO for dK/dV, K/V for dQ) come
+through segment-bounded TMA descriptors (segment_tma.py): rows past the segment end read as
+zeros, as the masked pointer loads give, without the per-thread address registers.
+
+The one-kernel alternative with atomic dQ is triton_backward_fused.py; on the H100 with
+Triton 3.6 it measured slower than this pair (benchmarks/results/attention_h100.json).
 """
 import triton
 import triton.language as tl
+
+from kernels.flash_attn.kernel_loader import interpreter_requested, load_kernels
+
+_tma = load_kernels("segment_tma", interpreter_requested())
+load_segment_rows = _tma.load_segment_rows
 
 
 # sizes that vary call to call stay unspecialized, so a new batch shape never recompiles
@@ -44,6 +54,7 @@ def attention_backward_delta_kernel(
 @triton.jit(do_not_specialize=["stride_lse_h", "num_heads_kv"])
 def attention_backward_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
+    Q_DESC, DO_DESC,  # segment descriptors (the tensors themselves when USE_TMA is off)
     CU_Q, CU_K, SCHEDULE,
     qk_scale_log2, softmax_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
@@ -56,6 +67,7 @@ def attention_backward_dkdv_kernel(
     BLOCK_M: tl.constexpr,  # queries per inner step
     CAUSAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     LOG2E: tl.constexpr = 1.4426950408889634
     pid = tl.program_id(0)
@@ -108,8 +120,12 @@ def attention_backward_dkdv_kernel(
         for start_m in range(lo, masked_hi, BLOCK_M):
             rows = start_m + offs_m
             row_ok = rows < m
-            q = tl.load(q_base + rows[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-            do = tl.load(do_base + rows[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            if USE_TMA:
+                q = load_segment_rows(Q_DESC, q_start, m, start_m, head, BLOCK_M, HEAD_DIM)
+                do = load_segment_rows(DO_DESC, q_start, m, start_m, head, BLOCK_M, HEAD_DIM)
+            else:
+                q = tl.load(q_base + rows[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+                do = tl.load(do_base + rows[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None], other=0.0)
             lse2 = tl.load(lse_base + rows, mask=row_ok, other=0.0) * LOG2E
             delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
             s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale_log2  # [keys, queries]
@@ -126,8 +142,12 @@ def attention_backward_dkdv_kernel(
         for start_m in range(full_lo, m, BLOCK_M):
             rows = start_m + offs_m
             row_ok = rows < m
-            q = tl.load(q_base + rows[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-            do = tl.load(do_base + rows[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            if USE_TMA:
+                q = load_segment_rows(Q_DESC, q_start, m, start_m, head, BLOCK_M, HEAD_DIM)
+                do = load_segment_rows(DO_DESC, q_start, m, start_m, head, BLOCK_M, HEAD_DIM)
+            else:
+                q = tl.load(q_base + rows[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+                do = tl.load(do_base + rows[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None], other=0.0)
             lse2 = tl.load(lse_base + rows, mask=row_ok, other=0.0) * LOG2E
             delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
             s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale_log2
@@ -147,6 +167,7 @@ def attention_backward_dkdv_kernel(
 @triton.jit(do_not_specialize=["stride_lse_h", "num_heads_q", "group"])
 def attention_backward_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,
+    K_DESC, V_DESC,  # segment descriptors (the tensors themselves when USE_TMA is off)
     CU_Q, CU_K, SCHEDULE,
     qk_scale_log2, softmax_scale,
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
@@ -159,6 +180,7 @@ def attention_backward_dq_kernel(
     BLOCK_N: tl.constexpr,  # keys per inner step
     CAUSAL: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     LOG2E: tl.constexpr = 1.4426950408889634
     pid = tl.program_id(0)
@@ -202,8 +224,12 @@ def attention_backward_dq_kernel(
     k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
     v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
     for start_n in range(0, full_end, BLOCK_N):
-        k = tl.load(k_ptrs)
-        v = tl.load(v_ptrs)
+        if USE_TMA:
+            k = load_segment_rows(K_DESC, k_start, n, start_n, kv_head, BLOCK_N, HEAD_DIM)
+            v = load_segment_rows(V_DESC, k_start, n, start_n, kv_head, BLOCK_N, HEAD_DIM)
+        else:
+            k = tl.load(k_ptrs)
+            v = tl.load(v_ptrs)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
         p = tl.exp2(s - lse2[:, None])
         dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
@@ -217,8 +243,12 @@ def attention_backward_dq_kernel(
     for start_n in range(full_end, hi, BLOCK_N):
         cols = start_n + offs_n
         col_ok = cols < n
-        k = tl.load(k_ptrs, mask=col_ok[:, None], other=0.0)
-        v = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
+        if USE_TMA:
+            k = load_segment_rows(K_DESC, k_start, n, start_n, kv_head, BLOCK_N, HEAD_DIM)
+            v = load_segment_rows(V_DESC, k_start, n, start_n, kv_head, BLOCK_N, HEAD_DIM)
+        else:
+            k = tl.load(k_ptrs, mask=col_ok[:, None], other=0.0)
+            v = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
         keep = col_ok[None, :]
         if CAUSAL:

@@ -37,8 +37,11 @@ def check_attention_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
         raise ValueError(f"q and k need at least one head and head_dim > 0, got q {tuple(q.shape)}, k {tuple(k.shape)}")
     if hq % hkv != 0:
         raise ValueError(f"q heads ({hq}) must be a multiple of k/v heads ({hkv}) for GQA/MQA")
-    if softmax_scale is not None and not (isinstance(softmax_scale, (int, float)) and math.isfinite(softmax_scale)):
-        raise ValueError(f"softmax_scale must be a finite number or None, got {softmax_scale!r}")
+    # positive: the kernels take the row max of unscaled scores and scale it afterwards
+    if softmax_scale is not None and not (isinstance(softmax_scale, (int, float)) and math.isfinite(softmax_scale)
+                                          and softmax_scale > 0):
+        raise ValueError(f"softmax_scale must be a positive finite number or None (1/sqrt(head_dim)), "
+                         f"got {softmax_scale!r}")
 
     check_cu_seqlens("cu_seqlens_q", cu_seqlens_q, q.shape[0], max_seqlen_q, "max_seqlen_q")
     check_cu_seqlens("cu_seqlens_k", cu_seqlens_k, k.shape[0], max_seqlen_k, "max_seqlen_k")

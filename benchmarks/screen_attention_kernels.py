@@ -1,0 +1,143 @@
+"""Compile the attention kernels for sm_90 without a GPU and report registers, spills and smem.
+
+Device time is scarce, so tile candidates are screened here first: a config that spills
+registers or does not fit shared memory is not worth timing. Needs only triton (its bundled
+ptxas and cuobjdump); run with the same triton version as the GPU machine, since register
+allocation changes between releases.
+
+Usage: python benchmarks/screen_attention_kernels.py [--dtype bf16] [--head-dim 128]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from kernels.flash_attn.kernel_loader import load_kernels  # noqa: E402
+
+
+def _desc(dtype, rows, d):
+    return f"tensordesc<{dtype}[1, 1, {rows}, 1, {d}]>"  # segment_tma.segment_descriptor's box
+
+
+def forward_source(dtype, d, bm, bn, tma):
+    fn = load_kernels("triton_forward", False).attention_forward_kernel
+    ptr = f"*{dtype}"
+    sig = dict(Q=ptr, K=ptr, V=ptr, O=ptr, LSE="*fp32",
+               Q_DESC=_desc(dtype, bm, d) if tma else ptr,
+               K_DESC=_desc(dtype, bn, d) if tma else ptr, V_DESC=_desc(dtype, bn, d) if tma else ptr,
+               O_DESC=_desc(dtype, bm, d) if tma else ptr,
+               CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32")
+    for name in ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
+                 "stride_ot", "stride_oh", "stride_lse_h", "num_heads_q", "group"):
+        sig[name] = "i32"
+    const = dict(HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=True, DOT_PRECISION="tf32", USE_TMA=tma)
+    sig.update({k: "constexpr" for k in const})
+    return ASTSource(fn, sig, const)
+
+
+def fused_source(dtype, d, bn, bm, tma, group=1):
+    fn = load_kernels("triton_backward_fused", False).attention_backward_fused_kernel
+    ptr = f"*{dtype}"
+    sig = dict(Q=ptr, K=ptr, V=ptr, DO=ptr, LSE="*fp32", DELTA="*fp32", DK=ptr, DV=ptr, DQ_ACC="*fp32",
+               Q_DESC=_desc(dtype, bm, d) if tma else ptr, DO_DESC=_desc(dtype, bm, d) if tma else ptr,
+               DQ_DESC=_desc("fp32", bm, d) if tma else "*fp32",
+               CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32", softmax_scale="fp32")
+    for name in ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
+                 "stride_dot", "stride_doh", "stride_dkt", "stride_dkh", "stride_dvt", "stride_dvh",
+                 "stride_dqt", "stride_dqh", "stride_lse_h", "num_heads_kv"):
+        sig[name] = "i32"
+    const = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=bn, BLOCK_M=bm, CAUSAL=True, DOT_PRECISION="tf32", USE_TMA=tma)
+    sig.update({k: "constexpr" for k in const})
+    return ASTSource(fn, sig, const)
+
+
+def dkdv_source(dtype, d, bn, bm, tma, group=1):
+    fn = load_kernels("triton_backward", False).attention_backward_dkdv_kernel
+    ptr = f"*{dtype}"
+    sig = dict(Q=ptr, K=ptr, V=ptr, DO=ptr, LSE="*fp32", DELTA="*fp32", DK=ptr, DV=ptr,
+               Q_DESC=_desc(dtype, bm, d) if tma else ptr, DO_DESC=_desc(dtype, bm, d) if tma else ptr,
+               CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32", softmax_scale="fp32")
+    for name in ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
+                 "stride_dot", "stride_doh", "stride_dkt", "stride_dkh", "stride_dvt", "stride_dvh",
+                 "stride_lse_h", "num_heads_kv"):
+        sig[name] = "i32"
+    const = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=bn, BLOCK_M=bm, CAUSAL=True, DOT_PRECISION="tf32", USE_TMA=tma)
+    sig.update({k: "constexpr" for k in const})
+    return ASTSource(fn, sig, const)
+
+
+def dq_source(dtype, d, bm, bn, tma):
+    fn = load_kernels("triton_backward", False).attention_backward_dq_kernel
+    ptr = f"*{dtype}"
+    sig = dict(Q=ptr, K=ptr, V=ptr, DO=ptr, LSE="*fp32", DELTA="*fp32", DQ=ptr,
+               K_DESC=_desc(dtype, bn, d) if tma else ptr, V_DESC=_desc(dtype, bn, d) if tma else ptr,
+               CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32", softmax_scale="fp32")
+    for name in ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
+                 "stride_dot", "stride_doh", "stride_dqt", "stride_dqh", "stride_lse_h", "num_heads_q", "group"):
+        sig[name] = "i32"
+    const = dict(HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=True, DOT_PRECISION="tf32", USE_TMA=tma)
+    sig.update({k: "constexpr" for k in const})
+    return ASTSource(fn, sig, const)
+
+
+def resources(src, num_warps, num_stages):
+    target = GPUTarget("cuda", 90, 32)
+    compiled = triton.compile(src, target=target, options=dict(num_warps=num_warps, num_stages=num_stages))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(compiled.asm["cubin"])
+        cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+        out = subprocess.run([str(cuobjdump), "-res-usage", path], capture_output=True, text=True).stdout
+    regs = int(re.search(r"REG:(\d+)", out).group(1))
+    stack = int(re.search(r"STACK:(\d+)", out).group(1))  # stack frame: register spills live there
+    ptx = compiled.asm["ptx"]
+    return dict(regs=regs, stack=stack, smem=compiled.metadata.shared,
+                tma_loads=ptx.count("cp.async.bulk.tensor"), tma_reduce=ptx.count("cp.reduce.async.bulk"),
+                wgmma=ptx.count("wgmma.mma_async"), scalar_atomics=len(re.findall(r"\bred\.|\batom\.", ptx)))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dtype", default="bf16")
+    ap.add_argument("--head-dim", type=int, default=128)
+    args = ap.parse_args()
+    d, dt = args.head_dim, args.dtype
+    print(f"triton {triton.__version__}, sm_90, {dt}, head dim {d}")
+    cands = []
+    only_tma = os.environ.get("SCREEN_TMA_ONLY") == "1"
+    for tma in ((True,) if only_tma else (False, True)):
+        for bm, bn, w, s in ((128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)):
+            cands.append(("forward", (bm, bn, w, s, tma), lambda bm=bm, bn=bn, tma=tma: forward_source(dt, d, bm, bn, tma)))
+        for bn, bm, w, s in ((128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 32, 8, 2), (64, 64, 4, 2),
+                             (64, 64, 8, 3), (128, 64, 4, 2)):
+            cands.append(("fused", (bn, bm, w, s, tma), lambda bn=bn, bm=bm, tma=tma: fused_source(dt, d, bn, bm, tma)))
+        for bn, bm, w, s in ((128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (128, 128, 8, 2)):
+            cands.append(("dkdv", (bn, bm, w, s, tma), lambda bn=bn, bm=bm, tma=tma: dkdv_source(dt, d, bn, bm, tma)))
+        for bm, bn, w, s in ((128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 32, 8, 3)):
+            cands.append(("dq", (bm, bn, w, s, tma), lambda bm=bm, bn=bn, tma=tma: dq_source(dt, d, bm, bn, tma)))
+    kinds = os.environ.get("SCREEN_KINDS", "forward,fused,dkdv,dq").split(",")
+    for kind, (r, c, w, s, tma), make in cands:
+        if kind not in kinds:
+            continue
+        try:
+            res = resources(make(), w, s)
+            print(f"{kind:8s} rows {r:3d} cols {c:3d} warps {w} stages {s} tma {tma!s:5s} -> {res}", flush=True)
+        except Exception as e:  # noqa: BLE001 - report and go on to the next candidate
+            print(f"{kind:8s} rows {r:3d} cols {c:3d} warps {w} stages {s} tma {tma!s:5s} -> FAILED "
+                  f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
