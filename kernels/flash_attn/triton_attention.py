@@ -34,8 +34,14 @@ def _tma_usable(interpret: bool, *tensors: torch.Tensor) -> bool:
     return True
 
 
-def _descriptor(t: torch.Tensor, block_rows: int):
-    return load_kernels("segment_tma", False).segment_descriptor(t, block_rows)
+def _tile_sources(cfg, interpret: bool, *boxes: tuple[torch.Tensor, int]):
+    """(use_tma, sources) for a kernel's streamed tensors, given as (tensor, box rows) pairs:
+    segment descriptors when cfg.tma is set and TMA can serve all of them, else the tensors."""
+    tensors = tuple(t for t, _ in boxes)
+    if not (cfg.tma and _tma_usable(interpret, *tensors)):
+        return False, tensors
+    make = load_kernels("segment_tma", False).segment_descriptor
+    return True, tuple(make(t, rows) for t, rows in boxes)
 
 
 def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
@@ -51,12 +57,8 @@ def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
     grid = (schedule.shape[0] * hq,)
     if grid[0] == 0:
         return o, lse, schedule
-    use_tma = cfg.tma and _tma_usable(interpret, q, k, v, o)
-    if use_tma:
-        descs = (_descriptor(q, cfg.block_rows), _descriptor(k, cfg.block_cols), _descriptor(v, cfg.block_cols),
-                 _descriptor(o, cfg.block_rows))
-    else:
-        descs = (q, k, v, o)
+    use_tma, descs = _tile_sources(cfg, interpret, (q, cfg.block_rows), (k, cfg.block_cols), (v, cfg.block_cols),
+                                   (o, cfg.block_rows))
     kernels.attention_forward_kernel[grid](
         q, k, v, o, lse, *descs, cu_q, cu_k, schedule,
         softmax_scale * LOG2E,
@@ -105,8 +107,7 @@ def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: flo
 
     cfg = configs.dkdv
     schedule = tile_schedule(cu_k, cu_q, total_k, cfg.block_rows, causal, rows_are_queries=False)
-    use_tma = cfg.tma and _tma_usable(interpret, q, do)
-    descs = (_descriptor(q, cfg.block_cols), _descriptor(do, cfg.block_cols)) if use_tma else (q, do)
+    use_tma, descs = _tile_sources(cfg, interpret, (q, cfg.block_cols), (do, cfg.block_cols))
     kernels.attention_backward_dkdv_kernel[(schedule.shape[0] * hkv,)](
         q, k, v, do, lse, delta, dk, dv, *descs, cu_q, cu_k, schedule,
         scale2, softmax_scale,
@@ -122,8 +123,7 @@ def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: flo
         schedule = forward_schedule  # same q tiles, same order: skip rebuilding it
     else:
         schedule = tile_schedule(cu_q, cu_k, total_q, cfg.block_rows, causal, rows_are_queries=True)
-    use_tma = cfg.tma and _tma_usable(interpret, k, v)
-    descs = (_descriptor(k, cfg.block_cols), _descriptor(v, cfg.block_cols)) if use_tma else (k, v)
+    use_tma, descs = _tile_sources(cfg, interpret, (k, cfg.block_cols), (v, cfg.block_cols))
     kernels.attention_backward_dq_kernel[(schedule.shape[0] * hq,)](
         q, k, v, do, lse, delta, dq, *descs, cu_q, cu_k, schedule,
         scale2, softmax_scale,
@@ -143,12 +143,8 @@ def _fused_backward(do, q, k, v, lse, delta, dq, dk, dv, cu_q, cu_k, softmax_sca
     total_q, hq, d = q.shape
     total_k, hkv, _ = k.shape
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
-    use_tma = cfg.tma and _tma_usable(interpret, q, do, dq_acc)
     # K/V stay pointer loads (once per program): through TMA they raised register spills
-    if use_tma:
-        descs = (_descriptor(q, cfg.block_cols), _descriptor(do, cfg.block_cols), _descriptor(dq_acc, cfg.block_cols))
-    else:
-        descs = (q, do, dq_acc)
+    use_tma, descs = _tile_sources(cfg, interpret, (q, cfg.block_cols), (do, cfg.block_cols), (dq_acc, cfg.block_cols))
     schedule = tile_schedule(cu_k, cu_q, total_k, cfg.block_rows, causal, rows_are_queries=False)
     kernels.attention_backward_fused_kernel[(schedule.shape[0] * hkv,)](
         q, k, v, do, lse, delta, dk, dv, dq_acc, *descs, cu_q, cu_k, schedule,
