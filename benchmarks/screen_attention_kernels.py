@@ -39,7 +39,7 @@ def forward_source(dtype, d, bm, bn, tma):
                O_DESC=_desc(dtype, bm, d) if tma else ptr,
                CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32")
     for name in ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
-                 "stride_ot", "stride_oh", "stride_lse_h", "num_heads_q", "group"):
+                 "stride_ot", "stride_oh", "stride_lse_h", "num_slots", "group"):
         sig[name] = "i32"
     const = dict(HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=True, DOT_PRECISION="tf32", USE_TMA=tma)
     sig.update({k: "constexpr" for k in const})
@@ -55,7 +55,7 @@ def fused_source(dtype, d, bn, bm, tma, group=1):
                CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32", softmax_scale="fp32")
     for name in ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
                  "stride_dot", "stride_doh", "stride_dkt", "stride_dkh", "stride_dvt", "stride_dvh",
-                 "stride_dqt", "stride_dqh", "stride_lse_h", "num_heads_kv"):
+                 "stride_dqt", "stride_dqh", "stride_lse_h", "num_slots"):
         sig[name] = "i32"
     const = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=bn, BLOCK_M=bm, CAUSAL=True, DOT_PRECISION="tf32", USE_TMA=tma)
     sig.update({k: "constexpr" for k in const})
@@ -70,7 +70,7 @@ def dkdv_source(dtype, d, bn, bm, tma, group=1):
                CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32", softmax_scale="fp32")
     for name in ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
                  "stride_dot", "stride_doh", "stride_dkt", "stride_dkh", "stride_dvt", "stride_dvh",
-                 "stride_lse_h", "num_heads_kv"):
+                 "stride_lse_h", "num_slots"):
         sig[name] = "i32"
     const = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=bn, BLOCK_M=bm, CAUSAL=True, DOT_PRECISION="tf32", USE_TMA=tma)
     sig.update({k: "constexpr" for k in const})
@@ -84,11 +84,48 @@ def dq_source(dtype, d, bm, bn, tma):
                K_DESC=_desc(dtype, bn, d) if tma else ptr, V_DESC=_desc(dtype, bn, d) if tma else ptr,
                CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32", softmax_scale="fp32")
     for name in ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
-                 "stride_dot", "stride_doh", "stride_dqt", "stride_dqh", "stride_lse_h", "num_heads_q", "group"):
+                 "stride_dot", "stride_doh", "stride_dqt", "stride_dqh", "stride_lse_h", "num_slots", "group"):
         sig[name] = "i32"
     const = dict(HEAD_DIM=d, BLOCK_M=bm, BLOCK_N=bn, CAUSAL=True, DOT_PRECISION="tf32", USE_TMA=tma)
     sig.update({k: "constexpr" for k in const})
     return ASTSource(fn, sig, const)
+
+
+def _gluon_desc(dtype, rows, d):
+    """A Gluon segment descriptor's signature (its type carries the shared-memory layout)."""
+    import torch
+    from triton.runtime.jit import mangle_type
+
+    from kernels.flash_attn.gluon_tma import segment_descriptor
+    t = torch.empty(8, 1, d, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
+    return mangle_type(segment_descriptor(t, rows))
+
+
+def gluon_source(kind, dtype, d, rows, cols, num_warps, group=1):
+    """The Gluon (Hopper) forward, dkdv or dq kernel; rows are what a program owns."""
+    from triton.experimental.gluon._runtime import GluonASTSource
+
+    from kernels.flash_attn import gluon_backward, gluon_forward
+    r, c = _gluon_desc(dtype, rows, d), _gluon_desc(dtype, cols, d)
+    tail = dict(LSE="*fp32", CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32")
+    if kind == "forward":
+        fn = gluon_forward.gluon_attention_forward_kernel
+        sig = dict(Q_DESC=r, K_DESC=c, V_DESC=c, O_DESC=r, **tail, stride_lse_h="i32", num_slots="i32", group="i32")
+        const = dict(HEAD_DIM=d, BLOCK_M=rows, BLOCK_N=cols, CAUSAL=True, num_warps=num_warps)
+    elif kind == "dkdv":
+        fn = gluon_backward.gluon_attention_backward_dkdv_kernel
+        sig = dict(K_DESC=r, V_DESC=r, Q_DESC=c, DO_DESC=c, DK_DESC=r, DV_DESC=r, LSE="*fp32", DELTA="*fp32",
+                   CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32", softmax_scale="fp32",
+                   stride_lse_h="i32", num_slots="i32")
+        const = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=rows, BLOCK_M=cols, CAUSAL=True, num_warps=num_warps)
+    else:
+        fn = gluon_backward.gluon_attention_backward_dq_kernel
+        sig = dict(Q_DESC=r, DO_DESC=r, K_DESC=c, V_DESC=c, DQ_DESC=r, LSE="*fp32", DELTA="*fp32",
+                   CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32", softmax_scale="fp32",
+                   stride_lse_h="i32", num_slots="i32", group="i32")
+        const = dict(HEAD_DIM=d, BLOCK_M=rows, BLOCK_N=cols, CAUSAL=True, num_warps=num_warps)
+    sig.update({k: "constexpr" for k in const})
+    return GluonASTSource(fn, sig, const)
 
 
 def resources(src, num_warps, num_stages):
@@ -105,7 +142,8 @@ def resources(src, num_warps, num_stages):
     ptx = compiled.asm["ptx"]
     return dict(regs=regs, stack=stack, smem=compiled.metadata.shared,
                 tma_loads=ptx.count("cp.async.bulk.tensor"), tma_reduce=ptx.count("cp.reduce.async.bulk"),
-                wgmma=ptx.count("wgmma.mma_async"), scalar_atomics=len(re.findall(r"\bred\.|\batom\.", ptx)))
+                wgmma=ptx.count("wgmma.mma_async"), wgmma_wait_one=ptx.count("wgmma.wait_group.sync.aligned 1;"),
+                scalar_atomics=len(re.findall(r"\bred\.|\batom\.", ptx)))
 
 
 def main():
@@ -127,7 +165,9 @@ def main():
             cands.append(("dkdv", (bn, bm, w, s, tma), lambda bn=bn, bm=bm, tma=tma: dkdv_source(dt, d, bn, bm, tma)))
         for bm, bn, w, s in ((128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 32, 8, 3)):
             cands.append(("dq", (bm, bn, w, s, tma), lambda bm=bm, bn=bn, tma=tma: dq_source(dt, d, bm, bn, tma)))
-    kinds = os.environ.get("SCREEN_KINDS", "forward,fused,dkdv,dq").split(",")
+    for kind, (r, c) in (("forward", (128, 128)), ("dkdv", (128, 64)), ("dq", (128, 64)), ("dq", (128, 128))):
+        cands.append((f"g-{kind}", (r, c, 8, 0, True), lambda kind=kind, r=r, c=c: gluon_source(kind, dt, d, r, c, 8)))
+    kinds = os.environ.get("SCREEN_KINDS", "forward,fused,dkdv,dq,g-forward,g-dkdv,g-dq").split(",")
     for kind, (r, c, w, s, tma), make in cands:
         if kind not in kinds:
             continue

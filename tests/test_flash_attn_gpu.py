@@ -75,18 +75,24 @@ def _variants():
 
     from kernels.flash_attn.block_config import TileConfig, select_configs
     base = select_configs(128, torch.bfloat16, interpret=False)
-    pointer = replace(base, **{name: replace(getattr(base, name), tma=False)
-                               for name in ("forward", "dkdv", "dq")})
+    # the Triton kernels, with TMA descriptors or with pointer loads
+    triton = replace(base, **{name: getattr(base, name).fallback or getattr(base, name) for name in ("forward", "dkdv", "dq")})
+    pointer = replace(triton, **{name: replace(getattr(triton, name), tma=False) for name in ("forward", "dkdv", "dq")})
     return {
         "default": base,
         "pointer-loads": pointer,
         "fused-tma": replace(base, fused=TileConfig(128, 64, 8, 3, tma=True)),
         "fused-pointer": replace(base, fused=TileConfig(128, 64, 8, 2)),
-        "dq-128x128": replace(base, dq=TileConfig(128, 128, 8, 2, tma=True)),
+        "dq-128x128": replace(triton, dq=TileConfig(128, 128, 8, 2, tma=True)),
+        "triton-tma": triton,
+        "gluon-forward-128x64": replace(base, forward=TileConfig(128, 64, 8, 2, tma=True, gluon=True)),
+        "gluon-dkdv-128x32": replace(base, dkdv=TileConfig(128, 32, 8, 3, tma=True, gluon=True)),
+        "gluon-dq-128x64": replace(base, dq=TileConfig(128, 64, 8, 3, tma=True, gluon=True)),
     }
 
 
-@pytest.mark.parametrize("variant", ["default", "pointer-loads", "fused-tma", "fused-pointer", "dq-128x128"])
+@pytest.mark.parametrize("variant", ["default", "pointer-loads", "fused-tma", "fused-pointer", "dq-128x128",
+                                     "triton-tma", "gluon-forward-128x64", "gluon-dkdv-128x32", "gluon-dq-128x64"])
 def test_kernel_variants(variant):
     """Every forward/backward path (TMA or pointer loads, two-kernel or fused backward, other
     tiles) on packed documents and on query shards shorter than their keys."""
@@ -102,6 +108,28 @@ def test_kernel_variants(variant):
         errors = compare_to_oracle(run_with_grads(call, inp, True, scale=128 ** -0.5),
                                    fp64_oracle(inp, True, 128 ** -0.5), tol, 1e-2, grad_tol)
         print(f"\n{variant}: " + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
+
+
+def _off_alignment(t):
+    """t's values (and its gradient path) in storage 2 bytes past a 16-byte boundary."""
+    out = torch.empty(t.numel() + 1, dtype=t.dtype, device=t.device)[1:].view(t.shape)
+    out.copy_(t)
+    assert out.data_ptr() % 16 != 0
+    return out
+
+
+def test_inputs_tma_cannot_address_take_the_triton_kernels():
+    """q, k, v off 16-byte alignment: TMA (and so Gluon) cannot read them; the default configs
+    must fall back to the Triton pointer-load kernels with tiles that fit, not fail."""
+    lens = lengths(11, 6, 500)
+    inp = make_inputs(lens, lens, 8, 2, 128, torch.bfloat16, device="cuda", seed=7)
+
+    def call(q, k, v, *rest, **kw):
+        return public(_off_alignment(q), _off_alignment(k), _off_alignment(v), *rest, **kw)
+
+    tol, grad_tol = TOL[torch.bfloat16]
+    errors = compare_to_oracle(run_with_grads(call, inp, True), fp64_oracle(inp, True), tol, 1e-2, grad_tol)
+    print("\nmisaligned bf16: " + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
 
 
 def test_documents_never_see_each_other():

@@ -27,6 +27,20 @@ class TileConfig:
     # GPU only: stream tiles (and, in the fused backward, reduce dQ) through TMA descriptors;
     # used where the device is sm_90+ and the tensors meet TMA's 16-byte alignment rules
     tma: bool = False
+    # Hopper (sm_90) 16-bit, not the fused backward: the Gluon kernels that overlap the
+    # elementwise work with the tensor cores (gluon_forward.py, gluon_backward.py; they always
+    # use TMA and keep two tiles in flight, so num_stages does not apply); elsewhere the
+    # Triton kernels run with the other fields
+    gluon: bool = False
+    # with gluon: the Triton kernel's tiles where the Gluon one cannot run (another GPU, inputs
+    # TMA cannot address); None reuses these fields
+    fallback: TileConfig | None = None
+
+    def __post_init__(self):
+        # the tile schedule is built once from block_rows, before the kernel is chosen
+        if self.fallback is not None and self.fallback.block_rows != self.block_rows:
+            raise ValueError(f"TileConfig.fallback.block_rows ({self.fallback.block_rows}) must equal "
+                             f"block_rows ({self.block_rows})")
 
 
 @dataclass(frozen=True)
@@ -51,13 +65,20 @@ _INTERPRETER = AttentionConfigs(
 
 # H100 bf16/fp16. Candidates are first screened off-device for register spills with the
 # GPU machine's Triton (benchmarks/screen_attention_kernels.py: with Triton 3.6 the pointer-load
-# versions of these tiles spill, the TMA ones much less); `benchmarks/attention.py --sweep`
-# then picks among them by time (benchmarks/results/attention_h100.json, "sweep").
+# versions of these tiles spill, the TMA ones much less), then timed against each other,
+# interleaved over several rounds, by benchmarks/attention_variants.py
+# (benchmarks/results/attention_variants_h100.json): the Gluon kernels with 128 x 128 dQ tiles
+# were fastest or tied on every case there.
+_TRITON_128 = AttentionConfigs(
+    forward=TileConfig(128, 128, num_warps=8, num_stages=3, tma=True),
+    dkdv=TileConfig(128, 64, num_warps=8, num_stages=3, tma=True),
+    dq=TileConfig(128, 64, num_warps=8, num_stages=3, tma=True),
+)
 _GPU_16BIT = {
     128: AttentionConfigs(
-        forward=TileConfig(128, 128, num_warps=8, num_stages=3, tma=True),
-        dkdv=TileConfig(128, 64, num_warps=8, num_stages=3, tma=True),
-        dq=TileConfig(128, 64, num_warps=8, num_stages=3, tma=True),
+        forward=TileConfig(128, 128, num_warps=8, tma=True, gluon=True, fallback=_TRITON_128.forward),
+        dkdv=TileConfig(128, 64, num_warps=8, tma=True, gluon=True, fallback=_TRITON_128.dkdv),
+        dq=TileConfig(128, 128, num_warps=8, tma=True, gluon=True, fallback=_TRITON_128.dq),
     ),
     # head dim 64 is not swept: the spill-free screen picks
     64: AttentionConfigs(

@@ -1,6 +1,7 @@
 """Public entry points: flash-attn's varlen calling convention, dispatched by device.
 
-- CUDA tensors (fp16, bf16, fp32) run the Triton kernels (triton_attention.py).
+- CUDA tensors (fp16, bf16, fp32) run the Triton kernels (triton_attention.py); on Hopper
+  (sm_90), 16-bit inputs that TMA can address run their Gluon versions (gluon_*.py).
 - CPU fp32/fp16 tensors with TRITON_INTERPRET=1 run the same Triton kernels in Triton's
   interpreter: that is how the kernels are tested without a GPU.
 - Everything else (CPU without the interpreter, fp64 anywhere, CPU bf16 whose interpreted

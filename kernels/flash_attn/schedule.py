@@ -9,6 +9,14 @@ Under a causal mask tiles differ in cost by up to the segment length, and the GP
 programs in launch order, so the table is sorted by estimated work, largest first (longest
 processing time first): the expensive tiles start in the first wave instead of straggling
 at the end.
+
+Program order in the kernels: program id -> (kv head, slot, q head within the kv head's group),
+the q heads of a group fastest. The programs in flight at any moment then work on one or two
+kv heads, so the K/V tiles they all stream (or, for dK/dV, the q/dO tiles) are read from HBM
+once and served from L2 after that. The earlier order, heads fastest, put every head's
+heaviest tile in the first wave: its 132 programs streamed 64 different heads' K/V, far more
+than L2 holds, and the forward ran at 89% of HBM bandwidth with a 10% L2 hit rate (Nsight
+Compute on the H100, causal 16K x 4, 16 heads). Within a kv head, slots still go heaviest first.
 """
 from __future__ import annotations
 

@@ -1,10 +1,11 @@
-"""Autograd wrapper and launchers for the Triton varlen attention kernels.
+"""Autograd wrapper and launchers for the varlen attention kernels (Triton; Gluon on Hopper).
 
 Inputs reaching this module are already validated (see validation.py): 3-D q/k/v with unit
 stride on the head dim, int32 cu_seqlens on q's device, a supported head dim.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -34,6 +35,41 @@ def _tma_usable(interpret: bool, *tensors: torch.Tensor) -> bool:
     return True
 
 
+def _triton_tiles(cfg):
+    """The tiles the Triton kernel runs where a Gluon config could not (see TileConfig.fallback)."""
+    return cfg.fallback if cfg.gluon and cfg.fallback is not None else cfg
+
+
+@functools.cache
+def _gluon_available() -> bool:
+    """Triton releases before Gluon's Hopper API (3.5) run the Triton kernels instead."""
+    try:
+        from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma_wait  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _gluon_usable(interpret: bool, *tensors: torch.Tensor) -> bool:
+    """The Gluon kernels are written for Hopper's wgmma: sm_90 exactly, 16-bit inputs, TMA-able."""
+    return (_tma_usable(interpret, *tensors) and torch.cuda.get_device_capability(tensors[0].device)[0] == 9
+            and tensors[0].dtype in (torch.bfloat16, torch.float16) and _gluon_available())
+
+
+def _gluon_forward(q, k, v, o, lse, cu_q, cu_k, schedule, softmax_scale, causal, cfg):
+    from kernels.flash_attn.gluon_forward import gluon_attention_forward_kernel
+    from kernels.flash_attn.gluon_tma import segment_descriptor
+
+    hq, hkv = q.shape[1], k.shape[1]
+    gluon_attention_forward_kernel[(schedule.shape[0] * hq,)](
+        segment_descriptor(q, cfg.block_rows), segment_descriptor(k, cfg.block_cols),
+        segment_descriptor(v, cfg.block_cols), segment_descriptor(o, cfg.block_rows), lse,
+        cu_q, cu_k, schedule, softmax_scale * LOG2E, lse.stride(0), schedule.shape[0], hq // hkv,
+        HEAD_DIM=q.shape[2], BLOCK_M=cfg.block_rows, BLOCK_N=cfg.block_cols, CAUSAL=causal,
+        num_warps=cfg.num_warps,
+    )
+
+
 def _tile_sources(cfg, interpret: bool, *boxes: tuple[torch.Tensor, int]):
     """(use_tma, sources) for a kernel's streamed tensors, given as (tensor, box rows) pairs:
     segment descriptors when cfg.tma is set and TMA can serve all of them, else the tensors."""
@@ -57,6 +93,10 @@ def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
     grid = (schedule.shape[0] * hq,)
     if grid[0] == 0:
         return o, lse, schedule
+    if cfg.gluon and _gluon_usable(interpret, q, k, v, o):
+        _gluon_forward(q, k, v, o, lse, cu_q, cu_k, schedule, softmax_scale, causal, cfg)
+        return o, lse, schedule
+    cfg = _triton_tiles(cfg)
     use_tma, descs = _tile_sources(cfg, interpret, (q, cfg.block_rows), (k, cfg.block_cols), (v, cfg.block_cols),
                                    (o, cfg.block_rows))
     kernels.attention_forward_kernel[grid](
@@ -64,7 +104,7 @@ def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
         softmax_scale * LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         o.stride(0), o.stride(1), lse.stride(0),
-        hq,
+        schedule.shape[0],
         group=hq // hkv, HEAD_DIM=d, BLOCK_M=cfg.block_rows, BLOCK_N=cfg.block_cols,
         CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype), USE_TMA=use_tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
@@ -107,33 +147,65 @@ def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: flo
 
     cfg = configs.dkdv
     schedule = tile_schedule(cu_k, cu_q, total_k, cfg.block_rows, causal, rows_are_queries=False)
-    use_tma, descs = _tile_sources(cfg, interpret, (q, cfg.block_cols), (do, cfg.block_cols))
-    kernels.attention_backward_dkdv_kernel[(schedule.shape[0] * hkv,)](
-        q, k, v, do, lse, delta, dk, dv, *descs, cu_q, cu_k, schedule,
-        scale2, softmax_scale,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-        lse.stride(0), hkv,
-        GROUP=hq // hkv, BLOCK_N=cfg.block_rows, BLOCK_M=cfg.block_cols, USE_TMA=use_tma,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
-    )
+    if cfg.gluon and _gluon_usable(interpret, q, k, v, do, dk, dv):
+        from kernels.flash_attn.gluon_backward import gluon_attention_backward_dkdv_kernel
+        from kernels.flash_attn.gluon_tma import segment_descriptor as desc
+        rows, cols = cfg.block_rows, cfg.block_cols
+        gluon_attention_backward_dkdv_kernel[(schedule.shape[0] * hkv,)](
+            desc(k, rows), desc(v, rows), desc(q, cols), desc(do, cols), desc(dk, rows), desc(dv, rows),
+            lse, delta, cu_q, cu_k, schedule, scale2, softmax_scale, lse.stride(0), schedule.shape[0],
+            GROUP=hq // hkv, HEAD_DIM=d, BLOCK_N=rows, BLOCK_M=cols, CAUSAL=causal, num_warps=cfg.num_warps,
+        )
+    else:
+        _triton_dkdv(kernels, _triton_tiles(cfg), interpret, q, k, v, do, lse, delta, dk, dv, cu_q, cu_k, schedule,
+                     scale2, softmax_scale, hq, hkv, common)
 
     cfg = configs.dq
     if forward_schedule is not None and cfg.block_rows == configs.forward.block_rows:
         schedule = forward_schedule  # same q tiles, same order: skip rebuilding it
     else:
         schedule = tile_schedule(cu_q, cu_k, total_q, cfg.block_rows, causal, rows_are_queries=True)
+    if cfg.gluon and _gluon_usable(interpret, q, k, v, do, dq):
+        from kernels.flash_attn.gluon_backward import gluon_attention_backward_dq_kernel
+        from kernels.flash_attn.gluon_tma import segment_descriptor as desc
+        rows, cols = cfg.block_rows, cfg.block_cols
+        gluon_attention_backward_dq_kernel[(schedule.shape[0] * hq,)](
+            desc(q, rows), desc(do, rows), desc(k, cols), desc(v, cols), desc(dq, rows),
+            lse, delta, cu_q, cu_k, schedule, scale2, softmax_scale, lse.stride(0), schedule.shape[0], hq // hkv,
+            HEAD_DIM=d, BLOCK_M=rows, BLOCK_N=cols, CAUSAL=causal, num_warps=cfg.num_warps,
+        )
+    else:
+        _triton_dq(kernels, _triton_tiles(cfg), interpret, q, k, v, do, lse, delta, dq, cu_q, cu_k, schedule,
+                   scale2, softmax_scale, hq, hkv, common)
+    return dq, dk, dv
+
+
+def _triton_dkdv(kernels, cfg, interpret, q, k, v, do, lse, delta, dk, dv, cu_q, cu_k, schedule,
+                 scale2, softmax_scale, hq, hkv, common):
+    use_tma, descs = _tile_sources(cfg, interpret, (q, cfg.block_cols), (do, cfg.block_cols))
+    kernels.attention_backward_dkdv_kernel[(schedule.shape[0] * hkv,)](
+        q, k, v, do, lse, delta, dk, dv, *descs, cu_q, cu_k, schedule,
+        scale2, softmax_scale,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+        lse.stride(0), schedule.shape[0],
+        GROUP=hq // hkv, BLOCK_N=cfg.block_rows, BLOCK_M=cfg.block_cols, USE_TMA=use_tma,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
+    )
+
+
+def _triton_dq(kernels, cfg, interpret, q, k, v, do, lse, delta, dq, cu_q, cu_k, schedule,
+               scale2, softmax_scale, hq, hkv, common):
     use_tma, descs = _tile_sources(cfg, interpret, (k, cfg.block_cols), (v, cfg.block_cols))
     kernels.attention_backward_dq_kernel[(schedule.shape[0] * hq,)](
         q, k, v, do, lse, delta, dq, *descs, cu_q, cu_k, schedule,
         scale2, softmax_scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
-        lse.stride(0), hq,
+        lse.stride(0), schedule.shape[0],
         group=hq // hkv, BLOCK_M=cfg.block_rows, BLOCK_N=cfg.block_cols, USE_TMA=use_tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **common,
     )
-    return dq, dk, dv
 
 
 def _fused_backward(do, q, k, v, lse, delta, dq, dk, dv, cu_q, cu_k, softmax_scale, causal,
@@ -151,7 +223,7 @@ def _fused_backward(do, q, k, v, lse, delta, dq, dk, dv, cu_q, cu_k, softmax_sca
         softmax_scale * LOG2E, softmax_scale,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-        dq_acc.stride(0), dq_acc.stride(1), lse.stride(0), hkv,
+        dq_acc.stride(0), dq_acc.stride(1), lse.stride(0), schedule.shape[0],
         GROUP=hq // hkv, HEAD_DIM=d, BLOCK_N=cfg.block_rows, BLOCK_M=cfg.block_cols,
         CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype), USE_TMA=use_tma,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,

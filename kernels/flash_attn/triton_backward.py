@@ -51,7 +51,7 @@ def attention_backward_delta_kernel(
     tl.store(DELTA + head.to(tl.int64) * stride_delta_h + rows, delta, mask=ok)
 
 
-@triton.jit(do_not_specialize=["stride_lse_h", "num_heads_kv"])
+@triton.jit(do_not_specialize=["stride_lse_h", "num_slots"])
 def attention_backward_dkdv_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV,
     Q_DESC, DO_DESC,  # segment descriptors (the tensors themselves when USE_TMA is off)
@@ -60,7 +60,7 @@ def attention_backward_dkdv_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
     stride_lse_h,
-    num_heads_kv,
+    num_slots,
     GROUP: tl.constexpr,  # q heads per kv head; constexpr here: a runtime head loop spills registers
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,  # keys owned by the program
@@ -71,8 +71,9 @@ def attention_backward_dkdv_kernel(
 ):
     LOG2E: tl.constexpr = 1.4426950408889634
     pid = tl.program_id(0)
-    kv_head = pid % num_heads_kv
-    slot = pid // num_heads_kv
+    # one kv head's tiles after another's (schedule.py says why)
+    slot = pid % num_slots
+    kv_head = pid // num_slots
     seg = tl.load(SCHEDULE + 2 * slot)
     if seg < 0:
         return
@@ -164,7 +165,7 @@ def attention_backward_dkdv_kernel(
              + offs_n[:, None] * stride_dvt + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=key_ok[:, None])
 
 
-@triton.jit(do_not_specialize=["stride_lse_h", "num_heads_q", "group"])
+@triton.jit(do_not_specialize=["stride_lse_h", "num_slots", "group"])
 def attention_backward_dq_kernel(
     Q, K, V, DO, LSE, DELTA, DQ,
     K_DESC, V_DESC,  # segment descriptors (the tensors themselves when USE_TMA is off)
@@ -173,7 +174,7 @@ def attention_backward_dq_kernel(
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_dot, stride_doh, stride_dqt, stride_dqh,
     stride_lse_h,
-    num_heads_q,
+    num_slots,
     group,  # q heads per kv head (runtime: one compiled kernel serves every GQA ratio)
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,  # queries owned by the program
@@ -184,8 +185,10 @@ def attention_backward_dq_kernel(
 ):
     LOG2E: tl.constexpr = 1.4426950408889634
     pid = tl.program_id(0)
-    head = pid % num_heads_q
-    slot = pid // num_heads_q
+    # kv head, then slot, then the q heads of that kv head's group (schedule.py says why)
+    member = pid % group
+    slot = (pid // group) % num_slots
+    head = (pid // group // num_slots) * group + member
     seg = tl.load(SCHEDULE + 2 * slot)
     if seg < 0:
         return

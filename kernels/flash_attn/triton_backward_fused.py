@@ -52,7 +52,7 @@ def _tile_step(k, v, q, do, lse2, delta, keep, dk, dv, qk_scale_log2, softmax_sc
     return dk, dv, dq
 
 
-@triton.jit(do_not_specialize=["stride_lse_h", "num_heads_kv"])
+@triton.jit(do_not_specialize=["stride_lse_h", "num_slots"])
 def attention_backward_fused_kernel(
     Q, K, V, DO, LSE, DELTA, DK, DV, DQ_ACC,
     Q_DESC, DO_DESC, DQ_DESC,  # segment descriptors (the tensors themselves when USE_TMA is off)
@@ -62,7 +62,7 @@ def attention_backward_fused_kernel(
     stride_dot, stride_doh, stride_dkt, stride_dkh, stride_dvt, stride_dvh,
     stride_dqt, stride_dqh,
     stride_lse_h,
-    num_heads_kv,
+    num_slots,
     GROUP: tl.constexpr,  # q heads per kv head; constexpr: a runtime head loop spills registers
     HEAD_DIM: tl.constexpr,
     BLOCK_N: tl.constexpr,  # keys owned by the program
@@ -73,8 +73,9 @@ def attention_backward_fused_kernel(
 ):
     LOG2E: tl.constexpr = 1.4426950408889634
     pid = tl.program_id(0)
-    kv_head = pid % num_heads_kv
-    slot = pid // num_heads_kv
+    # one kv head's tiles after another's (schedule.py says why)
+    slot = pid % num_slots
+    kv_head = pid // num_slots
     seg = tl.load(SCHEDULE + 2 * slot)
     if seg < 0:
         return

@@ -24,7 +24,7 @@ store_segment_rows = _tma.store_segment_rows
 
 
 # sizes that vary call to call stay unspecialized, so a new batch shape never recompiles
-@triton.jit(do_not_specialize=["stride_lse_h", "num_heads_q", "group"])
+@triton.jit(do_not_specialize=["stride_lse_h", "num_slots", "group"])
 def attention_forward_kernel(
     Q, K, V, O, LSE,
     Q_DESC, K_DESC, V_DESC, O_DESC,  # segment descriptors (the tensors themselves when USE_TMA is off)
@@ -32,7 +32,7 @@ def attention_forward_kernel(
     qk_scale_log2,  # softmax_scale * log2(e)
     stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
     stride_ot, stride_oh, stride_lse_h,
-    num_heads_q,
+    num_slots,
     group,  # q heads per kv head (runtime: one compiled kernel serves every GQA ratio)
     HEAD_DIM: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -42,10 +42,10 @@ def attention_forward_kernel(
     USE_TMA: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    # heads vary fastest so the heaviest tile of every head goes out in the first wave, and
-    # heads that share a kv head (GQA) run side by side and share K/V through L2
-    head = pid % num_heads_q
-    slot = pid // num_heads_q
+    # kv head, then slot, then the q heads of that kv head's group (schedule.py says why)
+    member = pid % group
+    slot = (pid // group) % num_slots
+    head = (pid // group // num_slots) * group + member
     seg = tl.load(SCHEDULE + 2 * slot)
     if seg < 0:
         return
