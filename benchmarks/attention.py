@@ -66,6 +66,11 @@ def cu_seqlens(lengths: list[int]) -> torch.Tensor:
     return torch.tensor(cu, dtype=torch.int32, device="cuda")
 
 
+def config_record(configs: AttentionConfigs) -> dict:
+    """The tile configs as plain JSON-able data (nested configs included)."""
+    return asdict(configs)
+
+
 def bench_ms(fn, rep_ms: float = 150.0) -> float:
     from triton.testing import do_bench
     return do_bench(fn, warmup=30, rep=rep_ms, return_mode="median")
@@ -232,7 +237,7 @@ def main():
         configs, rows = sweep(heads, dim, log)
         report["sweep"] = dict(case="causal 16K x 4", rows=rows)
     configs_used = configs or select_configs(dim, torch.bfloat16, interpret=False)
-    report["our_tile_configs"] = asdict(configs_used)
+    report["our_tile_configs"] = config_record(configs_used)
 
     doc_lengths = pretraining_doc_lengths(TOTAL_TOKENS, seed=0)
     report["doc_distribution"] = dict(

@@ -26,15 +26,14 @@ import datetime
 import json
 import statistics
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.attention import (TOTAL_TOKENS, bench_ms, causal_pairs, cu_seqlens,  # noqa: E402
-                                  pretraining_doc_lengths, random_qkv)
+from benchmarks.attention import (TOTAL_TOKENS, bench_ms, causal_pairs, config_record,  # noqa: E402
+                                  cu_seqlens, pretraining_doc_lengths, random_qkv)
 from kernels.flash_attn.block_config import AttentionConfigs, TileConfig  # noqa: E402
 from kernels.flash_attn.triton_attention import TritonVarlenAttention  # noqa: E402
 
@@ -123,7 +122,7 @@ def main():
                   triton=__import__("triton").__version__,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   rounds=args.rounds, heads=heads, head_dim=dim, tokens_per_case=TOTAL_TOKENS,
-                  variants={k: asdict(v) for k, v in configs.items()},
+                  variants={k: config_record(v) for k, v in configs.items()},
                   command=f"python benchmarks/attention_variants.py --rounds {args.rounds}", rows=rows)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
