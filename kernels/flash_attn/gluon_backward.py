@@ -19,7 +19,8 @@ loaded tiles are issued back to back and waited for one at a time:
 
 Tiles stream through two-slot rings of segment-bounded TMA descriptors (gluon_tma.py): rows
 past a segment's end read as zeros (their P is then 1 but q = dO = 0 there, so they add
-nothing) and stores stop at the segment's end. GPU only (the launcher imports this on sm_90).
+nothing) and stores stop at the segment's end. GPU only: the launcher uses it on sm_90 devices
+(CI only compiles it, tests/test_flash_attn_sm90_compile.py).
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl

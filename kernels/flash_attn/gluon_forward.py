@@ -15,8 +15,8 @@ waited for explicitly, in the order FlashAttention-3 calls intra-warpgroup pipel
 
 K and V stream through two-slot rings of segment-bounded TMA descriptors (gluon_tma.py),
 so rows past a segment's end read as zeros and the output store never crosses into the next
-document. GPU only: this file is imported by the launcher on sm_90+ devices, never by the
-interpreter; the Triton kernel stays the path for everything else.
+document. GPU only: the launcher uses it on sm_90 devices (CI only compiles it for sm_90,
+tests/test_flash_attn_sm90_compile.py); the Triton kernel stays the path for everything else.
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
