@@ -24,10 +24,28 @@ nothing) and stores stop at the segment's end. GPU only: the launcher uses it on
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
-from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma, warpgroup_mma_init, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_init,
+    warpgroup_mma_wait,
+)
 
-from kernels.flash_attn.gluon_tma import cta_barrier, load_tile_pair, segment_coord, tma_load, tma_store
+from kernels.flash_attn.gluon_tile_ranges import (
+    keys_of_query_tile,
+    queries_of_key_tile,
+    query_program,
+    segment_extent,
+)
+from kernels.flash_attn.gluon_tma import (
+    cta_barrier,
+    load_tile_pair,
+    segment_coord,
+    tma_load,
+    tma_store,
+)
 
 LOG2E = gl.constexpr(1.4426950408889634)
 
@@ -62,23 +80,12 @@ def gluon_attention_backward_dkdv_kernel(
     if seg < 0:
         return
     tile = gl.load(SCHEDULE + 2 * slot + 1)
-    q_start = gl.load(CU_Q + seg)
-    m = gl.load(CU_Q + seg + 1) - q_start
-    k_start = gl.load(CU_K + seg)
-    n = gl.load(CU_K + seg + 1) - k_start
+    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
     col0 = tile * BLOCK_N
 
-    if CAUSAL:
-        diag = n - m  # query i sees keys 0..i + diag
-        # first q tile with a row that sees a key of this tile; first whose rows see them all
-        lo = (gl.maximum(col0 - diag, 0) // BLOCK_M) * BLOCK_M
-        full_lo = ((gl.maximum(col0 + BLOCK_N - 1 - diag, 0) + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
-    else:
-        diag = 0
-        lo = 0
-        full_lo = 0
+    diag, lo, full_lo, masked_hi = queries_of_key_tile(col0, m, n, BLOCK_N, BLOCK_M, CAUSAL)
     # q tiles lo, lo + BLOCK_M, ... below full_lo need the causal mask, the rest run without
-    num_masked = (gl.minimum(full_lo, m) - lo + BLOCK_M - 1) // BLOCK_M
+    num_masked = (masked_hi - lo + BLOCK_M - 1) // BLOCK_M
     per_head = gl.maximum((m - lo + BLOCK_M - 1) // BLOCK_M, 0)
     steps = GROUP * per_head
 
@@ -194,29 +201,16 @@ def gluon_attention_backward_dq_kernel(
     col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
 
     pid = gl.program_id(0)
-    # kv head, then slot, then the q heads of that kv head's group (schedule.py says why)
-    member = pid % group
-    slot = (pid // group) % num_slots
-    head = (pid // group // num_slots) * group + member
+    slot, head = query_program(pid, num_slots, group)
     seg = gl.load(SCHEDULE + 2 * slot)
     if seg < 0:
         return
     tile = gl.load(SCHEDULE + 2 * slot + 1)
-    q_start = gl.load(CU_Q + seg)
-    m = gl.load(CU_Q + seg + 1) - q_start
-    k_start = gl.load(CU_K + seg)
-    n = gl.load(CU_K + seg + 1) - k_start
+    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
     kv_head = head // group
     row0 = tile * BLOCK_M
 
-    if CAUSAL:
-        diag = n - m
-        full_hi = gl.maximum(gl.minimum(row0 + diag + 1, n), 0)
-        hi = gl.maximum(gl.minimum(row0 + BLOCK_M + diag, n), 0)
-    else:
-        diag = 0
-        full_hi = n
-        hi = n
+    diag, full_hi, hi = keys_of_query_tile(row0, m, n, BLOCK_M, CAUSAL)
     num_full = full_hi // BLOCK_N  # kv tiles every row sees whole: no mask
     num_tiles = (hi + BLOCK_N - 1) // BLOCK_N
 

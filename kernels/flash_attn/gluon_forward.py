@@ -20,10 +20,26 @@ tests/test_flash_attn_sm90_compile.py); the Triton kernel stays the path for eve
 """
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
-from triton.experimental.gluon.language.nvidia.hopper import warpgroup_mma, warpgroup_mma_wait
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_wait,
+)
 
-from kernels.flash_attn.gluon_tma import cta_barrier, load_tile, segment_coord, tma_load, tma_store
+from kernels.flash_attn.gluon_tile_ranges import (
+    keys_of_query_tile,
+    query_program,
+    segment_extent,
+)
+from kernels.flash_attn.gluon_tma import (
+    cta_barrier,
+    load_tile,
+    segment_coord,
+    tma_load,
+    tma_store,
+)
 
 
 @gluon.jit
@@ -67,29 +83,16 @@ def gluon_attention_forward_kernel(
     o_rows: gl.constexpr = gl.SliceLayout(1, o_layout)
 
     pid = gl.program_id(0)
-    # kv head, then slot, then the q heads of that kv head's group (schedule.py says why)
-    member = pid % group
-    slot = (pid // group) % num_slots
-    head = (pid // group // num_slots) * group + member
+    slot, head = query_program(pid, num_slots, group)
     seg = gl.load(SCHEDULE + 2 * slot)
     if seg < 0:
         return
     tile = gl.load(SCHEDULE + 2 * slot + 1)
-    q_start = gl.load(CU_Q + seg)
-    m = gl.load(CU_Q + seg + 1) - q_start
-    k_start = gl.load(CU_K + seg)
-    n = gl.load(CU_K + seg + 1) - k_start
+    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
     kv_head = head // group
     row0 = tile * BLOCK_M
 
-    if CAUSAL:
-        diag = n - m  # query i sees keys 0..i + diag
-        full_hi = gl.maximum(gl.minimum(row0 + diag + 1, n), 0)
-        hi = gl.maximum(gl.minimum(row0 + BLOCK_M + diag, n), 0)
-    else:
-        diag = 0
-        full_hi = n
-        hi = n
+    diag, full_hi, hi = keys_of_query_tile(row0, m, n, BLOCK_M, CAUSAL)
     num_full = full_hi // BLOCK_N  # tiles every row sees whole: no mask
     num_tiles = (hi + BLOCK_N - 1) // BLOCK_N
 

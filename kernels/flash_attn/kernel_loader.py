@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from types import ModuleType
 
-_KERNEL_FILES = ("triton_forward", "triton_backward", "triton_backward_fused", "segment_tma")
+_KERNEL_FILES = ("triton_forward", "triton_backward", "triton_backward_fused", "segment_tma", "tile_ranges")
 _cache: dict[tuple[str, bool], ModuleType] = {}
 _lock = threading.RLock()  # re-entrant: kernel files load segment_tma while being loaded
 

@@ -57,4 +57,19 @@ def add_segment_rows(desc, seg_start, seg_len, row, head, value, BLOCK: tl.const
                     value.reshape(1, 1, BLOCK, 1, DIM))
 
 
+@triton.jit
+def load_query_and_grad_rows(Q_DESC, DO_DESC, q_base, do_base, q_start, m, start_m, head, rows, row_ok, offs_d,
+                             stride_qt, stride_dot, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
+                             USE_TMA: tl.constexpr):
+    """q and dO rows start_m.. of one head, rows at or past m read as 0: through the segment
+    descriptors, or (USE_TMA off, as in the interpreter) masked pointer loads from the bases."""
+    if USE_TMA:
+        q = load_segment_rows(Q_DESC, q_start, m, start_m, head, BLOCK_M, HEAD_DIM)
+        do = load_segment_rows(DO_DESC, q_start, m, start_m, head, BLOCK_M, HEAD_DIM)
+    else:
+        q = tl.load(q_base + rows[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        do = tl.load(do_base + rows[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+    return q, do
+
+
 _ROWS_LIMIT_C = tl.constexpr(_ROWS_LIMIT)

@@ -23,8 +23,14 @@ import triton.language as tl
 
 from kernels.flash_attn.kernel_loader import interpreter_requested, load_kernels
 
+_ranges = load_kernels("tile_ranges", interpreter_requested())
+query_program = _ranges.query_program
+segment_extent = _ranges.segment_extent
+keys_of_query_tile = _ranges.keys_of_query_tile
+queries_of_key_tile = _ranges.queries_of_key_tile
 _tma = load_kernels("segment_tma", interpreter_requested())
 load_segment_rows = _tma.load_segment_rows
+load_query_and_grad_rows = _tma.load_query_and_grad_rows
 
 
 # sizes that vary call to call stay unspecialized, so a new batch shape never recompiles
@@ -78,10 +84,7 @@ def attention_backward_dkdv_kernel(
     if seg < 0:
         return
     tile = tl.load(SCHEDULE + 2 * slot + 1)
-    q_start = tl.load(CU_Q + seg)
-    m = tl.load(CU_Q + seg + 1) - q_start
-    k_start = tl.load(CU_K + seg)
-    n = tl.load(CU_K + seg + 1) - k_start
+    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
     col0 = tile * BLOCK_N
 
     offs_n = col0 + tl.arange(0, BLOCK_N)
@@ -95,17 +98,7 @@ def attention_backward_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
 
-    if CAUSAL:
-        diag = n - m  # query i sees keys 0..i + diag
-        # first q tile with a row that sees a key of this tile, first q tile whose rows see all
-        lo = (tl.maximum(col0 - diag, 0) // BLOCK_M) * BLOCK_M
-        full_lo = ((tl.maximum(col0 + BLOCK_N - 1 - diag, 0) + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
-        masked_hi = tl.minimum(full_lo, m)
-    else:
-        diag = 0
-        lo = 0
-        full_lo = 0
-        masked_hi = 0
+    diag, lo, full_lo, masked_hi = queries_of_key_tile(col0, m, n, BLOCK_N, BLOCK_M, CAUSAL)
 
     # Rows past the segment end load q = dO = 0 (and lse = delta = 0): their P is 1 but every
     # product it enters is 0, so they add nothing. Keys past the end only reach rows of dK/dV
@@ -121,12 +114,8 @@ def attention_backward_dkdv_kernel(
         for start_m in range(lo, masked_hi, BLOCK_M):
             rows = start_m + offs_m
             row_ok = rows < m
-            if USE_TMA:
-                q = load_segment_rows(Q_DESC, q_start, m, start_m, head, BLOCK_M, HEAD_DIM)
-                do = load_segment_rows(DO_DESC, q_start, m, start_m, head, BLOCK_M, HEAD_DIM)
-            else:
-                q = tl.load(q_base + rows[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-                do = tl.load(do_base + rows[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            q, do = load_query_and_grad_rows(Q_DESC, DO_DESC, q_base, do_base, q_start, m, start_m, head, rows, row_ok,
+                                             offs_d, stride_qt, stride_dot, BLOCK_M, HEAD_DIM, USE_TMA)
             lse2 = tl.load(lse_base + rows, mask=row_ok, other=0.0) * LOG2E
             delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
             s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale_log2  # [keys, queries]
@@ -143,12 +132,8 @@ def attention_backward_dkdv_kernel(
         for start_m in range(full_lo, m, BLOCK_M):
             rows = start_m + offs_m
             row_ok = rows < m
-            if USE_TMA:
-                q = load_segment_rows(Q_DESC, q_start, m, start_m, head, BLOCK_M, HEAD_DIM)
-                do = load_segment_rows(DO_DESC, q_start, m, start_m, head, BLOCK_M, HEAD_DIM)
-            else:
-                q = tl.load(q_base + rows[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-                do = tl.load(do_base + rows[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            q, do = load_query_and_grad_rows(Q_DESC, DO_DESC, q_base, do_base, q_start, m, start_m, head, rows, row_ok,
+                                             offs_d, stride_qt, stride_dot, BLOCK_M, HEAD_DIM, USE_TMA)
             lse2 = tl.load(lse_base + rows, mask=row_ok, other=0.0) * LOG2E
             delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
             s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale_log2
@@ -185,18 +170,12 @@ def attention_backward_dq_kernel(
 ):
     LOG2E: tl.constexpr = 1.4426950408889634
     pid = tl.program_id(0)
-    # kv head, then slot, then the q heads of that kv head's group (schedule.py says why)
-    member = pid % group
-    slot = (pid // group) % num_slots
-    head = (pid // group // num_slots) * group + member
+    slot, head = query_program(pid, num_slots, group)
     seg = tl.load(SCHEDULE + 2 * slot)
     if seg < 0:
         return
     tile = tl.load(SCHEDULE + 2 * slot + 1)
-    q_start = tl.load(CU_Q + seg)
-    m = tl.load(CU_Q + seg + 1) - q_start
-    k_start = tl.load(CU_K + seg)
-    n = tl.load(CU_K + seg + 1) - k_start
+    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
     kv_head = head // group
     row0 = tile * BLOCK_M
 
@@ -212,14 +191,7 @@ def attention_backward_dq_kernel(
     delta = tl.load(DELTA + head.to(tl.int64) * stride_lse_h + q_start + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    if CAUSAL:
-        diag = n - m
-        full_hi = tl.maximum(tl.minimum(row0 + diag + 1, n), 0)
-        hi = tl.maximum(tl.minimum(row0 + BLOCK_M + diag, n), 0)
-    else:
-        diag = 0
-        full_hi = n
-        hi = n
+    diag, full_hi, hi = keys_of_query_tile(row0, m, n, BLOCK_M, CAUSAL)
     full_end = (full_hi // BLOCK_N) * BLOCK_N
 
     k_base = K + k_start.to(tl.int64) * stride_kt + kv_head * stride_kh

@@ -26,8 +26,12 @@ import triton.language as tl
 
 from kernels.flash_attn.kernel_loader import interpreter_requested, load_kernels
 
+_ranges = load_kernels("tile_ranges", interpreter_requested())
+segment_extent = _ranges.segment_extent
+queries_of_key_tile = _ranges.queries_of_key_tile
 _tma = load_kernels("segment_tma", interpreter_requested())
 load_segment_rows = _tma.load_segment_rows
+load_query_and_grad_rows = _tma.load_query_and_grad_rows
 add_segment_rows = _tma.add_segment_rows
 
 
@@ -80,10 +84,7 @@ def attention_backward_fused_kernel(
     if seg < 0:
         return
     tile = tl.load(SCHEDULE + 2 * slot + 1)
-    q_start = tl.load(CU_Q + seg)
-    m = tl.load(CU_Q + seg + 1) - q_start
-    k_start = tl.load(CU_K + seg)
-    n = tl.load(CU_K + seg + 1) - k_start
+    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
     col0 = tile * BLOCK_N
 
     offs_n = col0 + tl.arange(0, BLOCK_N)
@@ -98,17 +99,7 @@ def attention_backward_fused_kernel(
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
 
-    if CAUSAL:
-        diag = n - m  # query i sees keys 0..i + diag
-        # first q tile with a row that sees a key of this tile; first q tile whose rows see all
-        lo = (tl.maximum(col0 - diag, 0) // BLOCK_M) * BLOCK_M
-        full_lo = ((tl.maximum(col0 + BLOCK_N - 1 - diag, 0) + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
-        masked_hi = tl.minimum(full_lo, m)
-    else:
-        diag = 0
-        lo = 0
-        full_lo = 0
-        masked_hi = 0
+    diag, lo, full_lo, masked_hi = queries_of_key_tile(col0, m, n, BLOCK_N, BLOCK_M, CAUSAL)
     # unmasked tiles end at the last q tile that lies wholly inside the segment
     full_hi = tl.maximum(full_lo + ((m - full_lo) // BLOCK_M) * BLOCK_M, full_lo)
     num_diag = tl.maximum(masked_hi - lo + BLOCK_M - 1, 0) // BLOCK_M
@@ -128,12 +119,8 @@ def attention_backward_fused_kernel(
             rows = start_m + offs_m
             row_ok = rows < m
             # rows past the end: q = dO = 0 and lse = +inf, so P = dS = 0 there
-            if USE_TMA:
-                q = load_segment_rows(Q_DESC, q_start, m, start_m, head, BLOCK_M, HEAD_DIM)
-                do = load_segment_rows(DO_DESC, q_start, m, start_m, head, BLOCK_M, HEAD_DIM)
-            else:
-                q = tl.load(q_base + rows[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
-                do = tl.load(do_base + rows[:, None] * stride_dot + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+            q, do = load_query_and_grad_rows(Q_DESC, DO_DESC, q_base, do_base, q_start, m, start_m, head, rows, row_ok,
+                                             offs_d, stride_qt, stride_dot, BLOCK_M, HEAD_DIM, USE_TMA)
             lse2 = tl.load(lse_base + rows, mask=row_ok, other=float("inf")) * LOG2E
             delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
             keep = row_ok[None, :]

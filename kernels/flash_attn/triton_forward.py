@@ -18,6 +18,10 @@ import triton.language as tl
 
 from kernels.flash_attn.kernel_loader import interpreter_requested, load_kernels
 
+_ranges = load_kernels("tile_ranges", interpreter_requested())
+query_program = _ranges.query_program
+segment_extent = _ranges.segment_extent
+keys_of_query_tile = _ranges.keys_of_query_tile
 _tma = load_kernels("segment_tma", interpreter_requested())
 load_segment_rows = _tma.load_segment_rows
 store_segment_rows = _tma.store_segment_rows
@@ -42,18 +46,12 @@ def attention_forward_kernel(
     USE_TMA: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    # kv head, then slot, then the q heads of that kv head's group (schedule.py says why)
-    member = pid % group
-    slot = (pid // group) % num_slots
-    head = (pid // group // num_slots) * group + member
+    slot, head = query_program(pid, num_slots, group)
     seg = tl.load(SCHEDULE + 2 * slot)
     if seg < 0:
         return
     tile = tl.load(SCHEDULE + 2 * slot + 1)
-    q_start = tl.load(CU_Q + seg)
-    m = tl.load(CU_Q + seg + 1) - q_start
-    k_start = tl.load(CU_K + seg)
-    n = tl.load(CU_K + seg + 1) - k_start
+    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
     kv_head = head // group
     row0 = tile * BLOCK_M
 
@@ -75,14 +73,7 @@ def attention_forward_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    if CAUSAL:
-        diag = n - m  # query i sees keys 0..i + diag
-        full_hi = tl.maximum(tl.minimum(row0 + diag + 1, n), 0)
-        hi = tl.maximum(tl.minimum(row0 + BLOCK_M + diag, n), 0)
-    else:
-        diag = 0
-        full_hi = n
-        hi = n
+    diag, full_hi, hi = keys_of_query_tile(row0, m, n, BLOCK_M, CAUSAL)
     full_end = (full_hi // BLOCK_N) * BLOCK_N
 
     # phase 1: K/V tiles seen entirely by every row of this q tile (no mask)

@@ -1,0 +1,55 @@
+"""Gluon copies of tile_ranges.py's helpers (Gluon functions call only Gluon functions): which
+program does what, and which tiles of the other side a tile meets. Same arithmetic, same
+names; see tile_ranges.py for what each returns."""
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+
+@gluon.jit
+def query_program(pid, num_slots, group):
+    """(slot, q head): kv head, then slot, then the q heads of that kv head's group."""
+    member = pid % group
+    slot = (pid // group) % num_slots
+    head = (pid // group // num_slots) * group + member
+    return slot, head
+
+
+@gluon.jit
+def segment_extent(CU_Q, CU_K, seg):
+    """(q_start, m, k_start, n) of a segment."""
+    q_start = gl.load(CU_Q + seg)
+    m = gl.load(CU_Q + seg + 1) - q_start
+    k_start = gl.load(CU_K + seg)
+    n = gl.load(CU_K + seg + 1) - k_start
+    return q_start, m, k_start, n
+
+
+@gluon.jit
+def keys_of_query_tile(row0, m, n, BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr):
+    """(diag, full_hi, hi): every row sees keys [0, full_hi), some rows keys [full_hi, hi)."""
+    if CAUSAL:
+        diag = n - m
+        full_hi = gl.maximum(gl.minimum(row0 + diag + 1, n), 0)
+        hi = gl.maximum(gl.minimum(row0 + BLOCK_M + diag, n), 0)
+    else:
+        diag = 0
+        full_hi = n
+        hi = n
+    return diag, full_hi, hi
+
+
+@gluon.jit
+def queries_of_key_tile(col0, m, n, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr):
+    """(diag, lo, full_lo, masked_hi): q tiles lo..masked_hi need the causal mask, from full_lo on
+    every row sees every key of the tile."""
+    if CAUSAL:
+        diag = n - m
+        lo = (gl.maximum(col0 - diag, 0) // BLOCK_M) * BLOCK_M
+        full_lo = ((gl.maximum(col0 + BLOCK_N - 1 - diag, 0) + BLOCK_M - 1) // BLOCK_M) * BLOCK_M
+        masked_hi = gl.minimum(full_lo, m)
+    else:
+        diag = 0
+        lo = 0
+        full_lo = 0
+        masked_hi = 0
+    return diag, lo, full_lo, masked_hi
