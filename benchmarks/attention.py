@@ -88,13 +88,13 @@ def fwd_and_fwdbwd(call, inputs, do):
     return bench_ms(fwd), bench_ms(fwdbwd)
 
 
-def ours_callable(lengths, heads, dim, configs: AttentionConfigs | None):
+def ours_callable(lengths, heads, dim, configs: AttentionConfigs | None, deterministic=None):
     cu = cu_seqlens(lengths)
     mx = max(lengths)
 
     def call(q, k, v):
         if configs is None:
-            return flash_attn_varlen_func(q, k, v, cu, cu, mx, mx, causal=True)
+            return flash_attn_varlen_func(q, k, v, cu, cu, mx, mx, causal=True, deterministic=deterministic)
         o, _ = TritonVarlenAttention.apply(q, k, v, cu, cu, dim ** -0.5, True, False, configs)
         return o
     return call
@@ -236,8 +236,12 @@ def main():
     if args.sweep:
         configs, rows = sweep(heads, dim, log)
         report["sweep"] = dict(case="causal 16K x 4", rows=rows)
-    configs_used = configs or select_configs(dim, torch.bfloat16, interpret=False)
-    report["our_tile_configs"] = config_record(configs_used)
+    if configs is not None:
+        report["our_tile_configs"] = config_record(configs)
+    else:  # what the defaults pick: the fused backward only without GQA and when allowed
+        report["our_tile_configs"] = {
+            f"group {g}, deterministic {d}": config_record(select_configs(dim, torch.bfloat16, False, group=g, deterministic=d))
+            for g in (1, 4) for d in (False, True)}
 
     doc_lengths = pretraining_doc_lengths(TOTAL_TOKENS, seed=0)
     report["doc_distribution"] = dict(
@@ -253,7 +257,11 @@ def main():
         total = sum(lengths)
         (q, k, v), do = random_qkv(total, heads, dim, seed=len(lengths), heads_kv=hkv)
         fwd_flops = 4 * dim * heads * causal_pairs(lengths)
+        # ours: the defaults (deterministic=None, torch's default: the fused backward where it is
+        # faster); ours_deterministic: the bitwise-reproducible two-kernel backward
         methods = {"ours": ours_callable(lengths, heads, dim, configs)}
+        if configs is None:
+            methods["ours_deterministic"] = ours_callable(lengths, heads, dim, None, deterministic=True)
         if name.startswith("causal"):
             batch, seqlen = len(lengths), lengths[0]
             methods["sdpa_flash"] = sdpa_callable(batch, seqlen, heads, dim, SDPBackend.FLASH_ATTENTION)
@@ -306,10 +314,12 @@ def main():
         by = {r["method"]: r for r in results if r["case"] == name and "error" not in r}
         if "ours" not in by:
             continue
-        for other in ("sdpa_flash", "sdpa_cudnn", "flex"):
-            if other in by:
-                ratios[f"{name} ours/{other} fwd+bwd"] = round(by["ours"]["fwdbwd_tflops"] / by[other]["fwdbwd_tflops"], 3)
-                ratios[f"{name} ours/{other} fwd"] = round(by["ours"]["fwd_tflops"] / by[other]["fwd_tflops"], 3)
+        for ours in ("ours", "ours_deterministic"):
+            for other in ("sdpa_flash", "sdpa_cudnn", "flex"):
+                if ours in by and other in by:
+                    ratios[f"{name} {ours}/{other} fwd+bwd"] = round(by[ours]["fwdbwd_tflops"] / by[other]["fwdbwd_tflops"], 3)
+                    if ours == "ours":
+                        ratios[f"{name} ours/{other} fwd"] = round(by["ours"]["fwd_tflops"] / by[other]["fwd_tflops"], 3)
     report["ratios"] = ratios
     report["log"] = log_lines
     with open(args.out, "w") as f:

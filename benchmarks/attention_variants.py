@@ -13,6 +13,7 @@ Variants (head dim 128, bf16; forward 128 x 128, dK/dV 128 x 64, dQ 128 x 64 til
   gluon       Gluon forward and backward
   gluon-dq128 as gluon, with 128 x 128 dQ tiles (the default since this comparison)
   fused       Gluon forward, the one-kernel Triton backward with atomic dQ (TMA, 128 x 64)
+  gluon-fused Gluon forward, the one-kernel Gluon backward (TMA reduce-add of dQ, 128 x 64)
 
 Usage (GPU machine): python benchmarks/attention_variants.py --rounds 5 --out $OUT/attention_variants.json
 --profile VARIANT runs one forward and backward of causal 16K x 4 and nothing else, for a profiler:
@@ -54,6 +55,8 @@ def variants():
         "gluon": AttentionConfigs(fwd_gluon, dkdv_gluon, dq_gluon),
         "gluon-dq128": AttentionConfigs(fwd_gluon, dkdv_gluon, dq_gluon_128),
         "fused": AttentionConfigs(fwd_gluon, dkdv_gluon, dq_gluon_128, fused=TileConfig(128, 64, 8, 3, tma=True)),
+        "gluon-fused": AttentionConfigs(fwd_gluon, dkdv_gluon, dq_gluon_128,
+                                        fused=TileConfig(128, 64, 8, tma=True, gluon=True)),
     }
 
 
@@ -69,7 +72,7 @@ def _time_variant(cfg, q, k, v, do, cu, dim):
 
 
 def variants_names():
-    return ("triton", "gluon-fwd", "gluon-bwd", "gluon", "gluon-dq128", "fused")
+    return tuple(variants())
 
 
 def main():
@@ -78,6 +81,7 @@ def main():
     ap.add_argument("--heads", type=int, default=16)
     ap.add_argument("--out", default="attention_variants.json")
     ap.add_argument("--profile", choices=sorted(variants_names()), help="one pass of this variant, untimed")
+    ap.add_argument("--only", nargs="+", choices=sorted(variants_names()), help="time these variants only")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks/attention_variants.py needs a CUDA GPU")
@@ -92,7 +96,7 @@ def main():
     docs = pretraining_doc_lengths(TOTAL_TOKENS, 0)
     cases = [("causal 16K x4", [16384] * 4, heads), ("causal 64K x1", [65536], heads),
              ("docs 64K", docs, heads), (f"docs 64K GQA {heads}/{heads // 4}", docs, heads // 4)]
-    configs = variants()
+    configs = {k: v for k, v in variants().items() if not args.only or k in args.only}
     times: dict[tuple[str, str, str], list[float]] = {}
     for r in range(args.rounds):
         names = list(configs)
@@ -123,7 +127,7 @@ def main():
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                   rounds=args.rounds, heads=heads, head_dim=dim, tokens_per_case=TOTAL_TOKENS,
                   variants={k: config_record(v) for k, v in configs.items()},
-                  command=f"python benchmarks/attention_variants.py --rounds {args.rounds}", rows=rows)
+                  command=" ".join(["python"] + sys.argv), rows=rows)
     with open(args.out, "w") as f:
         json.dump(report, f, indent=1)
 

@@ -97,15 +97,15 @@ def _gluon_desc(dtype, rows, d):
     from triton.runtime.jit import mangle_type
 
     from kernels.flash_attn.gluon_tma import segment_descriptor
-    t = torch.empty(8, 1, d, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
+    t = torch.empty(8, 1, d, dtype={"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype])
     return mangle_type(segment_descriptor(t, rows))
 
 
 def gluon_source(kind, dtype, d, rows, cols, num_warps, group=1):
-    """The Gluon (Hopper) forward, dkdv or dq kernel; rows are what a program owns."""
+    """The Gluon (Hopper) forward, dkdv, dq or fused kernel; rows are what a program owns."""
     from triton.experimental.gluon._runtime import GluonASTSource
 
-    from kernels.flash_attn import gluon_backward, gluon_forward
+    from kernels.flash_attn import gluon_backward, gluon_backward_fused, gluon_forward
     r, c = _gluon_desc(dtype, rows, d), _gluon_desc(dtype, cols, d)
     tail = dict(LSE="*fp32", CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32")
     if kind == "forward":
@@ -117,6 +117,12 @@ def gluon_source(kind, dtype, d, rows, cols, num_warps, group=1):
         sig = dict(K_DESC=r, V_DESC=r, Q_DESC=c, DO_DESC=c, DK_DESC=r, DV_DESC=r, LSE="*fp32", DELTA="*fp32",
                    CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32", softmax_scale="fp32",
                    stride_lse_h="i32", num_slots="i32")
+        const = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=rows, BLOCK_M=cols, CAUSAL=True, num_warps=num_warps)
+    elif kind == "fused":
+        fn = gluon_backward_fused.gluon_attention_backward_fused_kernel
+        sig = dict(K_DESC=r, V_DESC=r, Q_DESC=c, DO_DESC=c, DK_DESC=r, DV_DESC=r, DQ_DESC=_gluon_desc("fp32", cols, d),
+                   LSE="*fp32", DELTA="*fp32", CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32",
+                   softmax_scale="fp32", stride_lse_h="i32", num_slots="i32")
         const = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=rows, BLOCK_M=cols, CAUSAL=True, num_warps=num_warps)
     else:
         fn = gluon_backward.gluon_attention_backward_dq_kernel
@@ -165,9 +171,10 @@ def main():
             cands.append(("dkdv", (bn, bm, w, s, tma), lambda bn=bn, bm=bm, tma=tma: dkdv_source(dt, d, bn, bm, tma)))
         for bm, bn, w, s in ((128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 32, 8, 3)):
             cands.append(("dq", (bm, bn, w, s, tma), lambda bm=bm, bn=bn, tma=tma: dq_source(dt, d, bm, bn, tma)))
-    for kind, (r, c) in (("forward", (128, 128)), ("dkdv", (128, 64)), ("dq", (128, 64)), ("dq", (128, 128))):
+    for kind, (r, c) in (("forward", (128, 128)), ("dkdv", (128, 64)), ("dq", (128, 64)), ("dq", (128, 128)),
+                         ("fused", (128, 64))):
         cands.append((f"g-{kind}", (r, c, 8, 0, True), lambda kind=kind, r=r, c=c: gluon_source(kind, dt, d, r, c, 8)))
-    kinds = os.environ.get("SCREEN_KINDS", "forward,fused,dkdv,dq,g-forward,g-dkdv,g-dq").split(",")
+    kinds = os.environ.get("SCREEN_KINDS", "forward,fused,dkdv,dq,g-forward,g-dkdv,g-dq,g-fused").split(",")
     for kind, (r, c, w, s, tma), make in cands:
         if kind not in kinds:
             continue

@@ -34,9 +34,9 @@ def test_tma_variant_compiles_for_sm90(kernel):
         assert res["tma_reduce"] > 0, res
 
 
-@pytest.mark.parametrize("kernel", ["forward", "dkdv", "dq"])
+@pytest.mark.parametrize("kernel", ["forward", "dkdv", "dq", "fused"])
 def test_default_gluon_kernels_compile_for_sm90(kernel):
-    cfg = getattr(select_configs(128, torch.bfloat16, interpret=False), kernel)
+    cfg = getattr(select_configs(128, torch.bfloat16, interpret=False, deterministic=False), kernel)
     assert cfg.gluon
     src = gluon_source(kernel, "bf16", 128, cfg.block_rows, cfg.block_cols, cfg.num_warps, group=2)
     res = resources(src, num_warps=cfg.num_warps, num_stages=1)
@@ -44,7 +44,12 @@ def test_default_gluon_kernels_compile_for_sm90(kernel):
     assert res["smem"] <= SMEM_LIMIT, res
     # the point of these kernels: a wgmma waited for while the next one is still in flight
     assert res["wgmma_wait_one"] > 0, res
-    assert res["stack"] <= 64, res  # a few spilled registers at most, no spilled tiles
+    # a few spilled registers at most, no spilled tiles. The fused kernel sits at the register
+    # limit: 0 bytes of stack with the GPU machine's Triton 3.6, 128 with CI's 3.9
+    assert res["stack"] <= (128 if kernel == "fused" else 64), res
+    if kernel == "fused":
+        assert res["tma_reduce"] > 0, res  # dQ leaves by TMA reduce-adds, not scalar atomics
+        assert res["scalar_atomics"] == 0, res
 
 
 @pytest.mark.parametrize("kernel", ["forward", "dkdv", "dq"])

@@ -9,7 +9,7 @@ tokens still cross several tiles, partial tiles included.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -47,9 +47,10 @@ class TileConfig:
 class AttentionConfigs:
     """forward: (q rows, kv cols); dkdv: (kv rows, q cols); dq: (q rows, kv cols).
 
-    fused: (kv rows, q cols) of the one-kernel backward that adds dQ with fp32 atomics
-    (triton_backward_fused.py), opt-in; None (the default) runs the dkdv and dq kernels, which
-    measured faster on the H100 and give bitwise-reproducible gradients.
+    fused: (kv rows, q cols) of the one-kernel backward that adds dQ into an fp32 buffer
+    (gluon_backward_fused.py with gluon=True, else triton_backward_fused.py), whose dQ rounding
+    depends on the order programs add; None runs the dkdv and dq kernels, bitwise-reproducible.
+    A Gluon fused config runs only where Gluon can (else the dkdv/dq pair runs).
     """
 
     forward: TileConfig
@@ -93,6 +94,13 @@ _GPU_SMALL_DIM = AttentionConfigs(
     dkdv=TileConfig(64, 32, num_warps=4, num_stages=2),
     dq=TileConfig(64, 32, num_warps=4, num_stages=2),
 )
+# The one-kernel Gluon backward (5 tile matmuls instead of the pair's 7): faster than the pair
+# for one q head per kv head, slower with GQA groups, where one program per kv tile walks every
+# q head of its group and so the grid shrinks by the group size
+# (benchmarks/results/attention_variants_fused_h100.json, "gluon-fused" against "gluon-dq128").
+_GLUON_FUSED_128 = TileConfig(128, 64, num_warps=8, tma=True, gluon=True)
+FUSED_MAX_GROUP = 1
+
 # fp32 on the GPU runs the dots in full fp32 precision: halve the tiles to fit shared memory.
 _GPU_FP32 = AttentionConfigs(
     forward=TileConfig(64, 32, num_warps=4, num_stages=2),
@@ -101,11 +109,17 @@ _GPU_FP32 = AttentionConfigs(
 )
 
 
-def select_configs(head_dim: int, dtype: torch.dtype, interpret: bool) -> AttentionConfigs:
+def select_configs(head_dim: int, dtype: torch.dtype, interpret: bool, group: int = 1,
+                   deterministic: bool = True) -> AttentionConfigs:
+    """The configs for one call; group = q heads per kv head. deterministic=False allows the
+    fused backward (dQ added in program order) where it measured faster."""
     if interpret:
         return _INTERPRETER
     if dtype == torch.float32:
         return _GPU_FP32
     if head_dim in _GPU_16BIT:
-        return _GPU_16BIT[head_dim]
+        configs = _GPU_16BIT[head_dim]
+        if head_dim == 128 and not deterministic and group <= FUSED_MAX_GROUP:
+            configs = replace(configs, fused=_GLUON_FUSED_128)
+        return configs
     return _GPU_SMALL_DIM

@@ -5,12 +5,13 @@ zeros and are never written), built as Gluon descriptors, which also carry the s
 layout (128-byte swizzle) that TMA writes and wgmma reads. The device helpers name a
 segment-relative row and move one tile into one slot of a ring of shared-memory buffers.
 
-Name shims: Triton 3.9 renamed the TMA copies and the CTA barrier; the GPU machine has 3.6,
-CI compiles with the newer one, and both must work.
+Name shims: Triton 3.9 renamed the TMA copies and the CTA barrier and named the TMA
+reduce-add; the GPU machine has 3.6, CI compiles with the newer one, and both must work.
 """
 import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma
 
 from kernels.flash_attn.segment_tma import _HUGE, _ROWS_LIMIT
@@ -19,8 +20,20 @@ tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_glob
 tma_store = tma.async_store if hasattr(tma, "async_store") else tma.async_copy_shared_to_global
 cta_barrier = gl.barrier if hasattr(gl, "barrier") else gl.thread_barrier
 
+if hasattr(tma, "async_atomic_add"):
+    tma_reduce_add = tma.async_atomic_add
+else:
+    @builtin
+    def tma_reduce_add(tensor_desc, coord, src, _semantic=None):
+        """Add a shared-memory tile into global memory (cp.reduce.async.bulk .add). Triton 3.6
+        has the op (its own descriptor atomic_add lowers to it) but no Gluon name for it."""
+        from triton._C.libtriton import ir
+        coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+        _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord,
+                                                  src.handle)
+
 ROWS_LIMIT = gl.constexpr(_ROWS_LIMIT)
-_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16}
+_GL_DTYPES = {torch.bfloat16: gl.bfloat16, torch.float16: gl.float16, torch.float32: gl.float32}
 
 
 def segment_descriptor(t, block_rows: int):

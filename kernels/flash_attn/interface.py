@@ -28,7 +28,7 @@ def _use_triton(q: torch.Tensor) -> tuple[bool, bool]:
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,
-                           softmax_scale=None, causal=True, return_lse=False):
+                           softmax_scale=None, causal=True, return_lse=False, deterministic=None):
     """Attention over packed variable-length segments.
 
     q [total_q, Hq, D]; k, v [total_k, Hkv, D] with Hq % Hkv == 0 (GQA/MQA); cu_seqlens_q/k
@@ -39,10 +39,18 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     (fp32; fp64 for fp64 input); gradients flow through both. Queries that see no key get
     o = 0 and lse = -inf.
 
+    deterministic: whether the backward must give bitwise-identical gradients run to run.
+    False allows the fused backward on Hopper (one kernel; dQ summed in fp32 in the order its
+    programs finish, as in flash-attn and cuDNN), used where it measured faster; True keeps the
+    two-kernel backward. None (the default) follows torch.are_deterministic_algorithms_enabled(),
+    i.e. torch.use_deterministic_algorithms(True) makes it deterministic.
+
     The first call with a given cu_seqlens tensor reads its values to validate them (a host
     sync on the GPU); keep one device copy per step so later layers skip that.
     """
     check_attention_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, softmax_scale)
+    if deterministic is not None and not isinstance(deterministic, bool):
+        raise ValueError(f"deterministic must be True, False or None (follow torch's setting), got {deterministic!r}")
     scale = float(softmax_scale) if softmax_scale is not None else q.shape[-1] ** -0.5
     use_triton, interpret = _use_triton(q)
     if use_triton and q.shape[-1] not in SUPPORTED_HEAD_DIMS:
@@ -57,7 +65,10 @@ def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     cu_q = cu_seqlens_q.to(device=q.device, dtype=torch.int32).contiguous()
     cu_k = cu_seqlens_k.to(device=q.device, dtype=torch.int32).contiguous()
-    o, lse = TritonVarlenAttention.apply(q, k, v, cu_q, cu_k, scale, bool(causal), interpret, None)
+    if deterministic is None:
+        deterministic = torch.are_deterministic_algorithms_enabled()
+    o, lse = TritonVarlenAttention.apply(q, k, v, cu_q, cu_k, scale, bool(causal), interpret, None,
+                                         bool(deterministic))
     return (o, lse) if return_lse else o
 
 

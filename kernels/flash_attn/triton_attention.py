@@ -140,7 +140,8 @@ def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: flo
     common = dict(HEAD_DIM=d, CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype))
     scale2 = softmax_scale * LOG2E
 
-    if configs.fused is not None:
+    fused = configs.fused
+    if fused is not None and (not fused.gluon or _gluon_usable(interpret, q, k, v, do, dk, dv)):
         _fused_backward(do, q, k, v, lse, delta, dq, dk, dv, cu_q, cu_k, softmax_scale, causal,
                         configs.fused, interpret)
         return dq, dk, dv
@@ -210,14 +211,28 @@ def _triton_dq(kernels, cfg, interpret, q, k, v, do, lse, delta, dq, cu_q, cu_k,
 
 def _fused_backward(do, q, k, v, lse, delta, dq, dk, dv, cu_q, cu_k, softmax_scale, causal,
                     cfg, interpret):
-    """dk, dv written directly; dq accumulated in fp32 by atomics, then cast into `dq`."""
-    kernels = load_kernels("triton_backward_fused", interpret)
+    """dk, dv written directly; dq accumulated in fp32 (TMA reduce-adds or atomics), then cast
+    into `dq`. Gluon on Hopper where cfg.gluon says so, else Triton."""
     total_q, hq, d = q.shape
     total_k, hkv, _ = k.shape
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
+    schedule = tile_schedule(cu_k, cu_q, total_k, cfg.block_rows, causal, rows_are_queries=False)
+    if cfg.gluon:  # the caller checked that Gluon can run
+        from kernels.flash_attn.gluon_backward_fused import gluon_attention_backward_fused_kernel
+        from kernels.flash_attn.gluon_tma import segment_descriptor as desc
+        rows, cols = cfg.block_rows, cfg.block_cols
+        gluon_attention_backward_fused_kernel[(schedule.shape[0] * hkv,)](
+            desc(k, rows), desc(v, rows), desc(q, cols), desc(do, cols), desc(dk, rows), desc(dv, rows),
+            desc(dq_acc, cols), lse, delta, cu_q, cu_k, schedule, softmax_scale * LOG2E, softmax_scale,
+            lse.stride(0), schedule.shape[0],
+            GROUP=hq // hkv, HEAD_DIM=d, BLOCK_N=rows, BLOCK_M=cols, CAUSAL=causal, num_warps=cfg.num_warps,
+        )
+        dq.copy_(dq_acc)  # the kernel already applied the softmax scale
+        return
+    cfg = _triton_tiles(cfg)
+    kernels = load_kernels("triton_backward_fused", interpret)
     # K/V stay pointer loads (once per program): through TMA they raised register spills
     use_tma, descs = _tile_sources(cfg, interpret, (q, cfg.block_cols), (do, cfg.block_cols), (dq_acc, cfg.block_cols))
-    schedule = tile_schedule(cu_k, cu_q, total_k, cfg.block_rows, causal, rows_are_queries=False)
     kernels.attention_backward_fused_kernel[(schedule.shape[0] * hkv,)](
         q, k, v, do, lse, delta, dk, dv, dq_acc, *descs, cu_q, cu_k, schedule,
         softmax_scale * LOG2E, softmax_scale,
@@ -232,12 +247,14 @@ def _fused_backward(do, q, k, v, lse, delta, dq, dk, dv, cu_q, cu_k, softmax_sca
 
 
 class TritonVarlenAttention(torch.autograd.Function):
-    """o, lse = attention(q, k, v); both outputs differentiable."""
+    """o, lse = attention(q, k, v); both outputs differentiable. configs=None picks them by head
+    dim, dtype and GQA group; deterministic=False lets that pick the fused backward."""
 
     @staticmethod
-    def forward(ctx, q, k, v, cu_q, cu_k, softmax_scale, causal, interpret, configs):
+    def forward(ctx, q, k, v, cu_q, cu_k, softmax_scale, causal, interpret, configs, deterministic=True):
         if configs is None:
-            configs = select_configs(q.shape[-1], q.dtype, interpret)
+            configs = select_configs(q.shape[-1], q.dtype, interpret, group=q.shape[1] // k.shape[1],
+                                     deterministic=deterministic)
         o, lse, schedule = attention_forward(q, k, v, cu_q, cu_k, softmax_scale, causal, configs, interpret)
         ctx.save_for_backward(q, k, v, o, lse, cu_q, cu_k, schedule)
         ctx.softmax_scale, ctx.causal, ctx.interpret, ctx.configs = softmax_scale, causal, interpret, configs
@@ -250,4 +267,4 @@ class TritonVarlenAttention(torch.autograd.Function):
         q, k, v, o, lse, cu_q, cu_k, schedule = ctx.saved_tensors
         dq, dk, dv = attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, ctx.softmax_scale,
                                         ctx.causal, ctx.configs, ctx.interpret, schedule)
-        return dq, dk, dv, None, None, None, None, None, None
+        return dq, dk, dv, None, None, None, None, None, None, None
