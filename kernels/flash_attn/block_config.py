@@ -98,7 +98,8 @@ _GPU_SMALL_DIM = AttentionConfigs(
 # for one q head per kv head, slower with GQA groups, where one program per kv tile walks every
 # q head of its group and so the grid shrinks by the group size
 # (benchmarks/results/attention_variants_fused_h100.json, "gluon-fused" against "gluon-dq128").
-_GLUON_FUSED_128 = TileConfig(128, 64, num_warps=8, tma=True, gluon=True)
+# Built once here, not per call: select_configs runs on every attention call of every layer.
+_GPU_16BIT_FUSED = {128: replace(_GPU_16BIT[128], fused=TileConfig(128, 64, num_warps=8, tma=True, gluon=True))}
 FUSED_MAX_GROUP = 1
 
 # fp32 on the GPU runs the dots in full fp32 precision: halve the tiles to fit shared memory.
@@ -117,9 +118,8 @@ def select_configs(head_dim: int, dtype: torch.dtype, interpret: bool, group: in
         return _INTERPRETER
     if dtype == torch.float32:
         return _GPU_FP32
+    if not deterministic and group <= FUSED_MAX_GROUP and head_dim in _GPU_16BIT_FUSED:
+        return _GPU_16BIT_FUSED[head_dim]
     if head_dim in _GPU_16BIT:
-        configs = _GPU_16BIT[head_dim]
-        if head_dim == 128 and not deterministic and group <= FUSED_MAX_GROUP:
-            configs = replace(configs, fused=_GLUON_FUSED_128)
-        return configs
+        return _GPU_16BIT[head_dim]
     return _GPU_SMALL_DIM

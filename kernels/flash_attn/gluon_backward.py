@@ -34,13 +34,14 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from kernels.flash_attn.gluon_tile_ranges import (
+    key_tile_walk,
     keys_of_query_tile,
-    queries_of_key_tile,
     query_program,
     segment_extent,
 )
 from kernels.flash_attn.gluon_tma import (
     cta_barrier,
+    load_step_rows,
     load_tile_pair,
     segment_coord,
     tma_load,
@@ -80,14 +81,8 @@ def gluon_attention_backward_dkdv_kernel(
     if seg < 0:
         return
     tile = gl.load(SCHEDULE + 2 * slot + 1)
-    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
-    col0 = tile * BLOCK_N
-
-    diag, lo, full_lo, masked_hi = queries_of_key_tile(col0, m, n, BLOCK_N, BLOCK_M, CAUSAL)
-    # q tiles lo, lo + BLOCK_M, ... below full_lo need the causal mask, the rest run without
-    num_masked = (masked_hi - lo + BLOCK_M - 1) // BLOCK_M
-    per_head = gl.maximum((m - lo + BLOCK_M - 1) // BLOCK_M, 0)
-    steps = GROUP * per_head
+    q_start, m, k_start, n, col0, diag, lo, num_masked, per_head, steps = key_tile_walk(
+        CU_Q, CU_K, seg, tile, BLOCK_N, BLOCK_M, GROUP, CAUSAL)
 
     k_smem = gl.allocate_shared_memory(dtype, K_DESC.block_type.shape, K_DESC.layout)
     v_smem = gl.allocate_shared_memory(dtype, V_DESC.block_type.shape, V_DESC.layout)
@@ -104,8 +99,8 @@ def gluon_attention_backward_dkdv_kernel(
     tma_load(V_DESC, segment_coord(k_start, n, col0, kv_head), kv_bar, v_smem)
     for i in gl.static_range(2):
         if i < steps:
-            load_tile_pair(Q_DESC, DO_DESC, qd_bars, q_ring, do_ring, i, q_start, m,
-                           lo + (i % per_head) * BLOCK_M, kv_head * GROUP + i // per_head)
+            load_step_rows(Q_DESC, DO_DESC, qd_bars, q_ring, do_ring, i, i, q_start, m, lo, per_head,
+                           kv_head * GROUP, BLOCK_M)
 
     keys = col0 + gl.arange(0, BLOCK_N, layout=key_layout)
     offs_m = gl.arange(0, BLOCK_M, layout=query_layout)
@@ -154,8 +149,8 @@ def gluon_attention_backward_dkdv_kernel(
         # both warpgroups are done with this q/dO slot: it takes step t + 2
         cta_barrier()
         if t + 2 < steps:
-            load_tile_pair(Q_DESC, DO_DESC, qd_bars, q_ring, do_ring, cur, q_start, m,
-                           lo + ((t + 2) % per_head) * BLOCK_M, kv_head * GROUP + (t + 2) // per_head)
+            load_step_rows(Q_DESC, DO_DESC, qd_bars, q_ring, do_ring, cur, t + 2, q_start, m, lo, per_head,
+                           kv_head * GROUP, BLOCK_M)
 
     dv, dk = warpgroup_mma_wait(0, deps=[dv, dk])
     mbarrier.invalidate(kv_bar)

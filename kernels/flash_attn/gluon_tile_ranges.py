@@ -53,3 +53,18 @@ def queries_of_key_tile(col0, m, n, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr
         full_lo = 0
         masked_hi = 0
     return diag, lo, full_lo, masked_hi
+
+
+@gluon.jit
+def key_tile_walk(CU_Q, CU_K, seg, tile, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, GROUP: gl.constexpr,
+                  CAUSAL: gl.constexpr):
+    """What a program owning kv tile `tile` of segment `seg` walks (the dK/dV and fused backward
+    kernels): (q_start, m, k_start, n, col0, diag, lo, num_masked, per_head, steps). Step t is
+    q tile lo + (t % per_head) * BLOCK_M of q head t // per_head of the GQA group; per head,
+    the first num_masked q tiles need the causal mask, the rest run without."""
+    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
+    col0 = tile * BLOCK_N
+    diag, lo, full_lo, masked_hi = queries_of_key_tile(col0, m, n, BLOCK_N, BLOCK_M, CAUSAL)
+    num_masked = (masked_hi - lo + BLOCK_M - 1) // BLOCK_M
+    per_head = gl.maximum((m - lo + BLOCK_M - 1) // BLOCK_M, 0)
+    return q_start, m, k_start, n, col0, diag, lo, num_masked, per_head, GROUP * per_head

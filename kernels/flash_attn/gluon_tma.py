@@ -70,3 +70,11 @@ def load_tile_pair(desc_a, desc_b, bars, ring_a, ring_b, slot, start, length, ro
     mbarrier.expect(bar, desc_a.block_type.nbytes + desc_b.block_type.nbytes)
     tma_load(desc_a, segment_coord(start, length, row, head), bar, ring_a.index(slot))
     tma_load(desc_b, segment_coord(start, length, row, head), bar, ring_b.index(slot))
+
+
+@gluon.jit
+def load_step_rows(q_desc, do_desc, bars, q_ring, do_ring, slot, step, q_start, m, lo, per_head, first_head,
+                   BLOCK_M: gl.constexpr):
+    """The q and dO tiles of step `step` of a kv-tile program's walk (gluon_tile_ranges.key_tile_walk)."""
+    load_tile_pair(q_desc, do_desc, bars, q_ring, do_ring, slot, q_start, m,
+                   lo + (step % per_head) * BLOCK_M, first_head + step // per_head)

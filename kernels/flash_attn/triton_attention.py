@@ -115,7 +115,8 @@ def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
 def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: float, causal: bool,
                        configs: AttentionConfigs, interpret: bool, forward_schedule=None):
     """dq, dk, dv: the dK/dV and dQ kernels that each recompute P (deterministic), or, when
-    configs.fused is set, one kernel that adds dQ with fp32 atomics."""
+    configs.fused is set (and, for a Gluon one, Gluon can run), one kernel that adds dQ into
+    an fp32 buffer."""
     kernels = load_kernels("triton_backward", interpret)
     total_q, hq, d = q.shape
     total_k, hkv, _ = k.shape
