@@ -6,7 +6,9 @@ Here every variant runs on every case in each of several rounds, in rotating ord
 table reports each variant's median over rounds next to its spread (max - min) / median,
 so a difference smaller than the spread reads as noise.
 
-Variants (head dim 128, bf16; forward 128 x 128, dK/dV 128 x 64, dQ 128 x 64 tiles):
+Variants (head dim 128, bf16; forward 128 x 128, dK/dV 128 x 64, dQ 128 x 64 tiles). "Gluon
+forward" and "one-kernel Gluon backward" are the kernels of the tree, warp-specialized since
+attention_variants_ws_h100.json; the result files before it timed their lockstep predecessors:
   triton      the Triton kernels with TMA descriptors (no Gluon)
   gluon-fwd   Gluon forward, Triton backward
   gluon-bwd   Triton forward, Gluon dK/dV and dQ
@@ -42,7 +44,7 @@ from kernels.flash_attn.triton_attention import TritonVarlenAttention  # noqa: E
 def variants():
     """Spelled out (not derived from the defaults) so that a result file keeps its meaning."""
     fwd_triton = TileConfig(128, 128, 8, 3, tma=True)
-    fwd_gluon = TileConfig(128, 128, 8, 3, tma=True, gluon=True)
+    fwd_gluon = TileConfig(128, 128, 4, tma=True, gluon=True)
     dkdv_triton = TileConfig(128, 64, 8, 3, tma=True)
     dkdv_gluon = TileConfig(128, 64, 8, 3, tma=True, gluon=True)
     dq_triton = TileConfig(128, 64, 8, 3, tma=True)
@@ -60,7 +62,7 @@ def variants():
     }
 
 
-def _time_variant(cfg, q, k, v, do, cu, dim):
+def time_variant(cfg, q, k, v, do, cu, dim):
     def fwd():
         with torch.no_grad():
             TritonVarlenAttention.apply(q, k, v, cu, cu, dim ** -0.5, True, False, cfg)
@@ -73,6 +75,23 @@ def _time_variant(cfg, q, k, v, do, cu, dim):
 
 def variants_names():
     return tuple(variants())
+
+
+def summarize(times: dict[tuple[str, str, str], list[float]], cases, dim: int, heads: int) -> list[dict]:
+    """Rows (median ms, TFLOP/s, spread over rounds) from {(case, variant, pass): [ms per round]},
+    printed as a table too; cases are (name, document lengths, kv heads)."""
+    rows = []
+    for (case, name, what), ms in times.items():
+        lengths = next(c[1] for c in cases if c[0] == case)
+        flops = 4 * dim * heads * causal_pairs(lengths) * (3.5 if what == "fwd+bwd" else 1.0)
+        med = statistics.median(ms)
+        rows.append(dict(case=case, variant=name, pass_=what, median_ms=med, tflops=flops / med / 1e9,
+                         spread=(max(ms) - min(ms)) / med, ms=ms))
+    print(f"{'case':20s} {'variant':12s} {'pass':8s} {'median ms':>10s} {'TFLOP/s':>8s} {'spread':>7s}")
+    for row in rows:
+        print(f"{row['case']:20s} {row['variant']:12s} {row['pass_']:8s} {row['median_ms']:10.3f} "
+              f"{row['tflops']:8.1f} {row['spread']:7.1%}")
+    return rows
 
 
 def main():
@@ -105,23 +124,13 @@ def main():
             cu = cu_seqlens(lengths)
             (q, k, v), do = random_qkv(sum(lengths), heads, dim, seed=r, heads_kv=hkv)
             for name in names:
-                fwd_ms, fwdbwd_ms = _time_variant(configs[name], q, k, v, do, cu, dim)
+                fwd_ms, fwdbwd_ms = time_variant(configs[name], q, k, v, do, cu, dim)
                 times.setdefault((case, name, "fwd"), []).append(fwd_ms)
                 times.setdefault((case, name, "fwd+bwd"), []).append(fwdbwd_ms)
             del q, k, v, do
         print(f"round {r + 1}/{args.rounds} done", flush=True)
 
-    rows = []
-    for (case, name, what), ms in times.items():
-        lengths = next(c[1] for c in cases if c[0] == case)
-        flops = 4 * dim * heads * causal_pairs(lengths) * (3.5 if what == "fwd+bwd" else 1.0)
-        med = statistics.median(ms)
-        rows.append(dict(case=case, variant=name, pass_=what, median_ms=med, tflops=flops / med / 1e9,
-                         spread=(max(ms) - min(ms)) / med, ms=ms))
-    print(f"{'case':20s} {'variant':12s} {'pass':8s} {'median ms':>10s} {'TFLOP/s':>8s} {'spread':>7s}")
-    for row in rows:
-        print(f"{row['case']:20s} {row['variant']:12s} {row['pass_']:8s} {row['median_ms']:10.3f} "
-              f"{row['tflops']:8.1f} {row['spread']:7.1%}")
+    rows = summarize(times, cases, dim, heads)
     report = dict(device=torch.cuda.get_device_name(), torch=torch.__version__,
                   triton=__import__("triton").__version__,
                   date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -110,7 +110,9 @@ def gluon_source(kind, dtype, d, rows, cols, num_warps, group=1):
     tail = dict(LSE="*fp32", CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32")
     if kind == "forward":
         fn = gluon_forward.gluon_attention_forward_kernel
-        sig = dict(Q_DESC=r, K_DESC=c, V_DESC=c, O_DESC=r, **tail, stride_lse_h="i32", num_slots="i32", group="i32")
+        half = _gluon_desc(dtype, rows // 2, d)  # each consumer warpgroup's q/o box
+        sig = dict(Q_DESC=half, K_DESC=c, V_DESC=c, O_DESC=half, **tail, stride_lse_h="i32", num_slots="i32",
+                   group="i32")
         const = dict(HEAD_DIM=d, BLOCK_M=rows, BLOCK_N=cols, CAUSAL=True, num_warps=num_warps)
     elif kind == "dkdv":
         fn = gluon_backward.gluon_attention_backward_dkdv_kernel
@@ -149,7 +151,9 @@ def resources(src, num_warps, num_stages):
     return dict(regs=regs, stack=stack, smem=compiled.metadata.shared,
                 tma_loads=ptx.count("cp.async.bulk.tensor"), tma_reduce=ptx.count("cp.reduce.async.bulk"),
                 wgmma=ptx.count("wgmma.mma_async"), wgmma_wait_one=ptx.count("wgmma.wait_group.sync.aligned 1;"),
-                scalar_atomics=len(re.findall(r"\bred\.|\batom\.", ptx)))
+                scalar_atomics=len(re.findall(r"\bred\.|\batom\.", ptx)),
+                # register budgets the warp-specialized kernels' partitions set themselves
+                setmaxnreg=sorted({int(n) for n in re.findall(r"setmaxnreg\.\w+\.sync\.aligned\.u32\s+(\d+);", ptx)}))
 
 
 def main():
@@ -173,7 +177,9 @@ def main():
             cands.append(("dq", (bm, bn, w, s, tma), lambda bm=bm, bn=bn, tma=tma: dq_source(dt, d, bm, bn, tma)))
     for kind, (r, c) in (("forward", (128, 128)), ("dkdv", (128, 64)), ("dq", (128, 64)), ("dq", (128, 128)),
                          ("fused", (128, 64))):
-        cands.append((f"g-{kind}", (r, c, 8, 0, True), lambda kind=kind, r=r, c=c: gluon_source(kind, dt, d, r, c, 8)))
+        w = 4 if kind == "forward" else 8  # the warp-specialized forward: 4 warps plus its partitions
+        cands.append((f"g-{kind}", (r, c, w, 0, True),
+                      lambda kind=kind, r=r, c=c, w=w: gluon_source(kind, dt, d, r, c, w)))
     kinds = os.environ.get("SCREEN_KINDS", "forward,fused,dkdv,dq,g-forward,g-dkdv,g-dq,g-fused").split(",")
     for kind, (r, c, w, s, tma), make in cands:
         if kind not in kinds:

@@ -24,3 +24,25 @@ def test_variant_configs_serialize():
     configs = variants()
     assert tuple(configs) == variants_names()  # --profile's choices name every variant
     json.dumps({name: config_record(cfg) for name, cfg in configs.items()})
+
+
+def test_baseline_swap_puts_back_the_current_kernels():
+    """attention_vs_baseline.py times an earlier commit's kernels by swapping them in; the
+    current ones must be back afterwards, also when a timing raises, or every later 'current'
+    measurement would time the baseline."""
+    from benchmarks.attention_vs_baseline import Swap
+    from kernels.flash_attn import gluon_backward_fused, triton_attention
+
+    def current():
+        return triton_attention._gluon_forward, gluon_backward_fused.gluon_attention_backward_fused_kernel
+
+    before = current()
+    old_forward, old_fused = object(), object()
+    with pytest.raises(RuntimeError):
+        with Swap(old_forward, old_fused):
+            assert current() == (old_forward, old_fused)
+            raise RuntimeError("a timing failed")
+    assert current() == before
+    with Swap(None, old_fused):  # a baseline with only the backward file keeps the current forward
+        assert current() == (before[0], old_fused)
+    assert current() == before

@@ -1,5 +1,5 @@
 """Which kernels a call gets: the fused backward only where allowed (deterministic=False) and
-measured faster (head dim 128, 16-bit, no GQA group); the `deterministic` argument and torch's
+measured faster (head dim 128, 16-bit, GQA groups up to FUSED_MAX_GROUP); the `deterministic` argument and torch's
 global setting reach the selection. CPU only: the kernels themselves are tested elsewhere."""
 from __future__ import annotations
 

@@ -88,7 +88,7 @@ def _variants():
         "fused-gluon": replace(base, fused=TileConfig(128, 64, 8, tma=True, gluon=True)),
         "dq-128x128": replace(triton, dq=TileConfig(128, 128, 8, 2, tma=True)),
         "triton-tma": triton,
-        "gluon-forward-128x64": replace(base, forward=TileConfig(128, 64, 8, 2, tma=True, gluon=True)),
+        "gluon-forward-128x64": replace(base, forward=TileConfig(128, 64, 4, tma=True, gluon=True)),
         "gluon-dkdv-128x32": replace(base, dkdv=TileConfig(128, 32, 8, 3, tma=True, gluon=True)),
         "gluon-dq-128x64": replace(base, dq=TileConfig(128, 64, 8, 3, tma=True, gluon=True)),
     }
@@ -111,6 +111,25 @@ def test_kernel_variants(variant):
         errors = compare_to_oracle(run_with_grads(call, inp, True, scale=128 ** -0.5),
                                    fp64_oracle(inp, True, 128 ** -0.5), tol, 1e-2, grad_tol)
         print(f"\n{variant}: " + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
+
+
+@pytest.mark.parametrize("dtype,hkv,causal", [(torch.bfloat16, 8, False), (torch.float16, 8, True),
+                                               (torch.bfloat16, 1, True)])
+def test_gluon_forward_beyond_the_variants(dtype, hkv, causal):
+    """The warp-specialized Gluon forward beyond test_kernel_variants' causal GQA 8/2: without
+    the causal mask (its diagonal is moved past every key), fp16, and MQA."""
+    from kernels.flash_attn.triton_attention import TritonVarlenAttention
+    configs = _variants()["default"]
+
+    def call(q, k, v, cu_q, cu_k, mq, mk, scale, causal):
+        return TritonVarlenAttention.apply(q, k, v, cu_q, cu_k, scale, causal, False, configs)
+
+    tol, grad_tol = TOL[dtype]
+    lens = lengths(11, 9, 900)
+    inp = make_inputs(lens, lens, 8, hkv, 128, dtype, device="cuda", seed=5)
+    errors = compare_to_oracle(run_with_grads(call, inp, causal, scale=128 ** -0.5),
+                               fp64_oracle(inp, causal, 128 ** -0.5), tol, 1e-2, grad_tol)
+    print(f"\ngluon forward {dtype} hkv={hkv} causal={causal}: " + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))
 
 
 def _off_alignment(t):

@@ -27,10 +27,11 @@ class TileConfig:
     # GPU only: stream tiles (and, in the fused backward, reduce dQ) through TMA descriptors;
     # used where the device is sm_90+ and the tensors meet TMA's 16-byte alignment rules
     tma: bool = False
-    # Hopper (sm_90) 16-bit, not the fused backward: the Gluon kernels that overlap the
-    # elementwise work with the tensor cores (gluon_forward.py, gluon_backward.py; they always
+    # Hopper (sm_90) 16-bit: the Gluon kernels that overlap the elementwise work with the
+    # tensor cores (gluon_forward.py, gluon_backward.py, gluon_backward_fused.py; they always
     # use TMA and keep two tiles in flight, so num_stages does not apply); elsewhere the
-    # Triton kernels run with the other fields
+    # Triton kernels run with the other fields. The Gluon forward is warp-specialized: its
+    # num_warps is one consumer warpgroup's (4), the other and a loader warp come on top
     gluon: bool = False
     # with gluon: the Triton kernel's tiles where the Gluon one cannot run (another GPU, inputs
     # TMA cannot address); None reuses these fields
@@ -77,7 +78,7 @@ _TRITON_128 = AttentionConfigs(
 )
 _GPU_16BIT = {
     128: AttentionConfigs(
-        forward=TileConfig(128, 128, num_warps=8, tma=True, gluon=True, fallback=_TRITON_128.forward),
+        forward=TileConfig(128, 128, num_warps=4, tma=True, gluon=True, fallback=_TRITON_128.forward),
         dkdv=TileConfig(128, 64, num_warps=8, tma=True, gluon=True, fallback=_TRITON_128.dkdv),
         dq=TileConfig(128, 128, num_warps=8, tma=True, gluon=True, fallback=_TRITON_128.dq),
     ),
@@ -94,13 +95,15 @@ _GPU_SMALL_DIM = AttentionConfigs(
     dkdv=TileConfig(64, 32, num_warps=4, num_stages=2),
     dq=TileConfig(64, 32, num_warps=4, num_stages=2),
 )
-# The one-kernel Gluon backward (5 tile matmuls instead of the pair's 7): faster than the pair
-# for one q head per kv head, slower with GQA groups, where one program per kv tile walks every
-# q head of its group and so the grid shrinks by the group size
-# (benchmarks/results/attention_variants_fused_h100.json, "gluon-fused" against "gluon-dq128").
+# The one-kernel Gluon backward (5 tile matmuls instead of the pair's 7). One program per kv
+# tile walks every q head of its GQA group, so the grid shrinks by the group size; the
+# warp-specialized kernel still beat the pair at group 4 (docs 64K, GQA 16/4: 9.87 against
+# 10.31 ms, benchmarks/results/attention_variants_ws_h100.json, "gluon-fused" against
+# "gluon-dq128"; the lockstep kernel before it lost there, attention_variants_fused_h100.json).
+# Larger groups are not measured and keep the pair.
 # Built once here, not per call: select_configs runs on every attention call of every layer.
 _GPU_16BIT_FUSED = {128: replace(_GPU_16BIT[128], fused=TileConfig(128, 64, num_warps=8, tma=True, gluon=True))}
-FUSED_MAX_GROUP = 1
+FUSED_MAX_GROUP = 4
 
 # fp32 on the GPU runs the dots in full fp32 precision: halve the tiles to fit shared memory.
 _GPU_FP32 = AttentionConfigs(

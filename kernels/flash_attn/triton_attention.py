@@ -57,13 +57,14 @@ def _gluon_usable(interpret: bool, *tensors: torch.Tensor) -> bool:
 
 
 def _gluon_forward(q, k, v, o, lse, cu_q, cu_k, schedule, softmax_scale, causal, cfg):
-    from kernels.flash_attn.gluon_forward import gluon_attention_forward_kernel
+    from kernels.flash_attn.gluon_forward import gluon_attention_forward_kernel as kernel
     from kernels.flash_attn.gluon_tma import segment_descriptor
 
+    q_rows = cfg.block_rows // 2  # each consumer warpgroup loads and stores its own half of the q tile
     hq, hkv = q.shape[1], k.shape[1]
-    gluon_attention_forward_kernel[(schedule.shape[0] * hq,)](
-        segment_descriptor(q, cfg.block_rows), segment_descriptor(k, cfg.block_cols),
-        segment_descriptor(v, cfg.block_cols), segment_descriptor(o, cfg.block_rows), lse,
+    kernel[(schedule.shape[0] * hq,)](
+        segment_descriptor(q, q_rows), segment_descriptor(k, cfg.block_cols),
+        segment_descriptor(v, cfg.block_cols), segment_descriptor(o, q_rows), lse,
         cu_q, cu_k, schedule, softmax_scale * LOG2E, lse.stride(0), schedule.shape[0], hq // hkv,
         HEAD_DIM=q.shape[2], BLOCK_M=cfg.block_rows, BLOCK_N=cfg.block_cols, CAUSAL=causal,
         num_warps=cfg.num_warps,
