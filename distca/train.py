@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from distca import checkpoint as ckpt
 from distca.batching import global_label_count, rank_micro_batches
 from distca.data import build_dataset
+from distca.determinism import deterministic_kernels
 from distca.distributed import init_distributed
 from distca.flops import attention_flops, dense_flops, device_peak_tflops
 from distca.metrics import MetricsLogger
@@ -69,6 +70,11 @@ def _strategy_options(cfg) -> dict:
 
 def train(cfg) -> list[dict]:
     """Run training as configured; returns the per-step metrics (also in metrics.jsonl)."""
+    with deterministic_kernels(cfg.train.deterministic):
+        return _train(cfg)
+
+
+def _train(cfg) -> list[dict]:
     device = init_distributed(cfg.train.device)
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0

@@ -63,6 +63,9 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0
     device: str = "auto"        # auto (cuda when present) | cpu | cuda
+    # bitwise-reproducible GPU kernels (distca/determinism.py): the attention backward takes
+    # its two-kernel path, torch its deterministic ops; off by default because it is slower
+    deterministic: bool = False
     log_every: int = 1
 
 
