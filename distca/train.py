@@ -143,7 +143,9 @@ def _train(cfg) -> list[dict]:
                  "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else 0.0,
                  "max_mem_gib": _max_mem_gib(device), "lr": lr, "grad_norm": grad_norm,
                  "step_time_s": dt}
-            m.update(getattr(core, "last_metrics", None) or {})
+            # a strategy's metrics for the whole step (every micro-batch), where it keeps them
+            step_metrics = getattr(core, "step_metrics", None)
+            m.update(step_metrics() if step_metrics else getattr(core, "last_metrics", None) or {})
             history.append(m)
             logger.log(m)
             saving = cfg.checkpoint.every and step % cfg.checkpoint.every == 0

@@ -39,3 +39,33 @@ def test_cad_on_gpu_matches_local_attention(ping_pong):
         # same kernel, same segments up to the ping-pong split: bf16 rounding only
         err = (a - b).abs().max().item()
         assert err <= 2e-2 * b.abs().max().item(), (name, err)
+
+
+def test_cad_under_activation_checkpointing_on_gpu():
+    """A small model with CAD attention, fp32 on the GPU kernels: checkpointing on gives the
+    gradients of checkpointing off, and the strategy runs twice per layer, not more."""
+    from distca.config import compose_config
+    from distca.loss import next_token_labels
+    from distca.model import build_model
+    from parallel.context.local import LocalLinearAttention
+    dev = torch.device("cuda")
+    mcfg = compose_config(["experiment=tiny", "model.layers=SSS"]).model
+    calls = []
+    cad = CADAttention(None, {"block": 16})
+    model = build_model(mcfg, 256, lambda *a: calls.append(1) or cad(*a), LocalLinearAttention(),
+                        seed=0).to(dev)
+    doc_lens = [900, 31, 1, 300, 200]
+    tokens = torch.randint(0, 256, (sum(doc_lens),), generator=torch.Generator().manual_seed(1))
+    shard = build_shard(doc_lens).to(dev)
+    ids, labels = tokens.to(dev), next_token_labels(tokens, doc_lens).to(dev)
+    grads = []
+    for ckpt in (False, True):
+        mcfg.checkpoint_activations = ckpt
+        model.zero_grad(set_to_none=True)
+        calls.clear()
+        model(ids, shard, labels).backward()
+        assert len(calls) == (6 if ckpt else 3), (ckpt, len(calls))
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for (name, _), a, b in zip(model.named_parameters(), *grads):
+        err = (a - b).abs().max().item()
+        assert err <= 1e-5 * max(1.0, b.abs().max().item()), (name, err)

@@ -13,7 +13,7 @@ import pytest
 
 from distca.cad.dispatch import transfers
 from distca.cad.metadata import _payload, decode
-from distca.cad.planner import plan, server_memory, split_halves
+from distca.cad.planner import fitting_block, plan, server_memory, split_halves
 from distca.cad.tasks import (CostModel, TaskTable, causal_pairs, contiguous_pieces,
                               prefix_pairs)
 from distca.data.distributions import sample_doc_lengths
@@ -57,24 +57,37 @@ def check_block_aligned(pieces, p, block):
     assert (parts.q_end[inner_end] % block == 0).all()
 
 
-@pytest.mark.parametrize("dist, n, cp, tol", [
-    ("pretrain", 64, 1, 0.05), ("longctx", 64, 1, 0.05), ("longctx", 32, 4, 0.1),
-    ("pretrain", 48, 2, 0.02), ("longctx", 128, 1, 0.0)])
-def test_balance_within_tolerance_and_exact_cover(dist, n, cp, tol):
+def check_loads(pieces, p, cm):
+    """The plan's per-server loads are the costs of the parts it placed there, each costed
+    afresh (a split part must not keep its parent's cost), summed by a plain loop; and with
+    the additive FLOPs model the total is conserved: every query was planned exactly once."""
+    want = np.zeros_like(p.load_after)
+    for i in range(len(p.parts)):
+        want[p.server[i]] += float(cm.cost(p.parts.q_len[i], p.parts.q_end[i]))
+    np.testing.assert_allclose(p.load_after, want, rtol=1e-9)
+    if cm.table is None:
+        before = cm.cost(pieces.length, pieces.start + pieces.length).sum()
+        np.testing.assert_allclose(p.load_after.sum(), before, rtol=1e-9)
+
+
+# Within the tolerance where blocks are fine enough for it; at 0.02 and 0 a cut can only land
+# on a 128-token block, and the bound asserted is the imbalance measured when this test was
+# written (seeded data, deterministic planner), so a planner that balances worse fails here.
+@pytest.mark.parametrize("dist, n, cp, tol, measured", [
+    ("pretrain", 64, 1, 0.05, None), ("longctx", 64, 1, 0.05, None),
+    ("longctx", 32, 4, 0.1, None),
+    ("pretrain", 48, 2, 0.02, {"flops": 1.0247, "table": 1.0241}),
+    ("longctx", 128, 1, 0.0, {"flops": 1.0073, "table": 1.0189})])
+def test_balance_within_tolerance_and_exact_cover(dist, n, cp, tol, measured):
     pieces = contiguous_pieces(streams(n // cp, 32768 * cp, dist, seed=n + cp), cp)
-    for cm in (FLOPS, CostModel(table="h100")):
+    for name, cm in (("flops", FLOPS), ("table", CostModel(table="h100"))):
         p = plan(pieces.tasks(), n, cm, tolerance=tol, block=128)
         check_cover(pieces, p)
         check_block_aligned(pieces, p, 128)
+        check_loads(pieces, p, cm)
         assert p.imbalance_before > 1 + tol  # the case needed planning
-        # cuts land on 128-token blocks: a cut may be off by one block row of the longest
-        # prefix at each end of a part; beyond that granularity the tolerance must hold
-        mean = p.load_after[p.servers].mean()
-        grain = 2 * cm.cost(128, pieces.length.max() + pieces.start.max()) / mean
-        assert p.imbalance_after <= 1 + tol + grain, (cm.describe(), p.imbalance_after, grain)
-        if tol >= 0.05:
-            assert p.imbalance_after <= 1 + tol
-        np.testing.assert_allclose(p.load_after.sum(), p.cost.sum())
+        bound = 1 + tol if measured is None else measured[name] + 5e-4
+        assert p.imbalance_after <= bound, (name, p.imbalance_after, bound)
 
 
 def test_deterministic():
@@ -99,6 +112,22 @@ def test_dedicated_servers_take_all_work():
     assert (p.load_after[idle] == 0).all()
 
 
+def memory_by_loop(parts, server, num_ranks, cm):
+    """Bytes per server, by a plain loop over each server's parts in document order: q, o and
+    lse per query, and one key prefix per run of parts of one document that meet end to
+    start (the server's kernel segments share that prefix)."""
+    mem = np.zeros(num_ranks)
+    for s in range(num_ranks):
+        mine = sorted((int(parts.doc[i]), int(parts.q_start[i]), int(parts.q_end[i]))
+                      for i in np.nonzero(server == s)[0])
+        for j, (doc, start, end) in enumerate(mine):
+            mem[s] += (end - start) * cm.mem_per_q_token
+            continues = j + 1 < len(mine) and mine[j + 1][0] == doc and mine[j + 1][1] == end
+            if not continues:  # the segment ends here: its key prefix is [0, end)
+                mem[s] += end * cm.mem_per_kv_token
+    return mem
+
+
 def test_memory_cap_is_met_or_refused():
     pieces = contiguous_pieces(streams(32, 16384, "longctx", seed=7))
     free = plan(pieces.tasks(), 32, FLOPS, tolerance=0.02, block=128)
@@ -113,7 +142,7 @@ def test_memory_cap_is_met_or_refused():
         assert capped.memory.max() <= cap
         if frac == 0.95:
             assert capped.imbalance_after < 0.6 * capped.imbalance_before
-    np.testing.assert_allclose(capped.memory, server_memory(capped.parts, capped.server, 32, FLOPS))
+    np.testing.assert_allclose(capped.memory, memory_by_loop(capped.parts, capped.server, 32, FLOPS))
     with pytest.raises(ValueError, match="memory_cap"):
         plan(pieces.tasks(), 32, FLOPS, memory_cap=1000.0)
 
@@ -242,3 +271,20 @@ def test_flops_cost_model_is_additive():
     parts = FLOPS.cost(cut - s, cut) + FLOPS.cost(e - cut, e)
     np.testing.assert_allclose(whole, parts, rtol=1e-12)
     np.testing.assert_allclose(prefix_pairs(s, e), causal_pairs(e - s, e))
+
+
+def test_block_fits_pieces_shorter_than_it():
+    """parallel.cad.block=128 with 128 tokens per rank (cp=3, one 384-token document): cuts on
+    128-token blocks can only move whole pieces, so the plan stays as imbalanced as before.
+    The fitted block balances it within the tolerance; at long context it stays 128."""
+    short = contiguous_pieces([[384]], cp=3).tasks()
+    coarse = plan(short, 3, FLOPS, tolerance=0.1, block=128)
+    assert coarse.imbalance_after == coarse.imbalance_before > 1.6
+    block = fitting_block(short, 3, 128, 0.1)
+    assert block < 128 and block & (block - 1) == 0  # a power of two below the configured one
+    assert plan(short, 3, FLOPS, tolerance=0.1, block=block).imbalance_after <= 1.1
+    long = contiguous_pieces([[131072]], cp=8).tasks()
+    assert fitting_block(long, 8, 128, 0.1) == 128
+    assert fitting_block(long, 8, 96, 0.1) == 96  # never above the configured block
+    # dedicated servers: the mean is over the servers, so the same block fits
+    assert fitting_block(short, 1, 128, 0.1) >= block

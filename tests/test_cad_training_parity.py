@@ -2,63 +2,56 @@
 difference < 1e-5 at step 1, < 1e-4 through step 10), fp32, experiment=tiny, on 4 gloo ranks:
 parallel.cp=4, parallel.dp=2 parallel.cp=2, and parallel.dp=4 (cp=1: CAD still balances
 across the DP replicas). Small blocks and tolerance 0 make the planner split and move
-tasks even at the tiny experiment's 64-token samples; the test checks that it did.
+tasks even at the tiny experiment's 64-token samples; the test checks from the step
+metrics that attention work really ran off the ranks that own it.
 
-The corpus is text documents of mixed lengths (slices of this repository's source), so
-samples hold different document mixes and ranks really are imbalanced: the tiny stdlib
-corpus cuts every 64-token sample from one long file, which CP layouts imbalance but DP
-ones do not.
+The corpus is text documents of mixed lengths (`train_utils.mixed_corpus`), so samples hold
+different document mixes and ranks really are imbalanced.
 """
-import json
-from pathlib import Path
-
-import numpy as np
 import pytest
 
 from distca.train import train
 from tests.distributed_utils import run_distributed
-from tests.train_utils import assert_parity, losses, tiny_cfg
+from tests.train_utils import assert_parity, losses, mixed_corpus, tiny_cfg
 
 STEPS = ["train.steps=10", "train.dtype=fp32"]
 CAD = ["parallel.cp_algo=cad", "parallel.cad.block=8", "parallel.cad.tolerance=0.0"]
 LAYOUTS = [(1, 4), (2, 2), (4, 1)]
 
 
-def mixed_corpus(path: Path) -> list[str]:
-    src = (Path(__file__).resolve().parent.parent / "distca" / "cad" / "planner.py").read_text()
-    rng = np.random.default_rng(0)
-    with open(path, "w") as f:
-        for _ in range(400):
-            n = int(rng.choice([rng.integers(3, 20), rng.integers(20, 60), rng.integers(60, 200)],
-                               p=[0.5, 0.35, 0.15]))
-            a = int(rng.integers(0, len(src) - n))
-            f.write(json.dumps({"text": src[a:a + n]}) + "\n")
-    return ["data=jsonl", f"data.paths=[{path}]", "data.max_documents=-1", "data.seq_len=64"]
-
-
 def _cad_runs(rank, world, ref, tmp, data):
     import torch.distributed as dist
 
     from distca.cad.attention import CADAttention
-    moved = []
+    plans = []
     inner = CADAttention._plan_step
 
-    def spy(self, *a, **k):  # record what every step's plan did
+    def spy(self, *a, **k):  # every micro-batch's plan, in order
         step = inner(self, *a, **k)
-        moved.append(step.metrics["cad_bytes"])
+        plans.append(step.totals)
         return step
 
     CADAttention._plan_step = spy
     for dp, cp in LAYOUTS:
-        moved.clear()
+        plans.clear()
         cfg = tiny_cfg(f"{tmp}/dp{dp}cp{cp}", *STEPS, *data, *CAD, f"parallel.dp={dp}",
                        f"parallel.cp={cp}")
         history = train(cfg)
         dist.barrier()
         label = f"cad dp={dp} cp={cp}"
         assert_parity(ref, losses(history), label=label)
-        assert moved and sum(moved) > 0, f"{label}: CAD never moved any attention work"
-        assert all("cad_imbalance_after" in m for m in history), f"{label}: metrics not logged"
+        # the step metrics cover every micro-batch of the step (global batch 4 over dp
+        # replicas, one sample each), not just the last one
+        per_step = 4 // dp
+        assert len(plans) == per_step * len(history), (label, len(plans))
+        for i, m in enumerate(history):
+            mine = plans[i * per_step:(i + 1) * per_step]
+            assert m["cad_moved_queries"] == sum(p["moved_queries"] for p in mine), (label, i)
+            assert m["cad_bytes"] == sum(p["bytes"] for p in mine), (label, i)
+        moved = [m["cad_moved_work"] for m in history]
+        # every step's samples are imbalanced, and tolerance 0 must move work in each
+        assert all(0 < x < 1 for x in moved), f"{label}: share of attention moved per step {moved}"
+        assert all(m["cad_imbalance_after"] < m["cad_imbalance_before"] for m in history), label
 
 
 @pytest.mark.slow

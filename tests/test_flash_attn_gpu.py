@@ -6,7 +6,8 @@ import torch
 
 import kernels.flash_attn.interface as interface
 from kernels.flash_attn import flash_attn_varlen_func
-from tests.test_flash_attn_helpers import compare_to_oracle, fp64_oracle, make_inputs, random_lengths, run_with_grads
+from tests.test_flash_attn_helpers import (compare_to_oracle, forward_backward_pair, fp64_oracle, make_inputs,
+                                           random_lengths, run_with_grads)
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -26,6 +27,7 @@ def kernel_only(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("CUDA input fell back to the torch reference")
     monkeypatch.setattr(interface, "attention_varlen_reference", boom)
+    monkeypatch.setattr(interface, "attention_varlen_reference_backward", boom)
     # poison the caching allocator so an output element the kernels never write shows up as NaN
     junk = torch.full((64 << 20,), float("nan"), device="cuda")
     del junk
@@ -197,3 +199,15 @@ def test_deterministic_backward_is_bitwise_reproducible(how, hkv):
     first, second = run_with_grads(call, inp, True), run_with_grads(call, inp, True)
     for name, a, b in zip(("o", "lse", "dq", "dk", "dv"), first, second):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("hq,hkv", [(8, 2), (8, 8)])
+def test_forward_backward_pair_bf16(hq, hkv):
+    """flash_attn_varlen_forward / _backward (CAD's servers) on the GPU kernels, bf16, with
+    d(lse): within the same bounds as the autograd entry point."""
+    lens = lengths(hq + 3, 9, 700)
+    inp = make_inputs(lens, lens, hq, hkv, 128, torch.bfloat16, device="cuda", seed=2)
+    got = run_with_grads(forward_backward_pair, inp, True)
+    tol, grad_tol = TOL[torch.bfloat16]
+    errors = compare_to_oracle(got, fp64_oracle(inp, True), tol, 1e-2, grad_tol)
+    print(f"\npair bf16 hq={hq} hkv={hkv}: " + " ".join(f"{k}={v:.2e}" for k, v in errors.items()))

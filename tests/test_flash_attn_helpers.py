@@ -89,3 +89,29 @@ def compare_to_oracle(got, want, tol: float, lse_tol: float, grad_tol: float | N
         err = errors[name] = rel_err(g, w)
         assert err < bound, f"{name}: relative error {err:.3g} >= {bound}"
     return errors
+
+
+class _ForwardBackwardPair(torch.autograd.Function):
+    """`flash_attn_varlen_forward` / `_backward` wrapped as one autograd op, the way the
+    distributed strategies use them, so tests can compare it with `flash_attn_varlen_func`."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, cu_q, cu_k, mq, mk, scale, causal):
+        from kernels.flash_attn import flash_attn_varlen_forward
+        o, lse = flash_attn_varlen_forward(q, k, v, cu_q, cu_k, mq, mk, softmax_scale=scale, causal=causal)
+        ctx.save_for_backward(q, k, v, o, lse, cu_q, cu_k)
+        ctx.args = (mq, mk, scale, causal)
+        return o, lse
+
+    @staticmethod
+    def backward(ctx, do, dlse):
+        from kernels.flash_attn import flash_attn_varlen_backward
+        q, k, v, o, lse, cu_q, cu_k = ctx.saved_tensors
+        mq, mk, scale, causal = ctx.args
+        dq, dk, dv = flash_attn_varlen_backward(do, q, k, v, o, lse, cu_q, cu_k, mq, mk, softmax_scale=scale,
+                                                causal=causal, dlse=dlse)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+def forward_backward_pair(q, k, v, cu_q, cu_k, mq, mk, scale, causal):
+    return _ForwardBackwardPair.apply(q, k, v, cu_q, cu_k, mq, mk, scale, causal)

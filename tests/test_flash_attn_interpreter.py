@@ -16,8 +16,8 @@ from kernels.flash_attn import flash_attn_varlen_func, merge_attention_partials
 from kernels.flash_attn.reference import attention_varlen_reference
 from kernels.flash_attn.block_config import AttentionConfigs, TileConfig
 from kernels.flash_attn.triton_attention import TritonVarlenAttention
-from tests.test_flash_attn_helpers import (compare_to_oracle, cu_from_lengths, fp64_oracle, make_inputs, random_lengths,
-                                    rel_err, run_with_grads)
+from tests.test_flash_attn_helpers import (compare_to_oracle, cu_from_lengths, forward_backward_pair, fp64_oracle,
+                                           make_inputs, random_lengths, rel_err, run_with_grads)
 
 FP32_TOL = 2e-5  # observed ~3e-7; fp32 accumulation order differs from the fp64 oracle
 LSE_TOL = 1e-4
@@ -44,6 +44,7 @@ def no_reference(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the torch reference ran instead of the Triton kernel")
     monkeypatch.setattr(interface, "attention_varlen_reference", boom)
+    monkeypatch.setattr(interface, "attention_varlen_reference_backward", boom)
 
 
 # (q lengths, k lengths, Hq, Hkv, head_dim, causal): tiles are 16 in the interpreter, so
@@ -75,6 +76,14 @@ def test_kernel_matches_fp64_reference(lq, lk, hq, hkv, d, causal, backward, no_
     inp = make_inputs(lq, lk, hq, hkv, d, torch.float32, seed=len(lq) * 7 + d)
     got = run_with_grads(public if backward == "default" else public_fused, inp, causal)
     compare_to_oracle(got, fp64_oracle(inp, causal), FP32_TOL, LSE_TOL)
+
+
+@pytest.mark.parametrize("lq,lk,hq,hkv,d,causal", CASES[:5])
+def test_forward_backward_pair_matches_fp64_reference(lq, lk, hq, hkv, d, causal, no_reference):
+    """flash_attn_varlen_forward / _backward (what CAD's servers call) on the Triton kernels."""
+    inp = make_inputs(lq, lk, hq, hkv, d, torch.float32, seed=len(lq) * 5 + d)
+    got = run_with_grads(forward_backward_pair, inp, causal, scale=0.4)
+    compare_to_oracle(got, fp64_oracle(inp, causal, scale=0.4), FP32_TOL, LSE_TOL)
 
 
 def test_random_packed_documents(no_reference):

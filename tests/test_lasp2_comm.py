@@ -3,7 +3,6 @@ it is one all-gather per pass, and the forward/backward all-gathers are in fligh
 intra-rank kernel runs (started before it, waited for after it)."""
 from __future__ import annotations
 
-import torch
 import torch.distributed as dist
 
 import parallel.context.lasp2 as lasp2
@@ -44,7 +43,8 @@ def _event_order(state, rank, size):
     """The order of gather launch, intra kernel, and wait in forward and backward."""
     log = []
     name = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
-    gather, kernel, grad = getattr(dist, name), lasp2.chunk_lightning_attn, torch.autograd.grad
+    gather = getattr(dist, name)
+    kernel, kernel_bwd = lasp2.chunk_lightning_attn_forward, lasp2.chunk_lightning_attn_backward
 
     def logged_gather(*a, **kw):
         assert kw.get("async_op"), "the state all-gather must be asynchronous"
@@ -52,8 +52,9 @@ def _event_order(state, rank, size):
         return _LoggedWork(gather(*a, **kw), log)
 
     setattr(dist, name, logged_gather)
-    lasp2.chunk_lightning_attn = lambda *a, **kw: log.append("kernel") or kernel(*a, **kw)
-    torch.autograd.grad = lambda *a, **kw: log.append("intra backward") or grad(*a, **kw)
+    lasp2.chunk_lightning_attn_forward = lambda *a, **kw: log.append("kernel") or kernel(*a, **kw)
+    lasp2.chunk_lightning_attn_backward = (lambda *a, **kw: log.append("intra backward")
+                                           or kernel_bwd(*a, **kw))
     try:
         (q, k, v), gates, w = make_inputs(30, "g_gamma", 6)
         shard = make_shard([30], "zigzag", rank, size)
@@ -62,7 +63,7 @@ def _event_order(state, rank, size):
         (o * w[shard.index]).sum().backward()
     finally:
         setattr(dist, name, gather)
-        lasp2.chunk_lightning_attn, torch.autograd.grad = kernel, grad
+        lasp2.chunk_lightning_attn_forward, lasp2.chunk_lightning_attn_backward = kernel, kernel_bwd
     return log
 
 

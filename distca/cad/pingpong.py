@@ -13,13 +13,17 @@ key sent to several servers are summed at its origin by index_add.
 
 Every rank issues the same collectives in the same order (d0, d1, r0, r1), so the
 all-to-alls match up across the group whatever each rank's share of the work is.
+
+What the server keeps for the backward (received rows, o, lse per half) goes through
+`ctx.save_for_backward`, the same number of tensors on every rank, so activation
+checkpointing frees it after the forward and recomputes it once with the rest of the block.
 """
 from __future__ import annotations
 
 import torch
 
 from distca.cad.dispatch import Exchange, Layout
-from distca.cad.server import ServerWork
+from distca.cad.server import serve_backward, serve_forward
 
 
 class StepRuntime:
@@ -34,10 +38,8 @@ class CADFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, rt: StepRuntime):
         T, hq, d = q.shape
         hkv = k.shape[1]
-        need_grad = any(t.requires_grad for t in (q, k, v))
         pool = torch.cat([q.reshape(-1, d), k.reshape(-1, d), v.reshape(-1, d)])
         halves = rt.layouts
-        servers = [ServerWork(L, hq, hkv, d, rt.scale) for L in halves]
 
         def dispatch(h):
             L = halves[h]
@@ -45,24 +47,28 @@ class CADFunction(torch.autograd.Function):
                             rt.group, async_op=True)
 
         inflight = dispatch(0)
-        returns = []
+        returns, saved = [], []
         for h, L in enumerate(halves):
             recv = inflight.wait()
             if h + 1 < len(halves):
                 inflight = dispatch(h + 1)  # overlaps this half's kernel
-            o_rows = servers[h].forward(recv, need_grad)
+            o_rows, (o_srv, lse_srv) = serve_forward(L, recv, hq, hkv, d, rt.scale)
+            saved += [recv, o_srv, lse_srv]
             returns.append(Exchange(o_rows, L.q_recv_splits, L.q_send_splits, rt.group,
                                     async_op=True))
         o = q.new_zeros(q.shape)
         for L, ex in zip(halves, returns):
             o.index_copy_(0, L.q_tok, ex.wait().view(-1, hq, d))
-        ctx.rt, ctx.servers, ctx.shape = rt, servers, (T, hq, hkv, d)
+        if any(ctx.needs_input_grad[:3]):
+            ctx.save_for_backward(*saved)
+        ctx.rt, ctx.shape = rt, (T, hq, hkv, d)
         return o
 
     @staticmethod
     def backward(ctx, d_o):
         T, hq, hkv, d = ctx.shape
-        rt, halves, servers = ctx.rt, ctx.rt.layouts, ctx.servers
+        rt, halves = ctx.rt, ctx.rt.layouts
+        saved = ctx.saved_tensors
         d_o = d_o.contiguous()
 
         def dispatch(h):
@@ -76,7 +82,8 @@ class CADFunction(torch.autograd.Function):
             d_o_recv = inflight.wait()
             if h + 1 < len(halves):
                 inflight = dispatch(h + 1)
-            d_recv = servers[h].backward(d_o_recv, sum(L.recv_splits))
+            recv, o_srv, lse_srv = saved[3 * h:3 * h + 3]
+            d_recv = serve_backward(L, recv, o_srv, lse_srv, d_o_recv, hq, hkv, d, rt.scale)
             returns.append(Exchange(d_recv, L.recv_splits, L.send_splits, rt.group,
                                     async_op=True))
         d_pool = d_o.new_zeros((T * (hq + 2 * hkv), d))

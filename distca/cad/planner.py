@@ -266,16 +266,27 @@ def _balanced(tasks, cost, num_ranks, servers, ceiling, tolerance, block, cm,
               max_passes: int = 3):
     """Shed-and-place passes until the measured costs are within tolerance: splitting
     changes costs a little (the table prices small shards dearer), so a second pass starts
-    from the parts where they landed."""
-    parts, server, part_cost = _plan_once(tasks, cost, tasks.owner, num_ranks, servers, ceiling,
-                                          tolerance, block, cm)
-    for _ in range(max_passes - 1):
+    from the parts where they landed. Returns the pass with the lowest peak load, or the
+    tasks where they are when every rank serves and no pass beat that: with the measured
+    table a split of a short task can cost more than the whole (both halves pay for a
+    padded tile), so at small sizes moving work can make the busiest server busier."""
+    def peak(server, part_cost):
+        return np.bincount(server, part_cost, minlength=num_ranks)[servers].max(initial=0.0)
+
+    best = None
+    if servers.size == num_ranks and np.isinf(ceiling).all():
+        best = (peak(tasks.owner, cost), tasks, tasks.owner.astype(np.int64), cost)
+    parts, server, part_cost = tasks, tasks.owner, cost
+    for _ in range(max_passes):
+        parts, server, part_cost = _plan_once(parts, part_cost, server, num_ranks, servers,
+                                              ceiling, tolerance, block, cm)
+        top = peak(server, part_cost)
+        if best is None or top < best[0] * (1 - 1e-12):
+            best = (top, parts, server, part_cost)
         load = np.bincount(server, part_cost, minlength=num_ranks)[servers]
         if load.max() <= load.mean() * (1 + tolerance) * (1 + 1e-9):
             break
-        parts, server, part_cost = _plan_once(parts, part_cost, server, num_ranks, servers,
-                                              ceiling, tolerance, block, cm)
-    return parts, server, part_cost
+    return best[1], best[2], best[3]
 
 
 def segment_order(parts: TaskTable, server: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -300,6 +311,29 @@ def server_memory(parts: TaskTable, server: np.ndarray, num_ranks: int, cm: Cost
         kv = parts.q_end[order][seg_last] * float(cm.mem_per_kv_token)
         mem += np.bincount(server[order][seg_last], kv, minlength=num_ranks)
     return mem
+
+
+# The block rule below never lets one block cost more than this share of a server's mean load,
+# even at tolerance 0 (where it would otherwise shrink the block to a single token).
+MIN_BLOCK_TOLERANCE = 0.01
+
+
+def fitting_block(tasks: TaskTable, num_servers: int, block: int, tolerance: float) -> int:
+    """The block to cut at for this step: `block`, halved until one block of queries at the
+    end of the longest key prefix costs at most half the tolerance band of a server's mean
+    load (in causal pairs: block x prefix <= tolerance / 2 x mean). Cuts snap to multiples
+    of the block, so a coarser one cannot balance within the tolerance (with 128-token blocks
+    and 128 tokens per rank, pieces could only move whole). At long context this keeps the
+    configured block (one 128-token block of a 128K document is ~1e-3 of a rank's load)."""
+    block = int(block)
+    if len(tasks) == 0 or num_servers < 1:
+        return block
+    mean = float(prefix_pairs(tasks.q_start, tasks.q_end).sum()) / num_servers
+    limit = max(float(tolerance), MIN_BLOCK_TOLERANCE) / 2 * mean
+    longest = float(tasks.q_end.max())
+    while block > 1 and block * longest > limit:
+        block //= 2
+    return block
 
 
 def plan(tasks: TaskTable, num_ranks: int, cost_model: CostModel, *, tolerance: float = 0.1,

@@ -2,57 +2,58 @@
 
 Tasks arrive as rows of the dispatch buffer. The server gathers them into kernel order
 (segments of one document, queries [q_start, q_end) with keys [0, q_end)), runs ONE
-`flash_attn_varlen_func` call whose causal mask is aligned bottom-right (a segment of m
+varlen flash-attention call whose causal mask is aligned bottom-right (a segment of m
 queries and n >= m keys lets query i see keys 0..n-m+i, exactly a query shard with its
-prefix), and keeps the kernel's graph for the backward (stateful server: o and the
-log-sum-exp stay here; only dO travels in, dq/dk/dv travel back).
+prefix). Stateful server: the received rows, o and the log-sum-exp stay here between
+forward and backward; only dO travels in, dq/dk/dv travel back.
+
+No autograd graph is built: `serve_forward` returns the tensors the backward needs and the
+caller (`CADFunction`) saves them with `ctx.save_for_backward`. That is what makes CAD work
+under activation checkpointing: checkpointing frees saved tensors after the forward and
+recomputes them, once, when the backward reaches the block; a graph kept on the side would
+instead be differentiated by a nested backward, which re-runs the whole checkpointed block
+on the ranks that served something and desynchronises the group's collectives.
 """
 from __future__ import annotations
 
 import torch
 
-from kernels.flash_attn import flash_attn_varlen_func
+from kernels.flash_attn import flash_attn_varlen_backward, flash_attn_varlen_forward
 from distca.cad.dispatch import Layout
 
 
-class ServerWork:
-    def __init__(self, layout: Layout, hq: int, hkv: int, head_dim: int, softmax_scale: float):
-        self.L, self.hq, self.hkv, self.d, self.scale = layout, hq, hkv, head_dim, softmax_scale
-        self.inputs = None
-        self.out = None
+def _server_qkv(L: Layout, recv: torch.Tensor, hq: int, hkv: int, d: int):
+    q = recv.index_select(0, L.srv_q_rows).view(-1, hq, d)
+    k = recv.index_select(0, L.srv_k_rows).view(-1, hkv, d)
+    v = recv.index_select(0, L.srv_v_rows).view(-1, hkv, d)
+    return q, k, v
 
-    def forward(self, recv: torch.Tensor, need_grad: bool) -> torch.Tensor:
-        """recv [rows, D] -> o rows [queries * hq, D] in the order the queries arrived."""
-        L, d = self.L, self.d
-        q = recv.index_select(0, L.srv_q_rows).view(-1, self.hq, d)
-        k = recv.index_select(0, L.srv_k_rows).view(-1, self.hkv, d)
-        v = recv.index_select(0, L.srv_v_rows).view(-1, self.hkv, d)
-        if q.shape[0] == 0:  # nothing to serve in this half
-            return recv.new_zeros((0, d))
-        if need_grad:
-            q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
-        with torch.set_grad_enabled(need_grad):
-            o = flash_attn_varlen_func(q, k, v, L.cu_seqlens_q, L.cu_seqlens_k, L.max_seqlen_q,
-                                       L.max_seqlen_k, softmax_scale=self.scale, causal=True)
-        if need_grad:
-            self.inputs, self.out = (q, k, v), o
-        return o.detach().index_select(0, L.srv_q_pos).reshape(-1, d)
 
-    def backward(self, d_out_recv: torch.Tensor, recv_rows: int) -> torch.Tensor:
-        """dO rows (arrival order) -> gradient of the received buffer [recv_rows, D]; copies of
-        one key sent to several segments have their gradients summed here by index_add."""
-        L, d = self.L, self.d
-        d_recv = d_out_recv.new_zeros((recv_rows, d))
-        if self.out is None:
-            return d_recv
-        d_o = d_out_recv.view(-1, self.hq, d).index_select(0, L.srv_q_slots)
-        # grad of the scalar <o, dO> w.r.t. o is exactly dO; a scalar root spares every
-        # process autograd's import of its symbolic-shape checker for explicit grad tensors
-        with torch.enable_grad():  # autograd runs backward functions with grad mode off
-            root = (self.out * d_o).sum()
-        dq, dk, dv = torch.autograd.grad(root, self.inputs)
-        self.inputs = self.out = None  # free the graph as soon as it is used
-        d_recv.index_add_(0, L.srv_q_rows, dq.reshape(-1, d))
-        d_recv.index_add_(0, L.srv_k_rows, dk.reshape(-1, d))
-        d_recv.index_add_(0, L.srv_v_rows, dv.reshape(-1, d))
+def serve_forward(L: Layout, recv: torch.Tensor, hq: int, hkv: int, d: int, scale: float):
+    """recv [rows, D] -> (o rows [queries * hq, D] in the order the queries arrived,
+    (o, lse) in kernel order for the backward)."""
+    q, k, v = _server_qkv(L, recv, hq, hkv, d)
+    if q.shape[0] == 0:  # nothing to serve in this half
+        empty = recv.new_zeros((0, hq, d))
+        return recv.new_zeros((0, d)), (empty, recv.new_zeros((hq, 0), dtype=torch.float32))
+    o, lse = flash_attn_varlen_forward(q, k, v, L.cu_seqlens_q, L.cu_seqlens_k, L.max_seqlen_q,
+                                       L.max_seqlen_k, softmax_scale=scale, causal=True)
+    return o.index_select(0, L.srv_q_pos).reshape(-1, d), (o, lse)
+
+
+def serve_backward(L: Layout, recv: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+                   d_out_recv: torch.Tensor, hq: int, hkv: int, d: int, scale: float):
+    """dO rows (arrival order) -> gradient of the received buffer [rows, D]; copies of one key
+    sent to several segments have their gradients summed here by index_add."""
+    d_recv = d_out_recv.new_zeros((recv.shape[0], d))
+    if o.shape[0] == 0:
         return d_recv
+    q, k, v = _server_qkv(L, recv, hq, hkv, d)
+    d_o = d_out_recv.view(-1, hq, d).index_select(0, L.srv_q_slots)
+    dq, dk, dv = flash_attn_varlen_backward(d_o, q, k, v, o, lse, L.cu_seqlens_q, L.cu_seqlens_k,
+                                            L.max_seqlen_q, L.max_seqlen_k, softmax_scale=scale,
+                                            causal=True)
+    d_recv.index_add_(0, L.srv_q_rows, dq.reshape(-1, d).to(d_recv.dtype))
+    d_recv.index_add_(0, L.srv_k_rows, dk.reshape(-1, d).to(d_recv.dtype))
+    d_recv.index_add_(0, L.srv_v_rows, dv.reshape(-1, d).to(d_recv.dtype))
+    return d_recv

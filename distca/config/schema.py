@@ -32,7 +32,8 @@ class ModelConfig:
 class CADConfig:
     tolerance: float = 0.1      # servers balanced to within (1 + tolerance) x the mean cost
     servers: int = 0            # 0: every rank serves in place; K > 0: K dedicated servers
-    block: int = 128            # shard boundaries aligned to the kernel's block size
+    block: int = 128            # cuts on multiples of this (the kernel's tile); halved per step
+                                # while pieces are too short to balance at it (metric cad_block)
     ping_pong: bool = True
 
 

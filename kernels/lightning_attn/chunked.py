@@ -244,54 +244,85 @@ def reverse_cumsum_per_document(dG: torch.Tensor, cu: torch.Tensor) -> torch.Ten
     return c[end] - c[:tt]
 
 
+class TritonResiduals:
+    """What the Triton backward needs besides the inputs: `tensors` (per-segment entering
+    states, segment log-decays, final states) for the caller to save with
+    `ctx.save_for_backward`, and the layout, which is plain Python."""
+
+    def __init__(self, plan: _Plan, decay: int, scale: float, has_init: bool):
+        self.plan, self.decay, self.scale, self.has_init = plan, decay, scale, has_init
+
+
+def triton_forward(q, k, v, g_gamma, g, initial_state, scale, cu_seqlens, chunk=64,
+                   chunks_per_segment=None, block=None):
+    """Forward without autograd: (o [B, T, H, V], final [N, H, K, V] fp32, saved tensors,
+    TritonResiduals). `triton_backward` turns them into gradients."""
+    plan = _Plan(q, v, cu_seqlens, chunk, chunks_per_segment, block)
+    tt, h = plan.TT, plan.H
+    qf, kf, vf = _flat(q, plan, plan.K), _flat(k, plan, plan.K), _flat(v, plan, plan.V)
+    decay, g32, gamma32 = _decay_inputs(g_gamma, g, tt, h, q.device)
+    o, final, s_seg, a_seg = forward(qf, kf, vf, decay, g32, gamma32, scale, initial_state, plan)
+    res = TritonResiduals(plan, decay, scale, initial_state is not None)
+    return o.view(plan.B, plan.T, h, plan.V), final, (s_seg, a_seg, final), res
+
+
+def _flat(x, plan, dim):
+    return x.detach().reshape(plan.TT, plan.H, dim).contiguous()
+
+
+def triton_backward(do, dfinal, q, k, v, g_gamma, g, saved, res: TritonResiduals,
+                    need_dg_gamma: bool, need_dg: bool):
+    """(dq, dk, dv, dg_gamma, dg, d initial_state) from `triton_forward`'s saved tensors.
+    do or dfinal may be None (that output was not used); decay gradients only when asked."""
+    s_seg, a_seg, final = saved
+    plan = res.plan
+    tt, h = plan.TT, plan.H
+    qf, kf, vf = _flat(q, plan, plan.K), _flat(k, plan, plan.K), _flat(v, plan, plan.V)
+    _, g32, gamma32 = _decay_inputs(g_gamma, g, tt, h, q.device)
+    need = need_dg or need_dg_gamma
+    if do is None:
+        do = torch.zeros(plan.B, plan.T, h, plan.V, dtype=qf.dtype, device=qf.device)
+    dof = do.reshape(tt, h, plan.V).to(qf.dtype).contiguous()
+    dq, dk, dv, dinit, dG = backward(qf, kf, vf, dof, dfinal, res.decay, g32, gamma32, res.scale,
+                                     s_seg, a_seg, plan, need)
+    dg = dgamma = None
+    if need:
+        if dfinal is not None:
+            # d/dG_T of exp(G_T) in the final state: <dS_T, S_T> at each document's last
+            # token (empty documents have no token, and no decay to attribute it to).
+            ends = plan.cu[1:][plan.cu[1:] > plan.cu[:-1]]
+            docs = torch.nonzero(plan.cu[1:] > plan.cu[:-1]).flatten()
+            contrib = (dfinal.float() * final).sum((-1, -2))[docs.to(dG.device)]
+            dG.index_add_(0, (ends - 1).to(dG.device), contrib)
+        dg_tok = reverse_cumsum_per_document(dG, plan.cu)
+        if need_dg:
+            dg = dg_tok.view(plan.B, plan.T, h).to(g.dtype)
+        if need_dg_gamma:
+            dgamma = dg_tok.sum(0).to(g_gamma.dtype)
+    shape_k = (plan.B, plan.T, h, plan.K)
+    return (dq.view(shape_k), dk.view(shape_k), dv.view(plan.B, plan.T, h, plan.V), dgamma, dg,
+            dinit if res.has_init else None)
+
+
 class ChunkLightningAttnFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g_gamma, g, initial_state, scale, chunk, chunks_per_segment,
                 block, cu_seqlens):
-        plan = _Plan(q, v, cu_seqlens, chunk, chunks_per_segment, block)
-        tt, h = plan.TT, plan.H
-        qf = q.detach().reshape(tt, h, plan.K).contiguous()
-        kf = k.detach().reshape(tt, h, plan.K).contiguous()
-        vf = v.detach().reshape(tt, h, plan.V).contiguous()
-        decay, g32, gamma32 = _decay_inputs(g_gamma, g, tt, h, q.device)
-        o, final, s_seg, a_seg = forward(qf, kf, vf, decay, g32, gamma32, scale,
-                                         initial_state, plan)
-        ctx.plan, ctx.decay, ctx.scale = plan, decay, scale
-        ctx.has_init = initial_state is not None
+        o, final, saved, res = triton_forward(q, k, v, g_gamma, g, initial_state, scale,
+                                              cu_seqlens, chunk, chunks_per_segment, block)
+        ctx.res = res
         ctx.init_dtype = None if initial_state is None else initial_state.dtype
-        ctx.g_dtype = None if g is None else g.dtype
-        ctx.gamma_dtype = None if g_gamma is None else g_gamma.dtype
-        ctx.save_for_backward(qf, kf, vf, g32, gamma32, s_seg, a_seg, final)
+        ctx.save_for_backward(q, k, v, g_gamma, g, *saved)
         ctx.set_materialize_grads(False)
-        return o.view(plan.B, plan.T, h, plan.V), final
+        return o, final
 
     @staticmethod
     def backward(ctx, do, dfinal):
-        qf, kf, vf, g32, gamma32, s_seg, a_seg, final = ctx.saved_tensors
-        plan = ctx.plan
-        need_dg = bool(ctx.needs_input_grad[3] or ctx.needs_input_grad[4])
-        if do is None:
-            do = torch.zeros(plan.B, plan.T, plan.H, plan.V, dtype=qf.dtype, device=qf.device)
-        dof = do.reshape(plan.TT, plan.H, plan.V).to(qf.dtype).contiguous()
-        dq, dk, dv, dinit, dG = backward(qf, kf, vf, dof, dfinal, ctx.decay, g32, gamma32,
-                                         ctx.scale, s_seg, a_seg, plan, need_dg)
-        dg = dgamma = None
-        if need_dg:
-            if dfinal is not None:
-                # d/dG_T of exp(G_T) in the final state: <dS_T, S_T> at each document's last
-                # token (empty documents have no token, and no decay to attribute it to).
-                ends = plan.cu[1:][plan.cu[1:] > plan.cu[:-1]]
-                docs = torch.nonzero(plan.cu[1:] > plan.cu[:-1]).flatten()
-                contrib = (dfinal.float() * final).sum((-1, -2))[docs.to(dG.device)]
-                dG.index_add_(0, (ends - 1).to(dG.device), contrib)
-            dg_tok = reverse_cumsum_per_document(dG, plan.cu)
-            if ctx.needs_input_grad[4]:
-                dg = dg_tok.view(plan.B, plan.T, plan.H).to(ctx.g_dtype)
-            if ctx.needs_input_grad[3]:
-                dgamma = dg_tok.sum(0).to(ctx.gamma_dtype)
-        shape_k = (plan.B, plan.T, plan.H, plan.K)
-        return (dq.view(shape_k), dk.view(shape_k), dv.view(plan.B, plan.T, plan.H, plan.V),
-                dgamma, dg, dinit.to(ctx.init_dtype) if ctx.has_init else None,
+        q, k, v, g_gamma, g, *saved = ctx.saved_tensors
+        dq, dk, dv, dgamma, dg, dinit = triton_backward(
+            do, dfinal, q, k, v, g_gamma, g, saved, ctx.res, ctx.needs_input_grad[3],
+            ctx.needs_input_grad[4])
+        return (dq, dk, dv, dgamma, dg, None if dinit is None else dinit.to(ctx.init_dtype),
                 None, None, None, None, None)
 
 

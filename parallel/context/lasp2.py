@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from kernels.lightning_attn import chunk_lightning_attn
+from kernels.lightning_attn import chunk_lightning_attn_backward, chunk_lightning_attn_forward
 from parallel.context.lasp2_plan import Lasp2Plan, plan_from_shard
 from parallel.context.lasp2_states import (META, add_cross_output, cross_grads, decays_from,
                                            pack_states, prefix_grads, prefix_weights, unpack_meta)
@@ -36,21 +36,27 @@ def _start_all_gather(send: torch.Tensor, group):
     return out, work
 
 
-def _intra(q, k, v, g_gamma, g, cu_seqlens, scale, needs):
-    """Intra-rank attention on the local pieces. Inputs that need gradients enter the kernel as
-    detached leaves under autograd, so backward replays exactly the kernel's own gradients
-    (whatever kernel `chunk_lightning_attn` dispatches to)."""
+def _intra(q, k, v, g_gamma, g, cu_seqlens, scale):
+    """Intra-rank attention on the local pieces, without autograd: (o, residuals). The kernel's
+    residuals are saved by the Function with its own tensors, so activation checkpointing
+    frees and recomputes them with the rest (an autograd graph built here would not be)."""
     if q.shape[0] == 0:
-        return [None] * 5, q.new_zeros(q.shape[:2] + (v.shape[-1],))
-    with torch.enable_grad() if any(needs) else torch.no_grad():
-        leaves = [None if x is None else x.detach().requires_grad_(need)
-                  for x, need in zip((q, k, v, g_gamma, g), needs)]
-        lq, lk, lv, lgg, lg = leaves
-        o, _ = chunk_lightning_attn(lq.unsqueeze(0), lk.unsqueeze(0), lv.unsqueeze(0), g_gamma=lgg,
-                                    g=None if lg is None else lg.unsqueeze(0), scale=scale,
-                                    cu_seqlens=cu_seqlens)
-        o = o.squeeze(0)  # inside the grad-enabled block, or the view would lose its history
-    return leaves, o
+        return q.new_zeros(q.shape[:2] + (v.shape[-1],)), None
+    o, res = chunk_lightning_attn_forward(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
+                                          g_gamma=g_gamma, g=None if g is None else g.unsqueeze(0),
+                                          scale=scale, cu_seqlens=cu_seqlens)
+    return o.squeeze(0), res
+
+
+def _intra_backward(do, q, k, v, g_gamma, g, cu_seqlens, saved, res, need_decay_grad):
+    """(dq, dk, dv, dg_gamma, dg) of the intra-rank part; None where there is no token."""
+    if res is None:
+        return [None] * 5
+    dq, dk, dv, dgg, dg = chunk_lightning_attn_backward(
+        do.unsqueeze(0), q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), saved, res,
+        g_gamma=g_gamma, g=None if g is None else g.unsqueeze(0), cu_seqlens=cu_seqlens,
+        need_decay_grad=need_decay_grad)
+    return [dq.squeeze(0), dk.squeeze(0), dv.squeeze(0), dgg, None if dg is None else dg.squeeze(0)]
 
 
 class _Lasp2Function(torch.autograd.Function):
@@ -63,8 +69,7 @@ class _Lasp2Function(torch.autograd.Function):
         gl = decays_from(g_gamma, g, t, h, q.device, acc)
         record = pack_states(plan, k, v, gl)
         gathered, work = _start_all_gather(record, group)
-        needs = ctx.needs_input_grad[:5]
-        leaves, o_intra = _intra(q, k, v, g_gamma, g, cu_seqlens, scale, needs)
+        o_intra, res = _intra(q, k, v, g_gamma, g, cu_seqlens, scale)
         if work is not None:
             work.wait()
         key, a, flag = unpack_meta(gathered, h)
@@ -73,11 +78,13 @@ class _Lasp2Function(torch.autograd.Function):
         carried = torch.einsum("jlh,lhkv->jhkv", weights[own],
                                gathered[:, META + h:].reshape(-1, h, kd, vd))
         # a copy: the cross terms are added in place and o_intra must stay as the kernel made it
-        o = add_cross_output(o_intra.detach().to(acc, copy=True), plan, q, gl, carried, scale)
+        o = add_cross_output(o_intra.to(acc, copy=True), plan, q, gl, carried, scale)
         o = o.to(q.dtype)
 
-        ctx.save_for_backward(q, k, v, gl, carried, key, a, flag)
-        ctx.intra = (o_intra if any(needs) else None, leaves)
+        intra_saved = res.tensors if res is not None else ()
+        ctx.save_for_backward(q, k, v, g_gamma, g, cu_seqlens, gl, carried, key, a, flag,
+                              *intra_saved)
+        ctx.intra = res
         ctx.plan, ctx.scale, ctx.group, ctx.rank = plan, scale, group, rank
         ctx.decay_mode = "g" if g is not None else ("g_gamma" if g_gamma is not None else None)
         ctx.gate_dtype = g.dtype if g is not None else (g_gamma.dtype if g_gamma is not None else None)
@@ -85,24 +92,18 @@ class _Lasp2Function(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        q, k, v, gl, carried, key, a, flag = ctx.saved_tensors
+        q, k, v, g_gamma, g, cu_seqlens, gl, carried, key, a, flag, *intra_saved = ctx.saved_tensors
         plan, scale, rank = ctx.plan, ctx.scale, ctx.rank
         dp = prefix_grads(plan, q, do, gl, scale)
         gathered, work = _start_all_gather(dp, ctx.group)
-        o_intra, leaves = ctx.intra
-        ctx.intra = None
-        wanted = [i for i, x in enumerate(leaves) if x is not None and x.requires_grad]
-        intra = [None] * 5
-        if o_intra is not None and o_intra.requires_grad and wanted:
-            got = torch.autograd.grad(o_intra, [leaves[i] for i in wanted], do, allow_unused=True)
-            for i, gx in zip(wanted, got):
-                intra[i] = gx
+        need_g = ctx.decay_mode is not None and any(ctx.needs_input_grad[3:5])
+        # the intra-rank backward runs while the prefix gradients are gathered
+        intra = _intra_backward(do, q, k, v, g_gamma, g, cu_seqlens, intra_saved, ctx.intra, need_g)
         if work is not None:
             work.wait()
         own = slice(rank * plan.slots, (rank + 1) * plan.slots)
         weights = prefix_weights(key, a, flag)
         suffix = torch.einsum("jlh,jhkv->lhkv", weights[:, own], gathered)
-        need_g = ctx.decay_mode is not None and any(ctx.needs_input_grad[3:5])
         dq, dk, dv, dg = cross_grads(plan, q, k, v, do, gl, carried, suffix, a[own], scale, need_g)
 
         def total(i, cross, dtype):

@@ -1,0 +1,106 @@
+"""Every context-parallel strategy under activation checkpointing (`model.checkpoint_activations`):
+
+- each checkpointed block is recomputed exactly once per backward: a model of L layers calls
+  its strategy 2 L times per micro-batch (L forwards, L recomputes), counted;
+- every rank issues the same collectives (counted per operation, compared across ranks);
+- gradients equal those of the same model without checkpointing (fp64, same layout).
+
+Before the fix, CAD's server and LASP-2's intra-rank kernel kept an autograd graph built in
+forward and differentiated it with a nested backward; under non-reentrant checkpointing
+that nested backward re-ran the whole block: LASP-2 made 9 strategy calls for 3 layers,
+and CAD re-ran its all-to-alls on the ranks that had served something only, which hung or
+broke the group's collectives. One spawn per world size runs every case.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from distca.config import compose_config
+from distca.loss import next_token_labels
+from distca.model import build_model
+from parallel.context import build_core_attention, build_linear_attention
+from parallel.context.comm_counter import CommCounter
+from parallel.context.shard import build_shard
+from parallel.dims import ParallelDims, ParallelState
+from tests.distributed_utils import run_distributed
+
+VOCAB = 64
+CAD_MOVING = {"tolerance": 0.0, "block": 2, "cost_table": None}  # tiny sizes: force moves
+# (label, layers, dp, cp, cp_algo, ulysses, strategy options)
+CASES = {
+    3: [("cad", "SSS", 1, 3, "cad", 1, {**CAD_MOVING}),
+        ("cad servers=1", "SSS", 1, 3, "cad", 1, {**CAD_MOVING, "servers": 1}),
+        ("cad ping_pong=off", "SSS", 3, 1, "cad", 1, {**CAD_MOVING, "ping_pong": False}),
+        ("cad defaults", "SSS", 1, 3, "cad", 1, {}),
+        ("ring", "SSS", 1, 3, "ring", 1, {}),
+        ("allgather", "SSS", 1, 3, "allgather", 1, {}),
+        ("lasp2 + allgather", "LLL", 1, 3, "allgather", 1, {}),
+        ("lasp2 + cad (hybrid)", "LSL", 1, 3, "cad", 1, {**CAD_MOVING})],
+    4: [("cad dp=2 cp=2", "SSS", 2, 2, "cad", 1, {**CAD_MOVING}),
+        ("ulysses (kv heads < degree)", "SSS", 1, 4, "ulysses", 1, {}),
+        ("usp cp=4 ulysses=2", "SSS", 1, 4, "usp", 2, {})],
+}
+DOCS = [[19, 5, 30, 2, 8], [3, 61], [40, 24]]  # one micro-batch per DP rank, 64 tokens each
+
+
+class Counting:
+    """A strategy that counts its calls (and passes everything else through)."""
+
+    def __init__(self, inner):
+        self.inner, self.calls = inner, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return self.inner(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def _grads(model, checkpointing, ids, labels, shard, counters):
+    model.cfg.checkpoint_activations = checkpointing
+    model.zero_grad(set_to_none=True)
+    for c in counters:
+        c.calls = 0
+    with CommCounter() as comm:
+        loss = model(ids, shard, labels)
+        loss.backward()
+    return ([p.grad.clone() for p in model.parameters()], [c.calls for c in counters],
+            dict(comm.calls))
+
+
+def _worker(rank, world, cases):
+    states = {}
+    for label, layers, dp, cp, algo, ulysses, options in cases:
+        key = (dp, cp, algo, ulysses)
+        if key not in states:  # group creation is collective: same order everywhere
+            states[key] = ParallelState.create(ParallelDims.resolve(world, dp=dp, cp=cp,
+                                                                    cp_algo=algo, ulysses=ulysses))
+        state = states[key]
+        mcfg = compose_config(["experiment=tiny", f"model.layers={layers}"]).model
+        core = Counting(build_core_attention(state, options))
+        linear = Counting(build_linear_attention(state, options))
+        model = build_model(mcfg, VOCAB, core, linear, seed=0).double().train()
+        doc_lens = DOCS[state.dp_rank % len(DOCS)]
+        g = torch.Generator().manual_seed(state.dp_rank)
+        tokens = torch.randint(0, VOCAB, (sum(doc_lens),), generator=g)
+        shard = build_shard(doc_lens, state.cp_rank, cp, layout=getattr(core, "layout", "contiguous"))
+        ids, labels = shard.local(tokens), shard.local(next_token_labels(tokens, doc_lens))
+        counters = [core, linear]
+        plain, _, _ = _grads(model, False, ids, labels, shard, counters)
+        got, calls, comm = _grads(model, True, ids, labels, shard, counters)
+        want = [2 * layers.count("S"), 2 * layers.count("L")]
+        assert calls == want, f"{label}: strategy calls (softmax, linear) {calls}, expected {want}"
+        everyone = [None] * world
+        dist.all_gather_object(everyone, comm)
+        assert all(c == everyone[0] for c in everyone), f"{label}: ranks' collectives differ {everyone}"
+        for (name, _), a, b in zip(model.named_parameters(), got, plain):
+            err = (a - b).abs().max().item()
+            assert err <= 1e-12 * max(1.0, b.abs().max().item()), f"{label}: d{name} differs by {err}"
+
+
+@pytest.mark.parametrize("world_size", sorted(CASES))
+def test_strategies_recompute_once_under_checkpointing(world_size):
+    run_distributed(_worker, world_size, CASES[world_size])
