@@ -12,12 +12,12 @@ length) and evaluates, on the same documents:
   varlen     WLB-LLM-like variable-length packing: whole documents, longest first, each to the
              rank with the least estimated time whose token count stays under 1.25x the sample.
   cad        CAD: rank r holds sample r (linear layers balanced by construction); the planner
-             (distca.cad.planner) rebalances attention over all ranks; bytes are the plan's
-             exact all-to-all traffic (distca.cad.dispatch.transfers).
+             (parallel.cad.planner) rebalances attention over all ranks; bytes are the plan's
+             exact all-to-all traffic (parallel.cad.dispatch.transfers).
 
 Times are per transformer layer, forward + backward, for one Llama-8B-shaped layer (32 q
 heads, 8 kv heads, head dim 128, hidden 4096, FFN 14336), on one GPU per rank:
-  attention  the measured H100 kernel table (distca/cad/cost_table_h100.json) via CostModel
+  attention  the measured H100 kernel table (parallel/cad/cost_table_h100.json) via CostModel
   linear     6 x 218M FLOPs per token at the GEMM throughput measured in the same GPU run
   comm       bytes / bandwidth (an ASSUMPTION, --bandwidth-gbs, default 50 GB/s per GPU,
              a 400 Gb/s NIC); CAD's traffic is overlapped by ping-pong up to the rank's own
@@ -37,9 +37,9 @@ import time
 
 import numpy as np
 
-from distca.cad.dispatch import transfers
-from distca.cad.planner import plan
-from distca.cad.tasks import CostModel, contiguous_pieces, load_cost_table
+from parallel.cad.dispatch import transfers
+from parallel.cad.planner import plan
+from parallel.cad.tasks import CostModel, contiguous_pieces, load_cost_table
 from distca.data.distributions import sample_doc_lengths
 
 LINEAR_PARAMS_PER_LAYER = 4096 * (4096 + 2 * 1024) + 4096 * 4096 + 3 * 4096 * 14336
@@ -194,7 +194,7 @@ def main() -> None:
     ap.add_argument("--tolerance", type=float, default=0.05)
     ap.add_argument("--block", type=int, default=128)
     ap.add_argument("--bandwidth-gbs", type=float, default=50.0)
-    ap.add_argument("--table", default=os.path.join(HERE, "..", "distca", "cad", "cost_table_h100.json"))
+    ap.add_argument("--table", default=os.path.join(HERE, "..", "parallel", "cad", "cost_table_h100.json"))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a small grid for a smoke run")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "cad_sim.json"))

@@ -1,8 +1,8 @@
 """Bytes each rank sends per softmax-attention layer, for every context-parallel algorithm.
 
 Runs the real strategies (ring, allgather, ulysses, usp) on gloo CPU ranks, one attention
-layer forward and backward, with `parallel.context.comm_counter.CommCounter` wrapping the
-torch.distributed collectives. Per (algorithm, tokens T, ranks N) it records forward and
+layer forward and backward, with `benchmarks/comm_counter.CommCounter` subscribed to the
+collectives they issue (parallel/comm.py). Per (algorithm, tokens T, ranks N) it records forward and
 backward bytes per rank (max and mean over ranks), the split per collective and the
 number of calls. Convention for what a collective "sends": see comm_counter.py.
 
@@ -58,23 +58,18 @@ def _rank(rank: int, n: int, port: int, seqs: list[int], out_path: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=n)
-    from parallel.context.api import CORE_ATTENTION, _load
-    from parallel.context.comm_counter import CommCounter
-    from parallel.context.shard import build_shard
-    from parallel.dims import ParallelDims, ParallelState
+    from parallel.config import ModelShape, ParallelConfig
+    from benchmarks.comm_counter import CommCounter
+    from parallel.plan import ParallelPlan
 
     rows = []
-    base = None
     for algo, u in _algos(n):
-        dims = ParallelDims.resolve(n, cp=n, cp_algo=algo, ulysses=u)
-        state = ParallelState.create(dims) if base is None else ParallelState(
-            dims, base.rank, base.device, cp_rank=base.cp_rank, cp_group=base.cp_group,
-            extra_groups=base.extra_groups)
-        base = base or state
-        strategy = _load(CORE_ATTENTION, algo, "cp_algo")(state, {})
+        plan = ParallelPlan(ParallelConfig(cp=n, cp_algo=algo, ulysses=u), ModelShape(HQ, HKV, "S"), n)
+        plan.setup()  # collective: every rank, same order
+        strategy = plan.core_attention
         for t in seqs:
             doc_lens = _doc_lens(t, t)
-            shard = build_shard(doc_lens, state.cp_rank, n, strategy.layout)
+            shard = plan.build_shard(doc_lens)
             g = torch.Generator().manual_seed(rank)
             q, k, v = (torch.randn(shard.num_tokens, h, D, generator=g).to(DTYPE).requires_grad_()
                        for h in (HQ, HKV, HKV))
@@ -90,7 +85,7 @@ def _rank(rank: int, n: int, port: int, seqs: list[int], out_path: str) -> None:
             if rank == 0:
                 fw, bw = [e["fwd"] for e in every], [e["bwd"] for e in every]
                 rows.append({
-                    "algo": algo, "ulysses": u, "ranks": n, "tokens": t, "layout": strategy.layout,
+                    "algo": algo, "ulysses": u, "ranks": n, "tokens": t, "layout": plan.layout,
                     "fwd_bytes_max": max(fw), "fwd_bytes_mean": sum(fw) / n,
                     "bwd_bytes_max": max(bw), "bwd_bytes_mean": sum(bw) / n,
                     "bytes_per_token_fwd_bwd": (max(fw) + max(bw)) / (t / n),

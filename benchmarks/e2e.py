@@ -20,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from distca.config import compose_config
+from distca.config import compose_config, to_typed
 from distca.data.distributions import sample_doc_lengths
 from distca.flops import attention_flops, dense_flops, device_peak_tflops
 from distca.model import build_model
@@ -121,7 +121,7 @@ def main():
     ap.add_argument("--no-hf", action="store_true")
     ap.add_argument("--out", default="benchmarks/results/e2e.json")
     args = ap.parse_args()
-    mcfg = compose_config([f"model={args.model}"]).model
+    mcfg = to_typed(compose_config([f"model={args.model}"])).model
     vocab = mcfg.vocab_size
     peak = device_peak_tflops(torch.device("cuda"))
     rows = []

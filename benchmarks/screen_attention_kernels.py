@@ -23,7 +23,7 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from kernels.flash_attn.kernel_loader import load_kernels  # noqa: E402
+from kernels.triton_loader import load_kernels  # noqa: E402
 
 
 def _desc(dtype, rows, d):
@@ -31,7 +31,7 @@ def _desc(dtype, rows, d):
 
 
 def forward_source(dtype, d, bm, bn, tma):
-    fn = load_kernels("triton_forward", False).attention_forward_kernel
+    fn = load_kernels("kernels.flash_attn.triton_forward", False).attention_forward_kernel
     ptr = f"*{dtype}"
     sig = dict(Q=ptr, K=ptr, V=ptr, O=ptr, LSE="*fp32",
                Q_DESC=_desc(dtype, bm, d) if tma else ptr,
@@ -47,7 +47,7 @@ def forward_source(dtype, d, bm, bn, tma):
 
 
 def fused_source(dtype, d, bn, bm, tma, group=1):
-    fn = load_kernels("triton_backward_fused", False).attention_backward_fused_kernel
+    fn = load_kernels("kernels.flash_attn.triton_backward_fused", False).attention_backward_fused_kernel
     ptr = f"*{dtype}"
     sig = dict(Q=ptr, K=ptr, V=ptr, DO=ptr, LSE="*fp32", DELTA="*fp32", DK=ptr, DV=ptr, DQ_ACC="*fp32",
                Q_DESC=_desc(dtype, bm, d) if tma else ptr, DO_DESC=_desc(dtype, bm, d) if tma else ptr,
@@ -63,7 +63,7 @@ def fused_source(dtype, d, bn, bm, tma, group=1):
 
 
 def dkdv_source(dtype, d, bn, bm, tma, group=1):
-    fn = load_kernels("triton_backward", False).attention_backward_dkdv_kernel
+    fn = load_kernels("kernels.flash_attn.triton_backward", False).attention_backward_dkdv_kernel
     ptr = f"*{dtype}"
     sig = dict(Q=ptr, K=ptr, V=ptr, DO=ptr, LSE="*fp32", DELTA="*fp32", DK=ptr, DV=ptr,
                Q_DESC=_desc(dtype, bm, d) if tma else ptr, DO_DESC=_desc(dtype, bm, d) if tma else ptr,
@@ -78,7 +78,7 @@ def dkdv_source(dtype, d, bn, bm, tma, group=1):
 
 
 def dq_source(dtype, d, bm, bn, tma):
-    fn = load_kernels("triton_backward", False).attention_backward_dq_kernel
+    fn = load_kernels("kernels.flash_attn.triton_backward", False).attention_backward_dq_kernel
     ptr = f"*{dtype}"
     sig = dict(Q=ptr, K=ptr, V=ptr, DO=ptr, LSE="*fp32", DELTA="*fp32", DQ=ptr,
                K_DESC=_desc(dtype, bn, d) if tma else ptr, V_DESC=_desc(dtype, bn, d) if tma else ptr,

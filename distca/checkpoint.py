@@ -1,9 +1,10 @@
 """Checkpoints that resume exactly: weights, optimizer, data position, RNG and step.
 
-DDP runs use torch.distributed.checkpoint (sharded, one folder per step, loadable at another
-world size). DeepSpeed ZeRO runs use DeepSpeed's own format, since its optimizer state is
-partitioned the DeepSpeed way. `latest` names the newest complete checkpoint; it is written
-last, after a barrier, so a run killed mid-save resumes from the previous one.
+One folder per step, `<dir>/step_XXXXXXXX`: the engine writes its own weights and optimizer
+state there in its own format (`engine.save(dir, tag)`: torch.distributed.checkpoint for DDP,
+DeepSpeed's for ZeRO), this module adds every rank's RNG and the trainer state. `latest`
+names the newest complete checkpoint; it is written last, after a barrier, so a run killed
+mid-save resumes from the previous one.
 """
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
 
 def _barrier():
@@ -37,12 +36,7 @@ def save(ckpt_dir: str, step: int, engine, trainer_state: dict) -> None:
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
-    if engine.backend == "deepspeed":
-        engine.model.save_checkpoint(ckpt_dir, tag=tag, client_state={"trainer": trainer_state},
-                                     save_latest=False)
-    else:
-        model_sd, optim_sd = get_state_dict(engine.module, engine.optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(path))
+    engine.save(ckpt_dir, tag)
     path.mkdir(parents=True, exist_ok=True)
     torch.save(rng, path / f"rng_rank{_rank()}.pt")
     _barrier()
@@ -58,14 +52,7 @@ def load(ckpt_dir: str, step: int, engine) -> dict:
     """Restore engine state in place; returns the trainer state saved with it."""
     tag = f"step_{step:08d}"
     path = Path(ckpt_dir) / tag
-    if engine.backend == "deepspeed":
-        engine.model.load_checkpoint(ckpt_dir, tag=tag)
-    else:
-        model_sd, optim_sd = get_state_dict(engine.module, engine.optimizer)
-        sd = {"model": model_sd, "optim": optim_sd}
-        dcp.load(sd, checkpoint_id=str(path))
-        set_state_dict(engine.module, engine.optimizer, model_state_dict=sd["model"],
-                       optim_state_dict=sd["optim"])
+    engine.load(ckpt_dir, tag)
     rng_file = path / f"rng_rank{_rank()}.pt"
     if rng_file.exists():
         rng = torch.load(rng_file, weights_only=False)

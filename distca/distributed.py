@@ -8,11 +8,12 @@ import torch
 import torch.distributed as dist
 
 
-def init_distributed(device_pref: str = "auto") -> torch.device:
+def init_distributed(device_pref: str = "auto", timeout_s: float = 1800) -> torch.device:
     """Join the torchrun job if there is one; returns this rank's device.
 
     NCCL when every rank has a GPU, gloo otherwise (CPU runs, tests). A process group made by
-    the caller beforehand (tests) is used as it is.
+    the caller beforehand (tests) is used as it is. `timeout_s` (train.collective_timeout_s)
+    bounds how long a collective waits for a peer before the process group fails.
     """
     if device_pref not in ("auto", "cpu", "cuda"):
         raise ValueError(f"train.device={device_pref!r} must be auto, cpu or cuda")
@@ -22,7 +23,7 @@ def init_distributed(device_pref: str = "auto") -> torch.device:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if not dist.is_initialized() and world > 1:
         dist.init_process_group("nccl" if want_cuda else "gloo",
-                                timeout=datetime.timedelta(minutes=int(os.environ.get("DISTCA_PG_TIMEOUT_MIN", "30"))))
+                                timeout=datetime.timedelta(seconds=timeout_s))
     if dist.is_initialized() and dist.get_backend() == "gloo":
         want_cuda = False  # gloo cannot carry every collective on CUDA tensors
     if want_cuda:
@@ -30,11 +31,3 @@ def init_distributed(device_pref: str = "auto") -> torch.device:
         torch.cuda.set_device(local)
         return torch.device("cuda", local)
     return torch.device("cpu")
-
-
-def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
-
-
-def rank() -> int:
-    return dist.get_rank() if dist.is_initialized() else 0

@@ -3,6 +3,7 @@ group); `main()` is the thin Hydra/torchrun entry point (`distca-train`, `python
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import resource
 import signal
@@ -12,21 +13,22 @@ import uuid
 
 import torch
 import torch.distributed as dist
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from distca import checkpoint as ckpt
 from distca.batching import global_label_count, rank_micro_batches
+from distca.config import to_typed
 from distca.data import build_dataset
 from distca.determinism import deterministic_kernels
 from distca.distributed import init_distributed
 from distca.flops import attention_flops, dense_flops, device_peak_tflops
 from distca.metrics import MetricsLogger
 from distca.model import build_model
+from distca.model.transformer import head_dim
+from distca.optim import adamw_factory
 from distca.schedule import lr_at
-from distca.validate import resolve_dims
-from parallel.context import build_core_attention, build_linear_attention
+from distca.validate import build_plan, micro_batches_per_step
 from parallel.data_parallel import build_engine
-from parallel.dims import ParallelState
 
 
 class _StopFlag:
@@ -63,36 +65,45 @@ def _vocab_size(cfg, tokenizer) -> int:
     return v
 
 
-def _strategy_options(cfg) -> dict:
-    c = cfg.parallel.cad
-    return {"tolerance": c.tolerance, "servers": c.servers, "block": c.block, "ping_pong": c.ping_pong}
+class ConfigError(ValueError):
+    """A config value that cannot run, found before training started (every rank alike)."""
 
 
 def train(cfg) -> list[dict]:
-    """Run training as configured; returns the per-step metrics (also in metrics.jsonl)."""
-    with deterministic_kernels(cfg.train.deterministic):
-        return _train(cfg)
+    """Run training as configured (a `RootConfig`, or the DictConfig Hydra composed); returns
+    the per-step metrics (also in metrics.jsonl)."""
+    typed = to_typed(cfg)
+    with deterministic_kernels(typed.train.deterministic):
+        return _train(typed, cfg)
 
 
-def _train(cfg) -> list[dict]:
-    device = init_distributed(cfg.train.device)
+def _setup(cfg):
+    """Everything before the first step that can reject the config: device, plan, data."""
+    device = init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
     world = dist.get_world_size() if dist.is_initialized() else 1
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    dims = resolve_dims(cfg, world)
+    plan = build_plan(cfg, world)
     tokenizer, packer = build_dataset(cfg.data, cfg.train.seed)
-    state = ParallelState.create(dims, device)
+    return device, plan, tokenizer, packer
+
+
+def _train(cfg, raw_cfg) -> list[dict]:
+    try:
+        device, plan, tokenizer, packer = _setup(cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    state = plan.setup(device)
     run_dir = cfg.run_dir
     if rank == 0:
         os.makedirs(run_dir, exist_ok=True)
-        OmegaConf.save(cfg, os.path.join(run_dir, "config.yaml"), resolve=True)
+        OmegaConf.save(raw_cfg if isinstance(raw_cfg, DictConfig) else OmegaConf.structured(cfg),
+                       os.path.join(run_dir, "config.yaml"), resolve=True)
 
-    core = build_core_attention(state, _strategy_options(cfg))
-    linear = build_linear_attention(state, _strategy_options(cfg))
-    layout = getattr(core, "layout", "contiguous")
-    model = build_model(cfg.model, _vocab_size(cfg, tokenizer), core, linear, cfg.train.seed).to(device)
+    model = build_model(cfg.model, _vocab_size(cfg, tokenizer), plan.core_attention,
+                        plan.linear_attention, cfg.train.seed).to(device)
     t = cfg.train
-    grad_accum = t.global_batch_size // (t.micro_batch_size * dims.dp)
-    engine = build_engine(model, state, t, cfg.parallel.zero_stage, grad_accum)
+    engine = build_engine(model, state, adamw_factory(t, fused=device.type == "cuda"), t.grad_clip,
+                          cfg.parallel.zero_stage, micro_batches_per_step(t, plan.dims.dp))
     group_size = engine.group_size
     amp = (torch.autocast(device.type, dtype=torch.bfloat16) if t.dtype == "bf16"
            else contextlib.nullcontext())
@@ -104,8 +115,7 @@ def _train(cfg) -> list[dict]:
         packer.load_state_dict(trainer_state["packer"])
         start_step = trainer_state["step"]
 
-    logger = MetricsLogger(run_dir, OmegaConf.to_container(cfg, resolve=True), cfg.logger, t.steps,
-                           enabled=rank == 0)
+    logger = MetricsLogger(run_dir, dataclasses.asdict(cfg), cfg.logger, t.steps, enabled=rank == 0)
     stop = _StopFlag()
     stop.install()
     n_params = model.num_params()
@@ -119,7 +129,7 @@ def _train(cfg) -> list[dict]:
             t0 = time.perf_counter()
             samples = [packer.next_sample() for _ in range(t.global_batch_size)]
             n_labels = global_label_count(samples)
-            micro = rank_micro_batches(samples, state, t.micro_batch_size, layout, device)
+            micro = rank_micro_batches(samples, plan, t.micro_batch_size, device)
             local_sum = torch.zeros((), device=device)
             for i, mb in enumerate(micro):
                 with engine.accumulate(last=i == len(micro) - 1):
@@ -137,15 +147,13 @@ def _train(cfg) -> list[dict]:
             dt = time.perf_counter() - t0
             tokens = sum(len(s.tokens) for s in samples)
             flops = dense_flops(n_params, tokens) + sum(
-                attention_flops(s.doc_lens, cfg.model, model.head_dim) for s in samples)
-            tflops = flops / dt / world / 1e12
+                attention_flops(s.doc_lens, cfg.model, head_dim(cfg.model)) for s in samples)
+            tflops = flops / dt / plan.dims.world_size / 1e12
             m = {"step": step, "loss": loss, "tokens": tokens, "tokens_per_s": tokens / dt,
                  "tflops_per_gpu": tflops, "mfu": tflops / peak if peak else 0.0,
                  "max_mem_gib": _max_mem_gib(device), "lr": lr, "grad_norm": grad_norm,
                  "step_time_s": dt}
-            # a strategy's metrics for the whole step (every micro-batch), where it keeps them
-            step_metrics = getattr(core, "step_metrics", None)
-            m.update(step_metrics() if step_metrics else getattr(core, "last_metrics", None) or {})
+            m.update(plan.step_metrics())
             history.append(m)
             logger.log(m)
             saving = cfg.checkpoint.every and step % cfg.checkpoint.every == 0
@@ -187,7 +195,14 @@ def main() -> None:
 
     @hydra.main(config_path="pkg://configs", config_name="train", version_base="1.3")
     def _app(cfg):
-        train(cfg)
+        try:
+            train(cfg)
+        except ConfigError as e:
+            # every rank found the same problem before any collective: say it once, no
+            # traceback, and exit non-zero on every rank
+            if int(os.environ.get("RANK", "0")) == 0:
+                print(f"distca: config error: {e}", file=sys.stderr, flush=True)
+            sys.exit(2)
 
     sys.argv = [sys.argv[0]] + argv
     _app()

@@ -1,23 +1,27 @@
-"""Config checks that must fail early, on every rank alike, before any collective can hang."""
+"""Config checks that must fail early, on every rank alike, before any collective can hang.
+
+`build_plan` is the one entry: the model's own rules, then the parallel plan (degrees, CP
+algorithm, layout, strategy options: parallel/plan.py), then the trainer's fields that
+depend on the layout. Every error is a ValueError naming the field and the fix.
+"""
 from __future__ import annotations
 
 from distca.model.transformer import validate_model_config
-from parallel.dims import ParallelDims
+from parallel.config import ModelShape
+from parallel.plan import ParallelPlan
 
 
-def resolve_dims(cfg, world_size: int) -> ParallelDims:
-    p = cfg.parallel
-    validate_model_config(cfg.model, tp=p.tp)
-    dims = ParallelDims.resolve(world_size, p.dp, p.tp, p.pp, p.cp, p.cp_algo, p.ulysses)
-    if dims.tp > 1:
-        raise ValueError(f"parallel.tp={dims.tp}: tensor parallelism is not implemented yet; "
-                         "use parallel.tp=1 (and scale with parallel.dp / parallel.cp)")
-    if dims.pp > 1:
-        raise ValueError(f"parallel.pp={dims.pp}: pipeline parallelism is not implemented yet; "
-                         "use parallel.pp=1")
-    t = cfg.train
-    if t.dtype not in ("fp32", "bf16"):
-        raise ValueError(f"train.dtype={t.dtype!r} must be fp32 or bf16")
+def micro_batches_per_step(tcfg, dp: int) -> int:
+    """Micro-batches each DP replica runs per optimizer step (gradient accumulation)."""
+    return tcfg.global_batch_size // (tcfg.micro_batch_size * dp)
+
+
+def build_plan(cfg, world_size: int) -> ParallelPlan:
+    """The validated parallel plan for this config and world size (no process group yet)."""
+    validate_model_config(cfg.model)
+    m = cfg.model
+    plan = ParallelPlan(cfg.parallel, ModelShape(m.heads, m.kv_heads, m.layers), world_size)
+    dims, t = plan.dims, cfg.train
     if t.micro_batch_size < 1 or t.global_batch_size < 1:
         raise ValueError("train.global_batch_size and train.micro_batch_size must be >= 1")
     if t.global_batch_size % (t.micro_batch_size * dims.dp):
@@ -30,8 +34,8 @@ def resolve_dims(cfg, world_size: int) -> ParallelDims:
     if cfg.data.seq_len < 2 * dims.cp:
         raise ValueError(f"data.seq_len={cfg.data.seq_len} is too short for parallel.cp={dims.cp}; "
                          f"use data.seq_len >= {2 * dims.cp}")
-    if cfg.parallel.zero_stage not in (0, 1, 2, 3):
-        raise ValueError(f"parallel.zero_stage={cfg.parallel.zero_stage} must be 0 (DDP) or 1, 2, 3 (ZeRO)")
+    if t.collective_timeout_s <= 0:
+        raise ValueError(f"train.collective_timeout_s={t.collective_timeout_s} must be > 0 seconds")
     if cfg.checkpoint.every < 0:
         raise ValueError(f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0 = only at the end)")
-    return dims
+    return plan

@@ -4,30 +4,28 @@ Gradients are reduced over every rank that holds a full replica of the weights a
 different tokens: the DP x CP group. Both backends *average* over that group, so callers pass
 a loss already normalised by the global token count and multiplied by the group size; the
 average then equals the gradient of the global mean loss, whatever the layout.
+
+The trainer hands each engine an optimizer factory (params -> optimizer) and the gradient
+clip; each engine saves and loads its own state (`save(dir, tag)` / `load(dir, tag)`), in
+its own format, so checkpointing never looks inside an engine.
 """
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 
-def _adamw(params, tcfg, fused: bool):
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": tcfg.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
-    kw = {"fused": True} if fused else {}
-    return torch.optim.AdamW(groups, lr=tcfg.lr, betas=(tcfg.beta1, tcfg.beta2), eps=1e-8, **kw)
-
-
 class DDPEngine:
-    """Plain torch: DDP over the DP x CP group (or nothing for a single replica)."""
-    backend = "ddp"
+    """Plain torch: DDP over the DP x CP group (or nothing for a single replica). Checkpoints
+    are torch.distributed.checkpoint folders (sharded, loadable at another world size)."""
 
-    def __init__(self, model: torch.nn.Module, state, tcfg):
+    def __init__(self, model: torch.nn.Module, state, make_optimizer, grad_clip: float):
         self.module = model
         self.group = state.dpcp_group
         self.group_size = dist.get_world_size(self.group) if self.group is not None else 1
@@ -36,8 +34,8 @@ class DDPEngine:
             self.model = DDP(model, device_ids=ids, process_group=self.group, broadcast_buffers=False)
         else:
             self.model = model
-        self.optimizer = _adamw(list(model.parameters()), tcfg, fused=state.device.type == "cuda")
-        self.grad_clip = tcfg.grad_clip
+        self.optimizer = make_optimizer(model.parameters())
+        self.grad_clip = grad_clip
 
     def __call__(self, *args):
         return self.model(*args)
@@ -66,12 +64,24 @@ class DDPEngine:
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
+    def save(self, ckpt_dir: str, tag: str) -> None:
+        model_sd, optim_sd = get_state_dict(self.module, self.optimizer)
+        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(Path(ckpt_dir) / tag))
+
+    def load(self, ckpt_dir: str, tag: str) -> None:
+        model_sd, optim_sd = get_state_dict(self.module, self.optimizer)
+        sd = {"model": model_sd, "optim": optim_sd}
+        dcp.load(sd, checkpoint_id=str(Path(ckpt_dir) / tag))
+        set_state_dict(self.module, self.optimizer, model_state_dict=sd["model"],
+                       optim_state_dict=sd["optim"])
+
 
 class DeepSpeedEngine:
-    """DeepSpeed ZeRO stage 1-3. Our AdamW is the client optimizer so the math matches DDP."""
-    backend = "deepspeed"
+    """DeepSpeed ZeRO stage 1-3, with the trainer's optimizer as the client optimizer so the
+    math matches DDP. Checkpoints are DeepSpeed's (its optimizer state is partitioned)."""
 
-    def __init__(self, model: torch.nn.Module, state, tcfg, zero_stage: int, grad_accum: int):
+    def __init__(self, model: torch.nn.Module, state, make_optimizer, grad_clip: float,
+                 zero_stage: int, grad_accum: int):
         import deepspeed  # lazy: heavy import, only when asked for
 
         if dist.get_world_size() != dist.get_world_size(state.dpcp_group):
@@ -82,15 +92,14 @@ class DeepSpeedEngine:
             "train_micro_batch_size_per_gpu": 1,
             "gradient_accumulation_steps": grad_accum,
             "train_batch_size": grad_accum * self.group_size,
-            "gradient_clipping": tcfg.grad_clip,
+            "gradient_clipping": grad_clip,
             "zero_optimization": {"stage": zero_stage},
             "steps_per_print": 1 << 30,
             "wall_clock_breakdown": False,
         }
         self.module = model
-        opt = _adamw(list(model.parameters()), tcfg, fused=False)
-        self.model, self.optimizer, _, _ = deepspeed.initialize(model=model, optimizer=opt,
-                                                                config=ds_config)
+        self.model, self.optimizer, _, _ = deepspeed.initialize(
+            model=model, optimizer=make_optimizer(model.parameters()), config=ds_config)
 
     def __call__(self, *args):
         return self.model(*args)
@@ -113,13 +122,21 @@ class DeepSpeedEngine:
         norm = self.model.get_global_grad_norm()
         return float(norm) if norm is not None else float("nan")
 
+    def save(self, ckpt_dir: str, tag: str) -> None:
+        self.model.save_checkpoint(ckpt_dir, tag=tag, save_latest=False)
 
-def build_engine(model, state, tcfg, zero_stage: int, grad_accum: int):
+    def load(self, ckpt_dir: str, tag: str) -> None:
+        self.model.load_checkpoint(ckpt_dir, tag=tag)
+
+
+def build_engine(model, state, make_optimizer, grad_clip: float, zero_stage: int, grad_accum: int):
+    """DDP (zero_stage 0) or DeepSpeed ZeRO 1-3 around `model`; make_optimizer(params) builds
+    the optimizer (the trainer's choice)."""
     if zero_stage == 0:
-        return DDPEngine(model, state, tcfg)
+        return DDPEngine(model, state, make_optimizer, grad_clip)
     if zero_stage not in (1, 2, 3):
         raise ValueError(f"parallel.zero_stage={zero_stage} must be 0 (DDP) or 1, 2, 3 (DeepSpeed ZeRO)")
     if not dist.is_initialized():
         raise ValueError("parallel.zero_stage>0 needs a distributed launch (torchrun); "
                          "use parallel.zero_stage=0 for a single process")
-    return DeepSpeedEngine(model, state, tcfg, zero_stage, grad_accum)
+    return DeepSpeedEngine(model, state, make_optimizer, grad_clip, zero_stage, grad_accum)

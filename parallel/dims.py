@@ -1,17 +1,17 @@
-"""One validated description of the parallel layout, and the process groups built from it.
+"""Parallel degrees and the process groups built from them.
 
 Rank order (innermost first): tp, cp, pp, dp. So the ranks of one CP group are adjacent,
 and the CAD group (all DP x CP ranks sharing a tp and pp rank) is built from the same grid.
-No module-level globals: the `ParallelState` is created once and passed explicitly.
+No module-level globals: `ParallelState` is created once (by `ParallelPlan.setup`) and
+passed explicitly. Which algorithm runs on these groups is the plan's business (plan.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import itertools
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-
-CP_ALGOS = ("local", "ring", "allgather", "ulysses", "usp", "cad")
 
 
 @dataclass(frozen=True)
@@ -21,18 +21,13 @@ class ParallelDims:
     tp: int = 1
     pp: int = 1
     cp: int = 1
-    cp_algo: str = "local"
-    ulysses: int = 1  # ulysses degree inside each usp group (cp = ulysses * ring)
 
     @staticmethod
-    def resolve(world_size: int, dp: int = -1, tp: int = 1, pp: int = 1, cp: int = 1,
-                cp_algo: str = "local", ulysses: int = 1) -> "ParallelDims":
+    def resolve(world_size: int, dp: int = -1, tp: int = 1, pp: int = 1, cp: int = 1) -> "ParallelDims":
         """Fill dp=-1 from the world size and check every degree; errors name the field and fix."""
         for name, val in (("parallel.tp", tp), ("parallel.pp", pp), ("parallel.cp", cp)):
             if val < 1:
                 raise ValueError(f"{name}={val} must be >= 1")
-        if cp_algo not in CP_ALGOS:
-            raise ValueError(f"parallel.cp_algo={cp_algo!r} is unknown; choose one of {CP_ALGOS}")
         inner = tp * pp * cp
         if dp == -1:
             if world_size % inner:
@@ -46,13 +41,7 @@ class ParallelDims:
             raise ValueError(
                 f"parallel.dp*tp*pp*cp = {dp}*{tp}*{pp}*{cp} = {dp * inner} but the world size is "
                 f"{world_size}; set parallel.dp=-1 or launch {dp * inner} processes")
-        if cp > 1 and cp_algo == "local":
-            raise ValueError(f"parallel.cp={cp} needs a context-parallel algorithm; set "
-                             "parallel.cp_algo to ring, allgather, ulysses, usp or cad")
-        if cp_algo == "usp":
-            if ulysses < 1 or cp % ulysses:
-                raise ValueError(f"parallel.ulysses={ulysses} must divide parallel.cp={cp} for usp")
-        return ParallelDims(world_size, dp, tp, pp, cp, cp_algo, ulysses)
+        return ParallelDims(world_size, dp, tp, pp, cp)
 
     def coords(self, rank: int) -> dict[str, int]:
         tp_rank = rank % self.tp
@@ -71,7 +60,6 @@ def _groups_along(dims: ParallelDims, axis: str) -> list[list[int]]:
     vary = ("dp", "cp") if axis == "dpcp" else (axis,)
     fixed = [a for a in axes if a not in vary]
     groups = []
-    import itertools
     for fixed_vals in itertools.product(*[range(axes[a]) for a in fixed]):
         base = dict(zip(fixed, fixed_vals))
         ranks = []
@@ -80,6 +68,16 @@ def _groups_along(dims: ParallelDims, axis: str) -> list[list[int]]:
             ranks.append(dims.rank_of(c["dp"], c["pp"], c["cp"], c["tp"]))
         groups.append(sorted(ranks))
     return groups
+
+
+def _ulysses_splits(dims: ParallelDims, u: int) -> tuple[list[list[int]], list[list[int]]]:
+    """USP's sub-groups of every CP group: Ulysses groups of u adjacent CP ranks, and rings of
+    the CP ranks at the same position inside their Ulysses group."""
+    uly, rings = [], []
+    for cp_ranks in _groups_along(dims, "cp"):
+        uly += [cp_ranks[g * u:(g + 1) * u] for g in range(dims.cp // u)]
+        rings += [cp_ranks[i::u] for i in range(u)]
+    return uly, rings
 
 
 @dataclass
@@ -94,12 +92,15 @@ class ParallelState:
     pp_rank: int = 0
     dp_group: object = None
     cp_group: object = None
-    dpcp_group: object = None  # the CAD group: all DP x CP ranks of one (tp, pp) position
-    extra_groups: dict = field(default_factory=dict)
+    dpcp_group: object = None     # the CAD group: all DP x CP ranks of one (tp, pp) position
+    ulysses_group: object = None  # USP only: this rank's Ulysses group inside its CP group
+    ring_group: object = None     # USP only: the ring across Ulysses groups
 
     @staticmethod
-    def create(dims: ParallelDims, device: torch.device | None = None) -> "ParallelState":
-        """Build every group. Must be called on all ranks in the same order (new_group is collective)."""
+    def create(dims: ParallelDims, device: torch.device | None = None,
+               ulysses: int | None = None) -> "ParallelState":
+        """Build every group (USP's when `ulysses` is given). Must be called on all ranks in
+        the same order: creating a group is collective."""
         device = device or torch.device("cpu")
         if not dist.is_initialized():
             if dims.world_size != 1:
@@ -108,17 +109,13 @@ class ParallelState:
         rank = dist.get_rank()
         c = dims.coords(rank)
         st = ParallelState(dims, rank, device, c["dp"], c["cp"], c["tp"], c["pp"])
-        for axis, attr in (("dp", "dp_group"), ("cp", "cp_group"), ("dpcp", "dpcp_group")):
-            for ranks in _groups_along(dims, axis):
+        lists = {"dp_group": _groups_along(dims, "dp"), "cp_group": _groups_along(dims, "cp"),
+                 "dpcp_group": _groups_along(dims, "dpcp")}
+        if ulysses is not None:
+            lists["ulysses_group"], lists["ring_group"] = _ulysses_splits(dims, ulysses)
+        for attr, groups in lists.items():
+            for ranks in groups:
                 g = dist.new_group(ranks)
                 if rank in ranks:
                     setattr(st, attr, g)
         return st
-
-    @property
-    def cp_size(self) -> int:
-        return self.dims.cp
-
-    @property
-    def dp_size(self) -> int:
-        return self.dims.dp

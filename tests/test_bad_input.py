@@ -3,15 +3,15 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
-from distca.config import compose_config
+from distca.config import compose_config, to_typed
 from distca.train import train
-from distca.validate import resolve_dims
+from distca.validate import build_plan
 from tests.train_utils import tiny_cfg
 
 
 def _err(cfg, world=1):
     with pytest.raises(ValueError) as e:
-        resolve_dims(cfg, world)
+        build_plan(to_typed(cfg), world)
     return str(e.value)
 
 
@@ -37,8 +37,13 @@ def test_cp_needs_an_algorithm(tmp_path):
 
 
 def test_unknown_option_value(tmp_path):
-    assert "parallel.cp_algo='bogus'" in _err(tiny_cfg(tmp_path, "parallel.cp_algo=bogus"))
-    assert "train.dtype" in _err(tiny_cfg(tmp_path, "train.dtype=fp8"))
+    """Choice fields are enums: an unknown value fails at composition, listing the choices."""
+    for override, choices in (("parallel.cp_algo=bogus", "local, ring, allgather, ulysses, usp, cad"),
+                              ("train.dtype=fp8", "fp32, bf16")):
+        with pytest.raises(ConfigCompositionException) as e:
+            tiny_cfg(tmp_path, override)
+        text = str(e.value.__cause__)
+        assert override.split("=")[0] in text and choices in text, text
     assert "model.layers" in _err(tiny_cfg(tmp_path, "model.layers=SXS"))
 
 
@@ -57,12 +62,3 @@ def test_missing_data_path(tmp_path):
     cfg = tiny_cfg(tmp_path, "data.source=jsonl", f"data.paths=[{tmp_path}/nope/*.jsonl]")
     with pytest.raises(ValueError, match="data.paths"):
         train(cfg)
-
-
-def test_unbuilt_algorithm_is_a_clear_error(tmp_path, monkeypatch):
-    from parallel.context import api
-    monkeypatch.setitem(api.CORE_ATTENTION, "ring", "parallel.context.does_not_exist:Ring")
-    from parallel.dims import ParallelDims, ParallelState
-    st = ParallelState(ParallelDims.resolve(2, cp=2, cp_algo="ring"), 0, None)
-    with pytest.raises(ValueError, match="parallel.cp_algo='ring' is not implemented"):
-        api.build_core_attention(st)

@@ -14,8 +14,9 @@ import torch
 
 import torch.distributed as dist
 
-from distca.cad.attention import CADAttention
-from distca.cad.planner import server_ranks
+from parallel.cad.attention import CADAttention
+from parallel.cad.planner import server_ranks
+from parallel.config import CADConfig
 from parallel.context.local import LocalCoreAttention
 from parallel.context.shard import build_shard
 from parallel.dims import ParallelDims, ParallelState
@@ -103,16 +104,16 @@ def _worker(rank, world, cases):
     states = {}
     for n, (dp, cp, servers, ping, pattern, tokens, tol, block) in enumerate(cases):
         if (dp, cp) not in states:
-            states[(dp, cp)] = ParallelState.create(ParallelDims.resolve(world, dp=dp, cp=cp,
-                                                                         cp_algo="cad"))
+            states[(dp, cp)] = ParallelState.create(ParallelDims.resolve(world, dp=dp, cp=cp))
         state = states[(dp, cp)]
         doc_lens, qkv, w = dp_stream(1000 * world + n, state.dp_rank, pattern, tokens)
         scale = 0.3
         o_ref, g_ref = reference(doc_lens, qkv, w, scale)
         shard = build_shard(doc_lens, state.cp_rank, cp, "contiguous")
         leaves = [shard.local(x).clone().requires_grad_() for x in qkv]
-        strat = CADAttention(state, {"tolerance": tol, "servers": servers, "block": block,
-                                     "ping_pong": ping, "cost_table": None})
+        strat = CADAttention(state.dpcp_group, state.dp_rank,
+                             CADConfig(tolerance=tol, servers=servers, block=block, ping_pong=ping,
+                                       cost_table="none"))
         o = strat(*leaves, shard, scale)
         (o * shard.local(w)).sum().backward()
         what = (f"rank {rank}/{world} dp={dp} cp={cp} servers={servers} ping_pong={ping} "
@@ -122,7 +123,8 @@ def _worker(rank, world, cases):
             assert_close(x.grad, shard.local(ref), f"d{name} {what}")
         m = strat.last_metrics
         assert set(m) == {"cad_imbalance_before", "cad_imbalance_after", "cad_bytes",
-                          "cad_moved_work", "cad_moved_queries", "cad_block", "cad_plan_ms"}, m
+                          "cad_moved_work", "cad_moved_queries", "cad_block", "cad_server_bytes",
+                          "cad_plan_ms"}, m
         assert m["cad_block"] <= block, (what, m)
         # the planner did its job: with tolerance 0 and small blocks an imbalanced step
         # must come out better balanced, by running attention off the ranks that own it
@@ -164,7 +166,7 @@ def test_cad_without_process_group_matches_local():
     o_ref, g_ref = reference(doc_lens, qkv, w, 0.5)
     shard = build_shard(doc_lens)
     leaves = [x.clone().requires_grad_() for x in qkv]
-    strat = CADAttention(None, {"cost_table": None, "block": 4})
+    strat = CADAttention(options=CADConfig(cost_table="none", block=4))
     o = strat(*leaves, shard, 0.5)
     (o * w).sum().backward()
     assert_close(o.detach(), o_ref, "o")
@@ -181,11 +183,11 @@ def test_cad_without_process_group_matches_local():
     ({"servers": -1}, "servers"),
     ({"ping_pong": "yes"}, "ping_pong"),
     ({"memory_cap": 0}, "memory_cap"),
-    ({"toleranse": 0.1}, "toleranse"),
+    ({"cost_table": "a100"}, "cost_table"),
 ])
 def test_bad_options_name_the_field(options, field):
-    with pytest.raises(ValueError, match=field):
-        CADAttention(None, options)
+    with pytest.raises(ValueError, match=f"parallel.cad.{field}"):
+        CADAttention(options=CADConfig(**options))
 
 
 def test_tensors_not_in_shard_order_are_rejected():
@@ -193,20 +195,21 @@ def test_tensors_not_in_shard_order_are_rejected():
     q = torch.zeros(9, HQ, D)
     k = torch.zeros(9, HKV, D)
     with pytest.raises(ValueError, match="tokens"):
-        CADAttention(None, {"cost_table": None})(q, k, k, shard, 1.0)
+        CADAttention(options=CADConfig(cost_table="none"))(q, k, k, shard, 1.0)
 
 
 def test_step_metrics_cover_every_micro_batch():
     """A step's imbalance is its summed busiest-rank load over its summed mean load (what the
     step's attention time follows), not the last micro-batch's nor the mean of ratios."""
-    from distca.cad.attention import step_metrics
+    from parallel.cad.attention import step_metrics
     mb = [dict(max_before=10.0, mean_before=5.0, max_after=6.0, mean_after=5.0, bytes=100.0,
-               cost=20.0, moved_cost=4.0, moved_queries=7.0, block=64, plan_ms=1.0),
+               cost=20.0, moved_cost=4.0, moved_queries=7.0, block=64, server_bytes=10.0, plan_ms=1.0),
           dict(max_before=6.0, mean_before=6.0, max_after=6.0, mean_after=6.0, bytes=0.0,
-               cost=24.0, moved_cost=0.0, moved_queries=0.0, block=128, plan_ms=2.0)]
+               cost=24.0, moved_cost=0.0, moved_queries=0.0, block=128, server_bytes=30.0, plan_ms=2.0)]
     m = step_metrics(mb)
     assert m["cad_imbalance_before"] == pytest.approx(16 / 11)  # last: 1.0; mean of ratios: 1.5
     assert m["cad_imbalance_after"] == pytest.approx(12 / 11)
     assert m["cad_moved_work"] == pytest.approx(4 / 44)
     assert (m["cad_bytes"], m["cad_moved_queries"], m["cad_block"], m["cad_plan_ms"]) == (100, 7, 64, 3)
+    assert m["cad_server_bytes"] == 30  # the peak over micro-batches, not a sum
     assert step_metrics([]) == {}

@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distca.cad.attention import CADAttention
+from parallel.cad.attention import CADAttention
+from parallel.config import CADConfig
 from parallel.context.local import LocalCoreAttention
 from parallel.context.shard import build_shard
 
@@ -34,7 +35,7 @@ def test_cad_on_gpu_matches_local_attention(ping_pong):
         return [o.detach().float()] + [x.grad.float() for x in leaves]
 
     ref = run(LocalCoreAttention())
-    got = run(CADAttention(None, {"ping_pong": ping_pong, "block": 128}))
+    got = run(CADAttention(options=CADConfig(ping_pong=ping_pong, block=128)))
     for name, a, b in zip(("o", "dq", "dk", "dv"), got, ref):
         # same kernel, same segments up to the ping-pong split: bf16 rounding only
         err = (a - b).abs().max().item()
@@ -44,14 +45,14 @@ def test_cad_on_gpu_matches_local_attention(ping_pong):
 def test_cad_under_activation_checkpointing_on_gpu():
     """A small model with CAD attention, fp32 on the GPU kernels: checkpointing on gives the
     gradients of checkpointing off, and the strategy runs twice per layer, not more."""
-    from distca.config import compose_config
+    from distca.config import compose_config, to_typed
     from distca.loss import next_token_labels
     from distca.model import build_model
     from parallel.context.local import LocalLinearAttention
     dev = torch.device("cuda")
-    mcfg = compose_config(["experiment=tiny", "model.layers=SSS"]).model
+    mcfg = to_typed(compose_config(["experiment=tiny", "model.layers=SSS"])).model
     calls = []
-    cad = CADAttention(None, {"block": 16})
+    cad = CADAttention(options=CADConfig(block=16))
     model = build_model(mcfg, 256, lambda *a: calls.append(1) or cad(*a), LocalLinearAttention(),
                         seed=0).to(dev)
     doc_lens = [900, 31, 1, 300, 200]

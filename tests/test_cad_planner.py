@@ -11,10 +11,10 @@ import time
 import numpy as np
 import pytest
 
-from distca.cad.dispatch import transfers
-from distca.cad.metadata import _payload, decode
-from distca.cad.planner import fitting_block, plan, server_memory, split_halves
-from distca.cad.tasks import (CostModel, TaskTable, causal_pairs, contiguous_pieces,
+from parallel.cad.dispatch import transfers
+from parallel.cad.metadata import _payload, decode
+from parallel.cad.planner import fitting_block, plan, server_memory, split_halves
+from parallel.cad.tasks import (CostModel, TaskTable, causal_pairs, contiguous_pieces,
                               prefix_pairs)
 from distca.data.distributions import sample_doc_lengths
 from parallel.context.shard import build_shard

@@ -1,7 +1,8 @@
 """Training with core attention disaggregation gives the loss of one process (relative
 difference < 1e-5 at step 1, < 1e-4 through step 10), fp32, experiment=tiny, on 4 gloo ranks:
 parallel.cp=4, parallel.dp=2 parallel.cp=2, and parallel.dp=4 (cp=1: CAD still balances
-across the DP replicas). Small blocks and tolerance 0 make the planner split and move
+across the DP replicas), and parallel.cp=4 with parallel.cad.memory_cap set below what the
+uncapped plans hold (the cap binds every step that needs it and is never exceeded). Small blocks and tolerance 0 make the planner split and move
 tasks even at the tiny experiment's 64-token samples; the test checks from the step
 metrics that attention work really ran off the ranks that own it.
 
@@ -17,12 +18,13 @@ from tests.train_utils import assert_parity, losses, mixed_corpus, tiny_cfg
 STEPS = ["train.steps=10", "train.dtype=fp32"]
 CAD = ["parallel.cp_algo=cad", "parallel.cad.block=8", "parallel.cad.tolerance=0.0"]
 LAYOUTS = [(1, 4), (2, 2), (4, 1)]
+MEMORY_CAP = 60000  # bytes per server: below the uncapped peaks at these sizes, above in-place
 
 
 def _cad_runs(rank, world, ref, tmp, data):
     import torch.distributed as dist
 
-    from distca.cad.attention import CADAttention
+    from parallel.cad.attention import CADAttention
     plans = []
     inner = CADAttention._plan_step
 
@@ -32,6 +34,7 @@ def _cad_runs(rank, world, ref, tmp, data):
         return step
 
     CADAttention._plan_step = spy
+    peaks = {}  # the most a server held, per layout
     for dp, cp in LAYOUTS:
         plans.clear()
         cfg = tiny_cfg(f"{tmp}/dp{dp}cp{cp}", *STEPS, *data, *CAD, f"parallel.dp={dp}",
@@ -52,6 +55,14 @@ def _cad_runs(rank, world, ref, tmp, data):
         # every step's samples are imbalanced, and tolerance 0 must move work in each
         assert all(0 < x < 1 for x in moved), f"{label}: share of attention moved per step {moved}"
         assert all(m["cad_imbalance_after"] < m["cad_imbalance_before"] for m in history), label
+        peaks[(dp, cp)] = max(m["cad_server_bytes"] for m in history)
+    cfg = tiny_cfg(f"{tmp}/capped", *STEPS, *data, *CAD, "parallel.cp=4",
+                   f"parallel.cad.memory_cap={MEMORY_CAP}")
+    history = train(cfg)
+    dist.barrier()
+    assert_parity(ref, losses(history), label="cad cp=4 memory_cap")
+    capped = [m["cad_server_bytes"] for m in history]
+    assert max(capped) <= MEMORY_CAP < peaks[(1, 4)], (capped, peaks)
 
 
 @pytest.mark.slow

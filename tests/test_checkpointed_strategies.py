@@ -17,18 +17,17 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from distca.config import compose_config
+from distca.config import compose_config, to_typed
 from distca.loss import next_token_labels
 from distca.model import build_model
-from parallel.context import build_core_attention, build_linear_attention
-from parallel.context.comm_counter import CommCounter
-from parallel.context.shard import build_shard
-from parallel.dims import ParallelDims, ParallelState
+from parallel.config import CADConfig, ModelShape, ParallelConfig
+from benchmarks.comm_counter import CommCounter
+from parallel.plan import ParallelPlan
 from tests.distributed_utils import run_distributed
 
 VOCAB = 64
-CAD_MOVING = {"tolerance": 0.0, "block": 2, "cost_table": None}  # tiny sizes: force moves
-# (label, layers, dp, cp, cp_algo, ulysses, strategy options)
+CAD_MOVING = {"tolerance": 0.0, "block": 2, "cost_table": "none"}  # tiny sizes: force moves
+# (label, layers, dp, cp, cp_algo, ulysses, CAD options)
 CASES = {
     3: [("cad", "SSS", 1, 3, "cad", 1, {**CAD_MOVING}),
         ("cad servers=1", "SSS", 1, 3, "cad", 1, {**CAD_MOVING, "servers": 1}),
@@ -72,21 +71,17 @@ def _grads(model, checkpointing, ids, labels, shard, counters):
 
 
 def _worker(rank, world, cases):
-    states = {}
     for label, layers, dp, cp, algo, ulysses, options in cases:
-        key = (dp, cp, algo, ulysses)
-        if key not in states:  # group creation is collective: same order everywhere
-            states[key] = ParallelState.create(ParallelDims.resolve(world, dp=dp, cp=cp,
-                                                                    cp_algo=algo, ulysses=ulysses))
-        state = states[key]
-        mcfg = compose_config(["experiment=tiny", f"model.layers={layers}"]).model
-        core = Counting(build_core_attention(state, options))
-        linear = Counting(build_linear_attention(state, options))
+        mcfg = to_typed(compose_config(["experiment=tiny", f"model.layers={layers}"])).model
+        pcfg = ParallelConfig(dp=dp, cp=cp, cp_algo=algo, ulysses=ulysses, cad=CADConfig(**options))
+        plan = ParallelPlan(pcfg, ModelShape(mcfg.heads, mcfg.kv_heads, layers), world)
+        plan.setup()  # collective (process groups): same order on every rank
+        core, linear = Counting(plan.core_attention), Counting(plan.linear_attention)
         model = build_model(mcfg, VOCAB, core, linear, seed=0).double().train()
-        doc_lens = DOCS[state.dp_rank % len(DOCS)]
-        g = torch.Generator().manual_seed(state.dp_rank)
+        doc_lens = DOCS[plan.dp_rank % len(DOCS)]
+        g = torch.Generator().manual_seed(plan.dp_rank)
         tokens = torch.randint(0, VOCAB, (sum(doc_lens),), generator=g)
-        shard = build_shard(doc_lens, state.cp_rank, cp, layout=getattr(core, "layout", "contiguous"))
+        shard = plan.build_shard(doc_lens)
         ids, labels = shard.local(tokens), shard.local(next_token_labels(tokens, doc_lens))
         counters = [core, linear]
         plain, _, _ = _grads(model, False, ids, labels, shard, counters)

@@ -10,9 +10,10 @@ size runs every layout:
   cp=4 with the tiny model's 2 KV heads (each KV head replicated onto 2 ranks, trained).
 
 CAD runs also show from their step metrics that attention work really moved off its rank.
-CAD cp=3 also trains in bf16 (autocast, as the presets): its losses must stay within twice
+CAD cp=3 also trains in bf16 (autocast, as the presets): its step-1 loss must be within twice
 the single-process bf16 run's distance from fp32 (the rule TransformerEngine and
-MagiAttention use for low-precision parity), over the 10 steps.
+MagiAttention use for low-precision parity), and its loss curve within 1% of the
+single-process bf16 curve over the 10 steps.
 Softmax layouts train on text documents of mixed lengths (imbalanced ranks); the hybrid
 uses the LASP-2H parity test's settings (stdlib corpus, lr 1e-3: see that file for why).
 """
@@ -57,10 +58,13 @@ def _runs(rank, world, refs, tmp, data):
                                  *fp32_unless_set(overrides)))
         dist.barrier()
         if ref.endswith("_bf16"):
-            fp32, bf16 = refs[ref[:-5]], refs[ref]
-            allowed = 2 * max(abs(a - b) for a, b in zip(bf16, fp32))
-            err = max(abs(a - b) for a, b in zip(losses(history), fp32))
-            assert 0 < allowed < 0.01 and err <= allowed, (label, err, allowed, losses(history))
+            fp32, bf16, got = refs[ref[:-5]], refs[ref], losses(history)
+            # step 1 is numerics only (same weights, same tokens): within twice the single
+            # process's bf16 distance from fp32; later steps also carry the training dynamics,
+            # which amplify any rounding difference, so the curve must stay within 1%
+            assert abs(got[0] - fp32[0]) <= 2 * abs(bf16[0] - fp32[0]) + 1e-6, (label, got, bf16, fp32)
+            assert bf16 != fp32 and got != fp32, f"{label}: did the run use bf16?"
+            assert all(abs(a - b) <= 0.01 * abs(b) for a, b in zip(got, bf16)), (label, got, bf16)
         else:
             assert_parity(refs[ref], losses(history), label=f"{label} (checkpointing on)")
         if "parallel.cp_algo=cad" in overrides:

@@ -9,16 +9,19 @@ single-process fp32 kernel's own error, whatever the number of ranks.
 """
 from __future__ import annotations
 
-import dataclasses
 import random
 
 import pytest
 import torch
 import torch.distributed as dist
 
-from parallel.context.comm_counter import CommCounter
+from parallel.context.allgather import AllGatherAttention
+from benchmarks.comm_counter import CommCounter
 from parallel.context.local import LocalCoreAttention
+from parallel.context.ring import RingAttention
 from parallel.context.shard import build_shard, doc_tables
+from parallel.context.ulysses import UlyssesAttention
+from parallel.context.usp import USPAttention
 from parallel.dims import ParallelDims, ParallelState
 from tests.distributed_utils import run_distributed
 
@@ -53,23 +56,35 @@ def _cases(n: int) -> list[tuple[str, str, int, dict]]:
     return cases
 
 
-def _strategy(algo: str):
-    import importlib
-    mod = {"ring": "ring", "allgather": "allgather", "ulysses": "ulysses", "usp": "usp"}[algo]
-    cls = {"ring": "RingAttention", "allgather": "AllGatherAttention",
-           "ulysses": "UlyssesAttention", "usp": "USPAttention"}[algo]
-    return getattr(importlib.import_module(f"parallel.context.{mod}"), cls)
+def _usp_groups(state, u: int):
+    """(ulysses_group, ring_group) of this rank: the state's own (built by ParallelState.create),
+    or made here for a CP group of the first state.dims.cp ranks. Every rank calls this in the
+    same order (creating a group is collective)."""
+    if state.ulysses_group is not None or not dist.is_initialized():
+        return state.ulysses_group, state.ring_group
+    n, me = state.dims.cp, dist.get_rank()
+    mine = [None, None]
+    for kind, lists in enumerate(([list(range(g * u, (g + 1) * u)) for g in range(n // u)],
+                                  [list(range(i, n, u)) for i in range(u)])):
+        for ranks in lists:
+            grp = dist.new_group(ranks)
+            if me in ranks and me < n:
+                mine[kind] = grp
+    return tuple(mine)
 
 
-def _make_strategy(state, algo, layout, u, options):
-    st = dataclasses.replace(state, dims=ParallelDims.resolve(state.dims.world_size, cp=state.dims.cp,
-                                                              cp_algo=algo, ulysses=u))
-    strategy = _strategy(algo)(st, {**options, "layout": layout})
-    assert strategy.layout == layout
-    return strategy
+def _make_strategy(state, algo, u, options):
+    g = state.cp_group
+    if algo == "ring":
+        return RingAttention(g)
+    if algo == "allgather":
+        return AllGatherAttention(g, **options)
+    if algo == "ulysses":
+        return UlyssesAttention(g)
+    return USPAttention(g, *_usp_groups(state, u), ulysses=u)
 
 
-def _run_case(state, strategy, doc_lens, hq, hkv, dtype, seed):
+def _run_case(state, strategy, layout, doc_lens, hq, hkv, dtype, seed):
     """(max |o - ref|, max |grad - ref grad|) of this rank's tokens; ref is fp64 local."""
     n, r = state.dims.cp, state.cp_rank
     g = torch.Generator().manual_seed(seed)
@@ -87,7 +102,7 @@ def _run_case(state, strategy, doc_lens, hq, hkv, dtype, seed):
     ref = LocalCoreAttention()(*ref_in, full, scale)
     ref_grads = torch.autograd.grad(ref, ref_in, do)
 
-    shard = build_shard(doc_lens, r, n, getattr(strategy, "layout", "contiguous"))
+    shard = build_shard(doc_lens, r, n, layout)
     mine = [shard.local(x).to(dtype).requires_grad_() for x in (q, k, v)]
     o = strategy(*mine, shard, scale)
     assert o.shape == mine[0].shape and o.dtype == dtype
@@ -112,7 +127,7 @@ def _single_process_state():
 def _local_fp32_error(doc_lens, hq, hkv, seed):
     """How far the single-process fp32 kernel is from fp64 (the yardstick for CP fp32)."""
     st = _single_process_state()
-    return _run_case(st, LocalCoreAttention(), doc_lens, hq, hkv, torch.float32, seed)
+    return _run_case(st, LocalCoreAttention(), "contiguous", doc_lens, hq, hkv, torch.float32, seed)
 
 
 def _check_world(state, active: bool):
@@ -123,7 +138,7 @@ def _check_world(state, active: bool):
     if active:
         _check_gather_and_bytes(state)
     for i, (algo, layout, u, options) in enumerate(_cases(n)):
-        strategy = _make_strategy(state, algo, layout, u, options)
+        strategy = _make_strategy(state, algo, u, options)
         if not active:
             continue
         seed = 1000 * n + i
@@ -132,10 +147,10 @@ def _check_world(state, active: bool):
             hq_c, hkv_c = 2 * u, 2 if u % 2 == 0 else 1
         else:
             hq_c, hkv_c = hq, hkv
-        err_o, err_g = _run_case(state, strategy, doc_lens, hq_c, hkv_c, torch.float64, seed)
+        err_o, err_g = _run_case(state, strategy, layout, doc_lens, hq_c, hkv_c, torch.float64, seed)
         assert err_o < 1e-12 and err_g < 1e-12, (algo, layout, u, n, doc_lens, err_o, err_g)
         if layout != "contiguous" or algo == "ulysses":
-            e32 = _run_case(state, strategy, doc_lens, hq_c, hkv_c, torch.float32, seed)
+            e32 = _run_case(state, strategy, layout, doc_lens, hq_c, hkv_c, torch.float32, seed)
             ref32 = _local_fp32_error(doc_lens, hq_c, hkv_c, seed)
             for got, yard, what in zip(e32, ref32, ("output", "grad")):
                 assert got <= FP32_GROWTH * yard, (algo, layout, u, n, what, got, yard)
@@ -148,7 +163,7 @@ def _check_gather_and_bytes(state):
     shard = build_shard(doc_lens, r, n, "zigzag")
     got = shard.gather_global(shard.position_ids.double(), group=state.cp_group)
     assert torch.equal(got, doc_tables(doc_lens)[1].double())
-    ring = _make_strategy(state, "ring", "zigzag", 1, {})
+    ring = RingAttention(state.cp_group)
     hkv, d = 2, 8
     x = [torch.randn(shard.num_tokens, h, d) for h in (4, hkv, hkv)]
     with CommCounter() as c:
@@ -164,18 +179,18 @@ def _worker(rank, world_size):
     for n in range(2, world_size + 1):
         ranks = list(range(n))
         group = dist.new_group(ranks)  # collective: every rank calls it
-        dims = ParallelDims.resolve(n, cp=n, cp_algo="ring")
+        dims = ParallelDims.resolve(n, cp=n)
         state = ParallelState(dims, rank, torch.device("cpu"), cp_rank=rank if rank < n else 0,
                               cp_group=group if rank < n else None)
         _check_world(state, active=rank < n)
     # the real grid: 2 data-parallel replicas of CP=4 (CP groups are not the whole world)
-    dims = ParallelDims.resolve(world_size, dp=2, cp=world_size // 2, cp_algo="usp", ulysses=2)
-    state = ParallelState.create(dims)
+    dims = ParallelDims.resolve(world_size, dp=2, cp=world_size // 2)
+    state = ParallelState.create(dims, ulysses=2)
     hq, hkv = 4, 2
     for algo, layout, u in (("usp", "zigzag", 2), ("ring", "head_tail", 1), ("allgather", "zigzag", 1)):
-        strategy = _make_strategy(state, algo, layout, u, {})
+        strategy = _make_strategy(state, algo, u, {})
         doc_lens = _doc_lens(dims.cp, 77 + state.dp_rank)  # each replica its own documents
-        err = _run_case(state, strategy, doc_lens, hq, hkv, torch.float64, 5 + state.dp_rank)
+        err = _run_case(state, strategy, layout, doc_lens, hq, hkv, torch.float64, 5 + state.dp_rank)
         assert max(err) < 1e-12, (algo, "dp=2", err)
 
 
@@ -189,25 +204,21 @@ def test_cp_attention_matches_reference_world_sizes_2_to_8():
 
 
 def test_bad_configuration_errors_name_the_fix():
-    from parallel.context.ulysses import UlyssesAttention, kv_replication
-    from parallel.context.usp import USPAttention
+    from parallel.context.ulysses import kv_replication
 
     assert kv_replication(8, 2, 4, "parallel.cp") == 2 and kv_replication(8, 8, 4, "parallel.cp") == 1
     with pytest.raises(ValueError, match="query heads cannot be split over parallel.cp=3"):
         kv_replication(8, 2, 3, "parallel.cp")
     with pytest.raises(ValueError, match="KV heads cannot be split over parallel.ulysses=4"):
         kv_replication(12, 6, 4, "parallel.ulysses")
-    st = _single_process_state()
-    with pytest.raises(ValueError, match="layout"):
-        _strategy("ring")(st, {"layout": "spiral"})
     with pytest.raises(ValueError, match="kv_head_groups"):
-        _strategy("allgather")(st, {"kv_head_groups": 0})
-    assert _strategy("ring")(st, {"servers": 3}).layout == "zigzag"  # others' keys are ignored
-    assert UlyssesAttention.layout == "contiguous" and USPAttention.layout == "zigzag"
+        AllGatherAttention(None, kv_head_groups=0)
+    assert UlyssesAttention.default_layout == "contiguous" and USPAttention.default_layout == "zigzag"
+    assert RingAttention.default_layout == "zigzag" == AllGatherAttention.default_layout
     shard = build_shard([6, 4], 1, 2, "zigzag")  # a shard of rank 1 of 2, but no CP group here
     x = torch.zeros(shard.num_tokens, 2, 8)
     with pytest.raises(ValueError, match="build_shard"):
-        _strategy("ring")(st, {})(x, x, x, shard, 0.3)
+        RingAttention()(x, x, x, shard, 0.3)
     with pytest.raises(ValueError, match="tokens"):
         one = build_shard([6, 4], 0, 1, "zigzag")
-        _strategy("allgather")(st, {})(x, x, x, one, 0.3)
+        AllGatherAttention()(x, x, x, one, 0.3)

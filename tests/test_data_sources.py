@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -12,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from distca.data import ByteTokenizer, DataConfig, build_dataset, build_documents
-from distca.data.stdlib_corpus import StdlibCorpus, stdlib_root
+from distca.data.stdlib_corpus import stdlib_root
 
 TEXTS = ["hello world", "ünïcødé ✓ text", "x" * 300, "a\nmulti-line\ndocument\n", "", "last one"]
 

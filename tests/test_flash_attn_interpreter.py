@@ -1,8 +1,8 @@
 """Triton kernels run in Triton's CPU interpreter (fp32) against an fp64 reference.
 
-TRITON_INTERPRET=1 is set per test with monkeypatch; the kernel loader decorates its own copy
-of the kernels in interpreter mode, so these tests do not depend on import order.
-Shapes stay small: the interpreter runs every program in Python.
+Run by test_triton_interpreter.py in a fresh process started with TRITON_INTERPRET=1 (triton's
+own jit helpers must be built in interpreter mode); skipped elsewhere. Shapes stay small: the
+interpreter runs every program in Python.
 """
 from __future__ import annotations
 
@@ -23,15 +23,8 @@ FP32_TOL = 2e-5  # observed ~3e-7; fp32 accumulation order differs from the fp64
 LSE_TOL = 1e-4
 
 
-# Earlier tests in the same process (training runs) leave Triton state that breaks the
-# interpreter, so this module runs in a fresh process via test_flash_attn_triton_cpu.py.
-pytestmark = pytest.mark.skipif(os.environ.get("DISTCA_FRESH_PROCESS") != "1",
-                                reason="run in a fresh process by test_flash_attn_triton_cpu.py")
-
-
-@pytest.fixture(autouse=True)
-def triton_interpreter(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="run by test_triton_interpreter.py (needs TRITON_INTERPRET=1 at start)")
 
 
 def public(q, k, v, cu_q, cu_k, mq, mk, scale, causal):

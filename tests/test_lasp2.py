@@ -88,7 +88,7 @@ def check_case(rank, size, state, layout, mode, pattern, total, seed):
     inputs, gates, w = make_inputs(total, mode, seed)
     o_ref, g_ref = run_case(LocalLinearAttention(), build_shard(doc_lens), inputs, gates, w)
     shard = make_shard(doc_lens, layout, rank, size)
-    o, grads = run_case(Lasp2LinearAttention(state), shard, inputs, gates, w)
+    o, grads = run_case(Lasp2LinearAttention(state.cp_group), shard, inputs, gates, w)
     what = f"rank {rank}/{size} {layout} {mode} {pattern} docs={doc_lens}"
     idx = shard.index
     torch.testing.assert_close(o, o_ref[idx], rtol=1e-10, atol=1e-11, msg=lambda m: f"o {what}: {m}")
@@ -126,7 +126,7 @@ def cp_state(rank, world, size):
         ranks = list(range(first, first + size))
         group = dist.new_group(ranks)
         if rank in ranks:
-            dims = ParallelDims.resolve(size, cp=size, cp_algo="ring" if size > 1 else "local")
+            dims = ParallelDims.resolve(size, cp=size)
             mine = ParallelState(dims, rank, torch.device("cpu"), cp_rank=ranks.index(rank),
                                  cp_group=group)
     return mine

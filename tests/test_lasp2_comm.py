@@ -3,10 +3,9 @@ it is one all-gather per pass, and the forward/backward all-gathers are in fligh
 intra-rank kernel runs (started before it, waited for after it)."""
 from __future__ import annotations
 
-import torch.distributed as dist
-
 import parallel.context.lasp2 as lasp2
-from parallel.context.comm_counter import CommCounter
+from benchmarks.comm_counter import CommCounter
+from parallel import comm
 from parallel.dims import ParallelDims, ParallelState
 from tests.distributed_utils import run_distributed
 from tests.test_lasp2 import H, K, V, make_inputs, make_shard
@@ -21,7 +20,7 @@ def _bytes_per_pass(state, layout, total, rank, size):
     shard = make_shard(doc_lens, layout, rank, size)
     leaves = [x[shard.index].clone().requires_grad_() for x in (q, k, v)]
     g = gates["g"][shard.index].clone().requires_grad_()
-    strategy = lasp2.Lasp2LinearAttention(state)
+    strategy = lasp2.Lasp2LinearAttention(state.cp_group)
     with CommCounter() as fwd:
         o = strategy(*leaves, shard, g=g)
     loss = (o * w[shard.index]).sum()
@@ -30,45 +29,31 @@ def _bytes_per_pass(state, layout, total, rank, size):
     return fwd.bytes_sent, dict(fwd.calls), bwd.bytes_sent, dict(bwd.calls)
 
 
-class _LoggedWork:
-    def __init__(self, work, log):
-        self.work, self.log = work, log
-
-    def wait(self):
-        self.log.append("wait")
-        return self.work.wait()
-
-
 def _event_order(state, rank, size):
     """The order of gather launch, intra kernel, and wait in forward and backward."""
     log = []
-    name = "all_gather_single" if hasattr(dist, "all_gather_single") else "all_gather_into_tensor"
-    gather = getattr(dist, name)
     kernel, kernel_bwd = lasp2.chunk_lightning_attn_forward, lasp2.chunk_lightning_attn_backward
 
-    def logged_gather(*a, **kw):
-        assert kw.get("async_op"), "the state all-gather must be asynchronous"
-        log.append("gather")
-        return _LoggedWork(gather(*a, **kw), log)
+    def collective(event):
+        log.append({"all_gather_into_tensor": "gather", "wait": "wait"}.get(event.op, event.op))
 
-    setattr(dist, name, logged_gather)
     lasp2.chunk_lightning_attn_forward = lambda *a, **kw: log.append("kernel") or kernel(*a, **kw)
     lasp2.chunk_lightning_attn_backward = (lambda *a, **kw: log.append("intra backward")
                                            or kernel_bwd(*a, **kw))
     try:
-        (q, k, v), gates, w = make_inputs(30, "g_gamma", 6)
-        shard = make_shard([30], "zigzag", rank, size)
-        leaves = [x[shard.index].clone().requires_grad_() for x in (q, k, v)]
-        o = lasp2.Lasp2LinearAttention(state)(*leaves, shard, g_gamma=gates["g_gamma"])
-        (o * w[shard.index]).sum().backward()
+        with comm.observe(collective):
+            (q, k, v), gates, w = make_inputs(30, "g_gamma", 6)
+            shard = make_shard([30], "zigzag", rank, size)
+            leaves = [x[shard.index].clone().requires_grad_() for x in (q, k, v)]
+            o = lasp2.Lasp2LinearAttention(state.cp_group)(*leaves, shard, g_gamma=gates["g_gamma"])
+            (o * w[shard.index]).sum().backward()
     finally:
-        setattr(dist, name, gather)
         lasp2.chunk_lightning_attn_forward, lasp2.chunk_lightning_attn_backward = kernel, kernel_bwd
     return log
 
 
 def _worker(rank, size):
-    state = ParallelState.create(ParallelDims.resolve(size, cp=size, cp_algo="ring"))
+    state = ParallelState.create(ParallelDims.resolve(size, cp=size))
     for layout in ("contiguous", "zigzag"):
         short = _bytes_per_pass(state, layout, 4 * size + 1, rank, size)
         long = _bytes_per_pass(state, layout, 40 * size + 7, rank, size)

@@ -8,7 +8,6 @@ inherit TRITON_INTERPRET=1 from the environment of the spawn (restored afterward
 from __future__ import annotations
 
 import pytest
-import torch
 import torch.distributed as dist
 
 from parallel.context.lasp2 import Lasp2LinearAttention
@@ -25,7 +24,7 @@ def rel_err(got, ref):
 
 def _worker(rank, size):
     from kernels.lightning_attn.interface import uses_triton
-    state = ParallelState.create(ParallelDims.resolve(size, cp=size, cp_algo="ring"))
+    state = ParallelState.create(ParallelDims.resolve(size, cp=size))
     doc_lens = [20, 7, 37]
     for layout in ("contiguous", "zigzag"):
         for mode in ("g", "g_gamma"):
@@ -34,7 +33,7 @@ def _worker(rank, size):
             shard = make_shard(doc_lens, layout, rank, size)
             f32 = [x.float() for x in inputs]
             assert uses_triton(f32[0]), "expected the Triton kernel (interpreter) for CPU fp32"
-            o, grads = run_case(Lasp2LinearAttention(state), shard, f32,
+            o, grads = run_case(Lasp2LinearAttention(state.cp_group), shard, f32,
                                 {n: x.float() for n, x in gates.items()}, w.float())
             idx = shard.index
             errs = {"o": rel_err(o, o_ref[idx])}

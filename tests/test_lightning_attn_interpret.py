@@ -1,9 +1,8 @@
 """The Triton kernels under Triton's CPU interpreter, fp32, against the fp64 dense reference:
 outputs, final states and every gradient (q, k, v, g, g_gamma, initial_state).
 
-These need TRITON_INTERPRET=1 before triton is first imported, so in a normal run they are
-skipped here and executed by `test_lightning_attn_triton_cpu.py` in a subprocess.
-Small chunks (16 tokens) and segments (2 chunks) reach every path at small sizes: sequences
+Run by test_triton_interpreter.py in a fresh process started with TRITON_INTERPRET=1 (triton's
+own jit helpers must be built in interpreter mode); skipped elsewhere. Small chunks (16 tokens) and segments (2 chunks) reach every path at small sizes: sequences
 shorter than, equal to and just past a chunk and a segment, ragged tails, 1-token and empty
 documents, V split into several blocks, head dims that are not powers of two.
 """
@@ -12,14 +11,11 @@ import os
 import pytest
 import torch
 
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET", "0") != "1",
-                                reason="needs TRITON_INTERPRET=1 (run through "
-                                       "test_lightning_attn_triton_cpu.py)")
+from kernels.lightning_attn import chunk_lightning_attn, chunked, lightning_attn_reference, uses_triton
+from kernels.lightning_attn.chunked import chunk_lightning_attn_triton
 
-if os.environ.get("TRITON_INTERPRET", "0") == "1":
-    from kernels.lightning_attn import chunk_lightning_attn, lightning_attn_reference, uses_triton
-    from kernels.lightning_attn import chunked
-    from kernels.lightning_attn.chunked import chunk_lightning_attn_triton
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="run by test_triton_interpreter.py (needs TRITON_INTERPRET=1 at start)")
 
 TOL = 2e-5  # fp32 arithmetic against fp64; measured errors are ~1e-7 (dg_gamma ~1e-6)
 

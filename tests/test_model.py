@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from distca.config import compose_config
+from distca.config import compose_config, to_typed
 from distca.loss import chunked_cross_entropy_sum, next_token_labels
 from distca.model import build_model
 from parallel.context.local import LocalCoreAttention, LocalLinearAttention
@@ -13,7 +13,7 @@ from parallel.context.shard import build_shard
 
 def _model(layers, decay="head", seed=0):
     cfg = compose_config(["experiment=tiny", f"model.layers={layers}", f"model.linear_decay={decay}"])
-    return build_model(cfg.model, 64, LocalCoreAttention(), LocalLinearAttention(), seed).double()
+    return build_model(to_typed(cfg).model, 64, LocalCoreAttention(), LocalLinearAttention(), seed).double()
 
 
 @pytest.mark.parametrize("layers,decay", [("SSSS", "head"), ("LLLL", "head"), ("LSLS", "token"), ("LL", "none")])

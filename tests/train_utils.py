@@ -27,17 +27,20 @@ def assert_parity(ref, got, step1_rtol=1e-5, rtol=1e-4, label=""):
         assert abs(a - b) <= tol * abs(a), f"{label} step {i + 1}: {a} vs {b} (rel {abs(a - b) / abs(a):.2e})"
 
 
+WORDS = ("the plan cuts attention into tasks and every rank serves its share of queries keys "
+         "values documents tokens layers ranks balance step loss gradient shard ring gather").split()
+
+
 def mixed_corpus(path: Path) -> list[str]:
-    """Overrides for a JSONL corpus of text documents of mixed lengths (slices of this
-    repository's source), so samples hold different document mixes and ranks really are
-    imbalanced: the tiny stdlib corpus cuts every 64-token sample from one long file, which
-    CP layouts imbalance but DP ones do not."""
-    src = (Path(__file__).resolve().parent.parent / "distca" / "cad" / "planner.py").read_text()
+    """Overrides for a JSONL corpus of text documents of mixed lengths (seeded random words,
+    so no edit elsewhere changes it): samples hold different document mixes and ranks really
+    are imbalanced, where the tiny stdlib corpus cuts every 64-token sample from one long
+    file, which CP layouts imbalance but DP ones do not."""
     rng = np.random.default_rng(0)
     with open(path, "w") as f:
         for _ in range(400):
             n = int(rng.choice([rng.integers(3, 20), rng.integers(20, 60), rng.integers(60, 200)],
                                p=[0.5, 0.35, 0.15]))
-            a = int(rng.integers(0, len(src) - n))
-            f.write(json.dumps({"text": src[a:a + n]}) + "\n")
+            text = " ".join(rng.choice(WORDS, size=n // 4 + 1))[:n]
+            f.write(json.dumps({"text": text}) + "\n")
     return ["data=jsonl", f"data.paths=[{path}]", "data.max_documents=-1", "data.seq_len=64"]

@@ -1,11 +1,37 @@
 """The config schema. YAML groups under configs/ extend these dataclasses; an override of a
-field that does not exist is a Hydra error naming the key, so typos never pass silently."""
+field that does not exist is a Hydra error naming the key, so typos never pass silently, and
+a choice field (an enum) rejects an unknown value at composition, listing the choices.
+The `parallel` section is defined in `parallel/config.py` (what `parallel/` consumes lives
+there, so it never imports the trainer); `data` in `distca/data/config.py`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Optional
 
 from distca.data.config import DataConfig
+from parallel.config import Choice, ParallelConfig
+
+
+class Dtype(Choice):
+    fp32 = "fp32"
+    bf16 = "bf16"   # autocast; master weights stay fp32
+
+
+class Device(Choice):
+    auto = "auto"   # cuda when a GPU is visible
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class LinearDecay(Choice):
+    head = "head"    # a constant log-decay per head (TransNormerLLM slopes)
+    token = "token"  # data-dependent, per token
+    none = "none"
+
+
+class WandbMode(Choice):
+    online = "online"
+    offline = "offline"
 
 
 @dataclass
@@ -21,7 +47,7 @@ class ModelConfig:
     vocab_size: int = -1        # -1: the tokenizer's, padded to a multiple of 64
     rope_theta: float = 500000.0
     norm_eps: float = 1e-5
-    linear_decay: str = "head"  # head (constant per head) | token (data-dependent) | none
+    linear_decay: LinearDecay = LinearDecay.head
     tie_embeddings: bool = False
     init_std: float = 0.02
     loss_chunk_tokens: int = 4096
@@ -29,32 +55,11 @@ class ModelConfig:
 
 
 @dataclass
-class CADConfig:
-    tolerance: float = 0.1      # servers balanced to within (1 + tolerance) x the mean cost
-    servers: int = 0            # 0: every rank serves in place; K > 0: K dedicated servers
-    block: int = 128            # cuts on multiples of this (the kernel's tile); halved per step
-                                # while pieces are too short to balance at it (metric cad_block)
-    ping_pong: bool = True
-
-
-@dataclass
-class ParallelConfig:
-    dp: int = -1                # -1: the rest of the world
-    tp: int = 1
-    pp: int = 1
-    cp: int = 1
-    cp_algo: str = "local"      # local | ring | allgather | ulysses | usp | cad
-    ulysses: int = 1            # ulysses degree inside usp (cp = ulysses x ring)
-    zero_stage: int = 0         # 0: torch DDP; 1-3: DeepSpeed ZeRO
-    cad: CADConfig = field(default_factory=CADConfig)
-
-
-@dataclass
 class TrainConfig:
     steps: int = 200
     global_batch_size: int = 8  # samples per optimizer step
     micro_batch_size: int = 1   # samples per forward/backward on one rank
-    dtype: str = "fp32"         # fp32 | bf16 (autocast; master weights stay fp32)
+    dtype: Dtype = Dtype.fp32
     seed: int = 0
     lr: float = 3e-3
     min_lr_ratio: float = 0.1
@@ -63,11 +68,12 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
-    device: str = "auto"        # auto (cuda when present) | cpu | cuda
+    device: Device = Device.auto
     # bitwise-reproducible GPU kernels (distca/determinism.py): the attention backward takes
     # its two-kernel path, torch its deterministic ops; off by default because it is slower
     deterministic: bool = False
     log_every: int = 1
+    collective_timeout_s: int = 1800  # a collective waiting longer for a peer fails the run
 
 
 @dataclass
@@ -76,7 +82,7 @@ class LoggerConfig:
     project: str = "distca"
     entity: Optional[str] = None
     name: Optional[str] = None
-    mode: str = "online"        # online | offline (W&B's own modes); WANDB_MODE overrides
+    mode: WandbMode = WandbMode.online  # W&B's own modes; the WANDB_MODE variable overrides
     progress: bool = True       # console progress bar (rank 0)
 
 

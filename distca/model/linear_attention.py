@@ -53,9 +53,3 @@ class LinearAttention(nn.Module):
         of = of * torch.rsqrt(of.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm_weight.float()
         o = of.to(x.dtype).reshape(t, self.heads * self.head_dim)
         return self.out(o * torch.sigmoid(self.gate(x)))
-
-
-def linear_flops_per_token(heads: int, head_dim: int) -> float:
-    """Forward FLOPs of the recurrence per token: state update k v^T and readout q S."""
-    return 4.0 * heads * head_dim * head_dim
-

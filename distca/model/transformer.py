@@ -42,16 +42,15 @@ class HybridLM(nn.Module):
         super().__init__()
         self.cfg = mcfg
         dim, heads = mcfg.hidden, mcfg.heads
-        head_dim = mcfg.head_dim if mcfg.head_dim > 0 else dim // heads
-        self.head_dim = head_dim
+        self.head_dim = hd = head_dim(mcfg)
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, dim)
         blocks = []
         for i, kind in enumerate(mcfg.layers):
             if kind == "S":
-                mixer = SoftmaxAttention(dim, heads, mcfg.kv_heads, head_dim, core_attention)
+                mixer = SoftmaxAttention(dim, heads, mcfg.kv_heads, hd, core_attention)
             else:
-                mixer = LinearAttention(dim, heads, head_dim, linear_attention, mcfg.linear_decay,
+                mixer = LinearAttention(dim, heads, hd, linear_attention, mcfg.linear_decay,
                                         i, len(mcfg.layers))
             blocks.append(Block(dim, mcfg.ffn_hidden, mixer, mcfg.norm_eps))
         self.blocks = nn.ModuleList(blocks)
@@ -92,22 +91,27 @@ class HybridLM(nn.Module):
         return n - self.embed.weight.numel() if exclude_embedding and not self.cfg.tie_embeddings else n
 
 
-def validate_model_config(mcfg, tp: int = 1) -> None:
-    """Errors name the field and the fix, before any process group or allocation."""
+def head_dim(mcfg) -> int:
+    """model.head_dim, or hidden // heads when it is -1."""
+    return mcfg.head_dim if mcfg.head_dim > 0 else mcfg.hidden // mcfg.heads
+
+
+def validate_model_config(mcfg) -> None:
+    """Errors name the field and the fix, before any process group or allocation. Rules that
+    involve parallel degrees (heads vs tp, ulysses) are the parallel plan's."""
     if not mcfg.layers or set(mcfg.layers) - {"S", "L"}:
         raise ValueError(f"model.layers={mcfg.layers!r} must be a non-empty string of 'S' (softmax) "
                          "and 'L' (linear attention), e.g. SSSS or LLLS")
+    if mcfg.kv_heads < 1 or mcfg.heads < 1:
+        raise ValueError(f"model.heads={mcfg.heads} and model.kv_heads={mcfg.kv_heads} must be >= 1")
     if mcfg.heads % mcfg.kv_heads:
         raise ValueError(f"model.heads={mcfg.heads} is not a multiple of model.kv_heads={mcfg.kv_heads}")
     if mcfg.head_dim <= 0 and mcfg.hidden % mcfg.heads:
         raise ValueError(f"model.hidden={mcfg.hidden} is not divisible by model.heads={mcfg.heads}; "
                          "set model.head_dim explicitly")
-    if mcfg.heads % tp or mcfg.kv_heads % tp:
-        raise ValueError(f"model.heads={mcfg.heads} and model.kv_heads={mcfg.kv_heads} must be divisible "
-                         f"by parallel.tp={tp}; choose a tp that divides both")
-    hd = mcfg.head_dim if mcfg.head_dim > 0 else mcfg.hidden // mcfg.heads
-    if hd % 2:
-        raise ValueError(f"head dim {hd} must be even for RoPE; change model.hidden/model.heads or model.head_dim")
+    if head_dim(mcfg) % 2:
+        raise ValueError(f"head dim {head_dim(mcfg)} must be even for RoPE; change model.hidden/model.heads "
+                         "or model.head_dim")
 
 
 def build_model(mcfg, vocab_size: int, core_attention, linear_attention, seed: int) -> HybridLM:

@@ -1,5 +1,6 @@
 """Public entry points: flash-attn's varlen calling convention, dispatched by device.
 
+The path follows kernels/triton_loader.py's convention (shared with every op):
 - CUDA tensors (fp16, bf16, fp32) run the Triton kernels (triton_attention.py); on Hopper
   (sm_90), 16-bit inputs that TMA can address run their Gluon versions (gluon_*.py).
 - CPU fp32/fp16 tensors with TRITON_INTERPRET=1 run the same Triton kernels in Triton's
@@ -13,20 +14,16 @@ from __future__ import annotations
 import torch
 
 from kernels.flash_attn.block_config import SUPPORTED_HEAD_DIMS
-from kernels.flash_attn.kernel_loader import interpreter_requested
 from kernels.flash_attn.reference import (attention_varlen_reference,
                                           attention_varlen_reference_backward,
                                           merge_partials_reference)
 from kernels.flash_attn.validation import check_attention_inputs, check_partials
+from kernels.triton_loader import triton_mode
 
 
 def _use_triton(q: torch.Tensor) -> tuple[bool, bool]:
     """(run the Triton kernels, in the interpreter)."""
-    if q.is_cuda:
-        return q.dtype in (torch.float16, torch.bfloat16, torch.float32), False
-    if q.device.type == "cpu" and interpreter_requested():
-        return q.dtype in (torch.float16, torch.float32), True
-    return False, False
+    return triton_mode(q, (torch.float16, torch.bfloat16, torch.float32))
 
 
 def flash_attn_varlen_func(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k,

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels.precision import accumulator_dtype
+
 
 def _segment_scores(qs: torch.Tensor, ks: torch.Tensor, scale: float, causal: bool) -> torch.Tensor:
     """Scaled scores [h, m, n] of one segment, -inf where the bottom-right causal mask hides a key."""
@@ -38,7 +40,7 @@ def attention_varlen_reference(
     hkv = k.shape[1]
     group = hq // hkv
     scale = softmax_scale if softmax_scale is not None else d ** -0.5
-    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc_dtype = accumulator_dtype(q.dtype)
     outs, lses = [], []
     cq = cu_seqlens_q.tolist()
     ck = cu_seqlens_k.tolist()
@@ -87,7 +89,7 @@ def attention_varlen_reference_backward(
     hkv = k.shape[1]
     group = hq // hkv
     scale = softmax_scale if softmax_scale is not None else d ** -0.5
-    acc_dtype = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc_dtype = accumulator_dtype(q.dtype)
     dq = torch.zeros(q.shape, dtype=acc_dtype, device=q.device)
     dk = torch.zeros(k.shape, dtype=acc_dtype, device=q.device)
     dv = torch.zeros(v.shape, dtype=acc_dtype, device=q.device)
@@ -124,7 +126,7 @@ def merge_partials_reference(
 
     Works in fp32 (fp64 for fp64 input); partials with lse = -inf contribute nothing.
     """
-    acc = torch.float64 if lses[0].dtype == torch.float64 else torch.float32
+    acc = accumulator_dtype(lses[0].dtype)
     lse_stack = torch.stack([l.to(acc) for l in lses])  # [P, H, T]
     # logsumexp by hand: torch.logsumexp's gradient is NaN where every partial is -inf
     # (a query that no rank's keys reach), and that NaN would flow back into the kernels.

@@ -15,7 +15,7 @@ With a = 2**30 the first term is -(2**30) * st modulo 2**64; with b = start + le
 r = 2**30 - length + row it sums to (start + row) * st, and r < 2**30 (the dimension's size)
 holds exactly for row < length.
 
-GPU only (sm_90+). Loaded by kernel_loader like the kernel files, so the helpers are built in
+GPU only (sm_90+). Loaded by kernels/triton_loader.py like the kernel files, so the helpers are built in
 the same mode (compiled or interpreted) as the kernels that call them.
 """
 import triton

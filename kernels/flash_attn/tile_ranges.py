@@ -1,7 +1,7 @@
 """Device helpers every Triton attention kernel shares: which program does what, and which
 tiles of the other side a tile meets.
 
-Loaded by kernel_loader like the kernel files, so the helpers are built in the same mode
+Loaded by kernels/triton_loader.py like the kernel files, so the helpers are built in the same mode
 (compiled or interpreted) as the kernels that call them. The Gluon kernels have their own
 copies in gluon_tma.py (Gluon functions call only Gluon functions).
 """

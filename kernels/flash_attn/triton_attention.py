@@ -11,8 +11,8 @@ import math
 import torch
 
 from kernels.flash_attn.block_config import AttentionConfigs, select_configs
-from kernels.flash_attn.kernel_loader import load_kernels
 from kernels.flash_attn.schedule import tile_schedule
+from kernels.triton_loader import load_kernels
 
 LOG2E = 1.4426950408889634
 
@@ -77,14 +77,14 @@ def _tile_sources(cfg, interpret: bool, *boxes: tuple[torch.Tensor, int]):
     tensors = tuple(t for t, _ in boxes)
     if not (cfg.tma and _tma_usable(interpret, *tensors)):
         return False, tensors
-    make = load_kernels("segment_tma", False).segment_descriptor
+    make = load_kernels("kernels.flash_attn.segment_tma", False).segment_descriptor
     return True, tuple(make(t, rows) for t, rows in boxes)
 
 
 def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
                       configs: AttentionConfigs, interpret: bool):
     """Returns o, lse and the q-tile schedule (which dq can reuse when its tiles match)."""
-    kernels = load_kernels("triton_forward", interpret)
+    kernels = load_kernels("kernels.flash_attn.triton_forward", interpret)
     total_q, hq, d = q.shape
     hkv = k.shape[1]
     o = torch.empty_like(q)
@@ -118,7 +118,7 @@ def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: flo
     """dq, dk, dv: the dK/dV and dQ kernels that each recompute P (deterministic), or, when
     configs.fused is set (and, for a Gluon one, Gluon can run), one kernel that adds dQ into
     an fp32 buffer."""
-    kernels = load_kernels("triton_backward", interpret)
+    kernels = load_kernels("kernels.flash_attn.triton_backward", interpret)
     total_q, hq, d = q.shape
     total_k, hkv, _ = k.shape
     dq = torch.empty_like(q)
@@ -232,7 +232,7 @@ def _fused_backward(do, q, k, v, lse, delta, dq, dk, dv, cu_q, cu_k, softmax_sca
         dq.copy_(dq_acc)  # the kernel already applied the softmax scale
         return
     cfg = _triton_tiles(cfg)
-    kernels = load_kernels("triton_backward_fused", interpret)
+    kernels = load_kernels("kernels.flash_attn.triton_backward_fused", interpret)
     # K/V stay pointer loads (once per program): through TMA they raised register spills
     use_tma, descs = _tile_sources(cfg, interpret, (q, cfg.block_cols), (do, cfg.block_cols), (dq_acc, cfg.block_cols))
     kernels.attention_backward_fused_kernel[(schedule.shape[0] * hkv,)](

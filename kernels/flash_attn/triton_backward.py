@@ -21,14 +21,14 @@ Triton 3.6 it measured slower than this pair (benchmarks/results/attention_h100.
 import triton
 import triton.language as tl
 
-from kernels.flash_attn.kernel_loader import interpreter_requested, load_kernels
+from kernels.triton_loader import interpreter_requested, load_kernels
 
-_ranges = load_kernels("tile_ranges", interpreter_requested())
+_ranges = load_kernels("kernels.flash_attn.tile_ranges", interpreter_requested())
 query_program = _ranges.query_program
 segment_extent = _ranges.segment_extent
 keys_of_query_tile = _ranges.keys_of_query_tile
 queries_of_key_tile = _ranges.queries_of_key_tile
-_tma = load_kernels("segment_tma", interpreter_requested())
+_tma = load_kernels("kernels.flash_attn.segment_tma", interpreter_requested())
 load_segment_rows = _tma.load_segment_rows
 load_query_and_grad_rows = _tma.load_query_and_grad_rows
 

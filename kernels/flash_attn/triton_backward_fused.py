@@ -24,12 +24,12 @@ triton_backward.py, which also holds the delta kernel this one relies on.
 import triton
 import triton.language as tl
 
-from kernels.flash_attn.kernel_loader import interpreter_requested, load_kernels
+from kernels.triton_loader import interpreter_requested, load_kernels
 
-_ranges = load_kernels("tile_ranges", interpreter_requested())
+_ranges = load_kernels("kernels.flash_attn.tile_ranges", interpreter_requested())
 segment_extent = _ranges.segment_extent
 queries_of_key_tile = _ranges.queries_of_key_tile
-_tma = load_kernels("segment_tma", interpreter_requested())
+_tma = load_kernels("kernels.flash_attn.segment_tma", interpreter_requested())
 load_segment_rows = _tma.load_segment_rows
 load_query_and_grad_rows = _tma.load_query_and_grad_rows
 add_segment_rows = _tma.add_segment_rows

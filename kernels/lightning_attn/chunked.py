@@ -12,18 +12,29 @@ import os
 import torch
 import triton
 
-from kernels.lightning_attn.triton_backward import dkv_kernel, dq_kernel
-from kernels.lightning_attn.triton_backward_split import (dk_split_kernel, dq_split_kernel,
-                                                          dv_split_kernel)
-from kernels.lightning_attn.triton_common import INTERPRET, launch
-from kernels.lightning_attn.triton_forward import (output_kernel, segment_scan_kernel,
-                                                   segment_state_kernel)
+from kernels.triton_loader import load_kernels, triton_mode
 
 MAX_HEAD_DIM = 256  # a K x V-slice fp32 state lives in registers
 _SCAN_BLOCK = 1024
 # "split" (three kernels carrying state slices) or "fused" (two kernels carrying whole
 # states; they spill registers at K = V = 128). The benchmark measures both.
 BACKWARD = os.environ.get("DISTCA_LIGHTNING_BWD", "split")
+
+
+class Kernels:
+    """The kernel files of this op built for one mode (compiled or interpreted)."""
+
+    def __init__(self, interpret: bool):
+        self.interpret = interpret
+        self.forward = load_kernels("kernels.lightning_attn.triton_forward", interpret)
+        self.backward_fused = load_kernels("kernels.lightning_attn.triton_backward", interpret)
+        self.backward_split = load_kernels("kernels.lightning_attn.triton_backward_split", interpret)
+        self.common = load_kernels("kernels.lightning_attn.triton_common", interpret)
+
+
+@functools.lru_cache(maxsize=2)
+def kernels_for(interpret: bool) -> Kernels:
+    return Kernels(interpret)
 
 
 @functools.lru_cache(maxsize=None)
@@ -77,6 +88,8 @@ class _Plan:
     """Everything about the problem's layout that forward and backward share."""
 
     def __init__(self, q, v, cu_seqlens, chunk, chunks_per_segment, block):
+        _, interpret = triton_mode(q, (torch.float16, torch.bfloat16, torch.float32))
+        self.k = kernels_for(interpret)  # the kernels for this input's mode
         b, t, h, kd = q.shape
         vd = v.shape[-1]
         self.B, self.T, self.H, self.K, self.V = b, t, h, kd, vd
@@ -106,7 +119,7 @@ class _Plan:
         if q.dtype != torch.float32:
             self.dot_prec = "tf32"  # unused: 16-bit operands
         else:
-            self.dot_prec = "ieee" if INTERPRET else "tf32x3"
+            self.dot_prec = "ieee" if self.k.interpret else "tf32x3"
         self.dims = dict(K=kd, V=vd, BK=self.BK, BVF=self.BVF, BKF=self.BK)
 
     def grid_over(self, dim):
@@ -115,7 +128,7 @@ class _Plan:
 
     def run(self, kernel, dim, args, meta):
         """Launch a tuned kernel with one program per (segment, head, slice of `dim`)."""
-        launch(kernel, self.grid_over(dim), args, meta, self.dims, self.block)
+        self.k.common.launch(kernel, self.grid_over(dim), args, meta, self.dims, self.block)
 
     def scan_grid(self):
         return (self.N * self.H, triton.cdiv(self.K * self.V, _SCAN_BLOCK))
@@ -135,7 +148,7 @@ def _scan(plan, m_in, a_seg, init, reverse):
     s_out = torch.empty_like(m_in)
     final = torch.empty(plan.N, plan.H, plan.K, plan.V, dtype=torch.float32,
                         device=m_in.device)
-    segment_scan_kernel[plan.scan_grid()](
+    plan.k.forward.segment_scan_kernel[plan.scan_grid()](
         m_in, a_seg, init if init is not None else m_in, s_out, final, plan.seq_seg,
         plan.H, plan.K * plan.V, BLOCK=_SCAN_BLOCK, HAS_INIT=init is not None,
         REVERSE=reverse)
@@ -146,7 +159,7 @@ def _segment_sums(plan, a, b, decay, g32, gamma32, scale, from_start, a_seg):
     m = torch.empty(plan.S, plan.H, plan.K, plan.V, dtype=torch.float32, device=a.device)
     meta = dict(K=plan.K, V=plan.V, BT=plan.BT, BK=plan.BK, DECAY=decay,
                 FROM_START=from_start, DOT_PREC=plan.dot_prec)
-    plan.run(segment_state_kernel, plan.V,
+    plan.run(plan.k.forward.segment_state_kernel, plan.V,
              (a, b, g32, gamma32, plan.seg_bos, plan.seg_eos, m, a_seg, scale, plan.H), meta)
     return m
 
@@ -161,7 +174,7 @@ def forward(q, k, v, decay, g32, gamma32, scale, initial_state, plan):
     del m
     o = torch.empty(plan.TT, plan.H, plan.V, dtype=q.dtype, device=q.device)
     meta = dict(K=plan.K, V=plan.V, BT=plan.BT, BK=plan.BK, DECAY=decay, DOT_PREC=plan.dot_prec)
-    plan.run(output_kernel, plan.V,
+    plan.run(plan.k.forward.output_kernel, plan.V,
              (q, k, v, o, g32, gamma32, plan.seg_bos, plan.seg_eos, s_seg, scale, plan.H), meta)
     return o, final, s_seg, a_seg
 
@@ -187,13 +200,13 @@ def backward(q, k, v, do, dfinal, decay, g32, gamma32, scale, s_seg, a_seg, plan
     dv = torch.empty(tt, h, plan.V, dtype=v.dtype, device=dev)
     meta = dict(K=plan.K, V=plan.V, BT=plan.BT, BVF=plan.BVF, DECAY=decay, NEED_DG=need_dg,
                 DOT_PREC=plan.dot_prec)
-    plan.run(dq_split_kernel, plan.K,
+    plan.run(plan.k.backward_split.dq_split_kernel, plan.K,
              (q, k, v, do, dq, dgq, g32, gamma32, plan.seg_bos, plan.seg_eos, s_seg, scale,
               tt, h), meta)
-    plan.run(dk_split_kernel, plan.K,
+    plan.run(plan.k.backward_split.dk_split_kernel, plan.K,
              (q, k, v, do, dk, dgk, g32, gamma32, plan.seg_bos, plan.seg_eos, e_seg, scale,
               tt, h), meta)
-    plan.run(dv_split_kernel, plan.V,
+    plan.run(plan.k.backward_split.dv_split_kernel, plan.V,
              (q, k, do, dv, g32, gamma32, plan.seg_bos, plan.seg_eos, e_seg, scale, h),
              dict(K=plan.K, V=plan.V, BT=plan.BT, BKF=plan.BK, DECAY=decay,
                   DOT_PREC=plan.dot_prec))
@@ -215,17 +228,17 @@ def _backward_fused(q, k, v, do, dfinal, decay, g32, gamma32, scale, s_seg, a_se
                       device=dev)
     dgk = torch.empty_like(dgq)
     dm = torch.empty_like(s_seg)
-    opts = {} if INTERPRET else {"num_warps": 8 if plan.BK * bv >= 128 * 128 else 4,
+    opts = {} if plan.k.interpret else {"num_warps": 8 if plan.BK * bv >= 128 * 128 else 4,
                                  "num_stages": 2}
     meta = dict(K=plan.K, V=plan.V, BT=plan.BT, BK=plan.BK, BV=bv, DECAY=decay,
                 NEED_DG=need_dg, DOT_PREC=plan.dot_prec, **opts)
     grid = (plan.S * h * nv,)
-    dq_kernel[grid](q, k, v, do, dq, dgq, g32, gamma32, plan.seg_bos, plan.seg_eos, s_seg, dm,
+    plan.k.backward_fused.dq_kernel[grid](q, k, v, do, dq, dgq, g32, gamma32, plan.seg_bos, plan.seg_eos, s_seg, dm,
                     scale, tt, h, **meta)
     dfin = None if dfinal is None else dfinal.to(torch.float32).contiguous()
     e_seg, dinit = _scan(plan, dm, a_seg, dfin, reverse=True)
     del dm
-    dkv_kernel[grid](q, k, v, do, dk, dv, dgk, g32, gamma32, plan.seg_bos, plan.seg_eos, e_seg,
+    plan.k.backward_fused.dkv_kernel[grid](q, k, v, do, dk, dv, dgk, g32, gamma32, plan.seg_bos, plan.seg_eos, e_seg,
                      scale, tt, h, **meta)
     dq = dq[0] if nv == 1 else dq.sum(0).to(q.dtype)
     dk = dk[0] if nv == 1 else dk.sum(0).to(k.dtype)

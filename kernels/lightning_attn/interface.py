@@ -1,29 +1,24 @@
 """Public entry point: checks the inputs, then picks the Triton kernel or the torch reference.
 
-Dispatch: CUDA tensors (fp16/bf16/fp32) run the Triton kernels; CPU tensors run them too
-under TRITON_INTERPRET=1 (fp16/fp32: the interpreter's bf16 matmuls are wrong); everything
-else, fp64 included, runs the differentiable dense torch reference.
+Dispatch follows kernels/triton_loader.py's convention (shared with every op): CUDA tensors
+(fp16/bf16/fp32) run the Triton kernels; CPU fp16/fp32 tensors run them in Triton's
+interpreter under TRITON_INTERPRET=1 (read at call time); everything else, fp64 included,
+runs the differentiable dense torch reference.
 """
 from __future__ import annotations
-
-import os
 
 import torch
 
 from kernels.lightning_attn.reference import lightning_attn_reference
 from kernels.lightning_attn.validation import validate_inputs
+from kernels.triton_loader import triton_mode
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
 def uses_triton(q: torch.Tensor) -> bool:
     """Whether `chunk_lightning_attn` would run the Triton kernels for this q."""
-    if q.dtype not in _TRITON_DTYPES:
-        return False
-    if q.is_cuda:
-        return True
-    return (q.device.type == "cpu" and os.environ.get("TRITON_INTERPRET", "0") == "1"
-            and q.dtype != torch.bfloat16)
+    return triton_mode(q, _TRITON_DTYPES)[0]
 
 
 def chunk_lightning_attn(q, k, v, g_gamma=None, g=None, scale=None, initial_state=None,

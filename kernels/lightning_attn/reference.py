@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from kernels.precision import accumulator_dtype
+
 
 def _log_decay(g_gamma, g, b, t, h, device, dtype):
     """Per-step log-decay [B, T, H] from either form (or zeros for no decay)."""
@@ -43,7 +45,7 @@ def lightning_attn_reference(q, k, v, g_gamma=None, g=None, scale=None, initial_
     """Same signature and shapes as `chunk_lightning_attn`; see the module docstring."""
     b, t, h, kd = q.shape
     scale = kd ** -0.5 if scale is None else scale
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = accumulator_dtype(q.dtype)
     gl = _log_decay(g_gamma, g, b, t, h, q.device, acc)
     qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
     s0 = initial_state.to(acc) if initial_state is not None else None
@@ -76,7 +78,7 @@ def lightning_attn_recurrent_reference(q, k, v, g_gamma=None, g=None, scale=None
     b, t, h, kd = q.shape
     vd = v.shape[-1]
     scale = kd ** -0.5 if scale is None else scale
-    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    acc = accumulator_dtype(q.dtype)
     gl = _log_decay(g_gamma, g, b, t, h, q.device, acc)
     qa, ka, va = q.to(acc), k.to(acc), v.to(acc)
     if cu_seqlens is None:

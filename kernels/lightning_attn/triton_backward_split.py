@@ -18,7 +18,14 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from kernels.lightning_attn.triton_common import chunk_log_decay, load_rows, store_rows, tuned
+from kernels.triton_loader import interpreter_requested, load_kernels
+
+# the helpers built in the same mode as this file (see kernels/triton_loader.py)
+_common = load_kernels("kernels.lightning_attn.triton_common", interpreter_requested())
+chunk_log_decay = _common.chunk_log_decay
+load_rows = _common.load_rows
+store_rows = _common.store_rows
+tuned = _common.tuned
 
 
 @triton.jit

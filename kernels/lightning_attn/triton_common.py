@@ -17,8 +17,10 @@ import os
 import triton
 import triton.language as tl
 
-# Triton reads TRITON_INTERPRET when it is imported; we follow the same value.
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+from kernels.triton_loader import interpreter_requested
+
+# Loaded per mode by kernels/triton_loader.py: the mode this copy is built for.
+INTERPRET = interpreter_requested()
 
 
 @triton.jit

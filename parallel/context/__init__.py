@@ -1,5 +1,5 @@
 """Context parallelism: the shard (which tokens a rank owns) and the attention strategies."""
-from parallel.context.api import build_core_attention, build_linear_attention
 from parallel.context.shard import Shard, build_shard
+from parallel.context.strategy import Strategy
 
-__all__ = ["Shard", "build_shard", "build_core_attention", "build_linear_attention"]
+__all__ = ["Shard", "Strategy", "build_shard"]

@@ -8,12 +8,9 @@ computes. A query piece (document d, offset s, m tokens) attends to document d's
 Backward gathers K/V again (memory stays capped), recomputes, and reduce-scatters dK/dV
 (in fp32) to their owners, overlapping each group's reduce-scatter with the next group.
 
-Works with any shard layout; the default `zigzag` balances causal work across ranks.
-
-Options read (all optional):
-    layout:          "zigzag" (default), "head_tail" or "contiguous" (`strategy.layout`).
-    kv_head_groups:  number of KV-head groups gathered one after another (default 2,
-                     capped at the number of KV heads). 1 gathers everything at once.
+Works with any shard layout; its default `zigzag` balances causal work across ranks.
+`kv_head_groups` (`parallel.kv_head_groups`, default 2, capped at the number of KV heads):
+KV-head groups gathered one after another; 1 gathers everything at once.
 """
 from __future__ import annotations
 
@@ -22,10 +19,10 @@ from dataclasses import dataclass
 import torch
 
 from kernels.flash_attn import flash_attn_varlen_func
-from parallel.context.attend import acc_dtype
+from kernels.precision import accumulator_dtype as acc_dtype
 from parallel.context.collectives import all_gather_padded, group_size_rank, reduce_scatter_padded
 from parallel.context.shard import Shard, _ranges
-from parallel.context.strategy_options import check_call, read_layout, read_positive_int
+from parallel.context.strategy import Strategy, check_call
 
 
 @dataclass
@@ -140,21 +137,19 @@ def _finish(scattering, dk, dv, t: int) -> None:
     dv[:, a:b] = mine[:t, 1]
 
 
-class AllGatherAttention:
-    layout = "zigzag"
+class AllGatherAttention(Strategy):
+    default_layout = "zigzag"
 
-    def __init__(self, state=None, options: dict | None = None):
-        options = options or {}
-        self.state = state
-        self.group = getattr(state, "cp_group", None)
-        self.layout = read_layout(options, type(self).layout, "AllGatherAttention")
-        self.kv_head_groups = read_positive_int(options, "kv_head_groups", 2, "AllGatherAttention")
+    def __init__(self, group=None, kv_head_groups: int = 2):
+        if isinstance(kv_head_groups, bool) or not isinstance(kv_head_groups, int) or kv_head_groups < 1:
+            raise ValueError(f"parallel.kv_head_groups={kv_head_groups!r} must be an integer >= 1 "
+                             "(1 gathers all K/V heads at once)")
+        self.group = group  # the CP group (None: one rank)
+        self.kv_head_groups = kv_head_groups
 
     def __call__(self, q, k, v, shard: Shard, softmax_scale: float) -> torch.Tensor:
         n, r = group_size_rank(self.group)
         check_call(q, k, v, shard, n, r, "AllGatherAttention")
-        key = ("allgather", str(q.device))
-        if key not in shard._cache:
-            shard._cache[key] = build_gather_plan(shard, q.device)
-        return _AllGatherAttention.apply(q, k, v, shard._cache[key], self.group,
-                                         self.kv_head_groups, softmax_scale)
+        plan = shard.memo(("allgather", str(q.device)), lambda: build_gather_plan(shard, q.device))
+        return _AllGatherAttention.apply(q, k, v, plan, self.group, self.kv_head_groups,
+                                         softmax_scale)

@@ -11,46 +11,29 @@ Linear attention (linear layers):
     q/k [T_local, H, K], v [T_local, H, V]; g_gamma [H] constant log-decay or
     g [T_local, H] per-token log-decay; state resets at every document start.
 
-Strategies are classes constructed as `Cls(state: ParallelState, options: dict)`; they are
-looked up lazily by name so an algorithm that is not built yet fails with a clear error.
+Every strategy is a `Strategy` (strategy.py): its default shard layout, the layouts it runs
+on, and `step_metrics()`. Its constructor takes the process groups and typed options it
+needs; `ParallelPlan` (parallel/plan.py) builds the one the config names, from this table.
 """
 from __future__ import annotations
 
-import importlib
+from parallel.cad.attention import CADAttention
+from parallel.config import CPAlgo
+from parallel.context.allgather import AllGatherAttention
+from parallel.context.lasp2 import Lasp2LinearAttention
+from parallel.context.local import LocalCoreAttention, LocalLinearAttention
+from parallel.context.ring import RingAttention
+from parallel.context.strategy import Strategy
+from parallel.context.ulysses import UlyssesAttention
+from parallel.context.usp import USPAttention
 
-CORE_ATTENTION = {
-    "local": "parallel.context.local:LocalCoreAttention",
-    "ring": "parallel.context.ring:RingAttention",
-    "allgather": "parallel.context.allgather:AllGatherAttention",
-    "ulysses": "parallel.context.ulysses:UlyssesAttention",
-    "usp": "parallel.context.usp:USPAttention",
-    "cad": "distca.cad.attention:CADAttention",
+CORE_ATTENTION: dict[CPAlgo, type[Strategy]] = {
+    CPAlgo.local: LocalCoreAttention,
+    CPAlgo.ring: RingAttention,
+    CPAlgo.allgather: AllGatherAttention,
+    CPAlgo.ulysses: UlyssesAttention,
+    CPAlgo.usp: USPAttention,
+    CPAlgo.cad: CADAttention,
 }
-LINEAR_ATTENTION = {
-    "local": "parallel.context.local:LocalLinearAttention",
-    "lasp2": "parallel.context.lasp2:Lasp2LinearAttention",
-}
-
-
-def _load(table: dict, name: str, field: str):
-    if name not in table:
-        raise ValueError(f"{field}={name!r} is unknown; choose one of {tuple(table)}")
-    mod, cls = table[name].split(":")
-    try:
-        return getattr(importlib.import_module(mod), cls)
-    except (ImportError, AttributeError) as e:  # the algorithm is not in this build yet
-        raise ValueError(f"{field}={name!r} is not implemented in this build ({e}); "
-                         f"use {field}=local with parallel.cp=1") from e
-
-
-def build_core_attention(state, options: dict | None = None):
-    """The softmax core-attention strategy for this layout (state.dims.cp_algo)."""
-    algo = state.dims.cp_algo if state.dims.cp > 1 or state.dims.cp_algo == "cad" else "local"
-    return _load(CORE_ATTENTION, algo, "parallel.cp_algo")(state, options or {})
-
-
-def build_linear_attention(state, options: dict | None = None):
-    """Linear layers use LASP-2 whenever cp > 1, whatever the softmax layers use."""
-    name = "lasp2" if state.dims.cp > 1 else "local"
-    return _load(LINEAR_ATTENTION, name, "linear attention (parallel.cp>1 needs LASP-2)")(
-        state, options or {})
+# linear layers: LASP-2 whenever cp > 1, whatever the softmax layers use
+LINEAR_ATTENTION = {"local": LocalLinearAttention, "lasp2": Lasp2LinearAttention}

@@ -16,11 +16,6 @@ from kernels.flash_attn import flash_attn_varlen_func, merge_attention_partials
 from parallel.context.block_plan import BlockPlan
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Merges and gradient accumulators: fp32, or fp64 for fp64 inputs (exact tests)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _rows(x: torch.Tensor, rows: torch.Tensor | None, dim: int = 0) -> torch.Tensor:
     return x if rows is None else x.index_select(dim, rows)
 

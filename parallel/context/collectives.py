@@ -1,6 +1,6 @@
 """Communication pieces shared by the context-parallel strategies.
 
-Collectives are called as `dist.<name>` so `comm_counter.CommCounter` sees them.
+Collectives go through parallel/comm.py (observable by measuring tools).
 A `None` group means "not distributed" (a CP group of one rank); everything degrades to
 local copies so the strategies run unchanged in a single process.
 """
@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-# batch_isend_irecv tells sends from receives by identity with these two functions, so the
-# P2POps must carry the originals even while a CommCounter has wrapped `dist.isend`.
-from torch.distributed.distributed_c10d import irecv as _irecv, isend as _isend
+
+from parallel import comm
 
 
 def group_size_rank(group) -> tuple[int, int]:
@@ -24,7 +23,7 @@ def all_to_all_rows(x: torch.Tensor, out_rows: list[int], in_rows: list[int], gr
     if group_size_rank(group)[0] == 1:
         return x
     out = x.new_empty((sum(out_rows),) + tuple(x.shape[1:]))
-    dist.all_to_all_single(out, x.contiguous(), list(out_rows), list(in_rows), group=group)
+    comm.all_to_all_single(out, x.contiguous(), out_rows, in_rows, group)
     return out
 
 
@@ -67,14 +66,12 @@ class RingP2P:
 
     def start(self, send: torch.Tensor, recv: torch.Tensor, tag: int = 0) -> _Pending:
         send = send.contiguous()
-        ops = [dist.P2POp(_isend, send, group=self.group, tag=tag, group_peer=self.next),
-               dist.P2POp(_irecv, recv, group=self.group, tag=tag, group_peer=self.prev)]
         if self.stream is not None:
             self.stream.wait_stream(torch.cuda.current_stream(send.device))
             with torch.cuda.stream(self.stream):
-                reqs = dist.batch_isend_irecv(ops)
+                reqs = comm.exchange_with_neighbours(send, recv, self.group, self.next, self.prev, tag)
         else:
-            reqs = dist.batch_isend_irecv(ops)
+            reqs = comm.exchange_with_neighbours(send, recv, self.group, self.next, self.prev, tag)
         return _Pending(reqs, send, recv, self.stream)
 
     @staticmethod
@@ -102,7 +99,7 @@ def all_gather_padded(x: torch.Tensor, pad_rows: int, group, async_op: bool = Fa
     if n == 1:
         return buf.unsqueeze(0), None
     out = buf.new_empty((n * pad_rows,) + tuple(buf.shape[1:]))
-    work = _all_gather_single()(out, buf, group=group, async_op=async_op)
+    work = comm.all_gather_into_tensor(out, buf, group, async_op=async_op)
     return out.view((n,) + tuple(buf.shape)), work
 
 
@@ -112,15 +109,5 @@ def reduce_scatter_padded(x: torch.Tensor, group, async_op: bool = False):
     if n == 1:
         return x[0], None
     out = x.new_empty(tuple(x.shape[1:]))
-    work = _reduce_scatter_single()(out, x.flatten(0, 1).contiguous(), group=group, async_op=async_op)
+    work = comm.reduce_scatter_tensor(out, x.flatten(0, 1).contiguous(), group, async_op=async_op)
     return out, work
-
-
-# torch renamed the flat-tensor collectives (all_gather_into_tensor -> all_gather_single);
-# look them up at call time so either name works and CommCounter's wrappers are seen
-def _all_gather_single():
-    return getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-
-
-def _reduce_scatter_single():
-    return getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor

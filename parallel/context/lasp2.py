@@ -20,7 +20,10 @@ import torch
 import torch.distributed as dist
 
 from kernels.lightning_attn import chunk_lightning_attn_backward, chunk_lightning_attn_forward
-from parallel.context.lasp2_plan import Lasp2Plan, plan_from_shard
+from kernels.precision import accumulator_dtype
+from parallel import comm
+from parallel.context.lasp2_plan import LAYOUT_SLOTS, Lasp2Plan, plan_from_shard
+from parallel.context.strategy import Strategy
 from parallel.context.lasp2_states import (META, add_cross_output, cross_grads, decays_from,
                                            pack_states, prefix_grads, prefix_weights, unpack_meta)
 
@@ -31,9 +34,7 @@ def _start_all_gather(send: torch.Tensor, group):
         return send, None
     size = dist.get_world_size(group)
     out = send.new_empty((size * send.shape[0],) + tuple(send.shape[1:]))
-    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    work = gather(out, send.contiguous(), group=group, async_op=True)
-    return out, work
+    return out, comm.all_gather_into_tensor(out, send.contiguous(), group, async_op=True)
 
 
 def _intra(q, k, v, g_gamma, g, cu_seqlens, scale):
@@ -63,7 +64,7 @@ class _Lasp2Function(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, g_gamma, g, plan: Lasp2Plan, cu_seqlens, scale: float, group,
                 rank: int):
-        acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+        acc = accumulator_dtype(q.dtype)
         t, h, kd = q.shape
         vd = v.shape[-1]
         gl = decays_from(g_gamma, g, t, h, q.device, acc)
@@ -121,30 +122,22 @@ class _Lasp2Function(torch.autograd.Function):
         return (*grads, None, None, None, None, None)
 
 
-class Lasp2LinearAttention:
+class Lasp2LinearAttention(Strategy):
     """Linear-attention strategy for cp > 1: `strategy(q, k, v, shard, g_gamma, g, scale) -> o`.
 
     q/k [T_local, H, K], v [T_local, H, V], g_gamma [H] or g [T_local, H] (log-decays <= 0),
     in the shard's local order. The shard may use the contiguous or the zigzag layout.
     """
+    layouts = tuple(LAYOUT_SLOTS)
 
-    def __init__(self, state, options: dict | None = None):
-        self.state = state
-        self.options = dict(options or {})
-        self._plan_for = (None, None)  # (shard, plan): the plan costs a host sync, reuse it
-
-    def _group(self):
-        group = getattr(self.state, "cp_group", None) if self.state is not None else None
-        if group is None:
-            return None, 0, 1
-        return group, dist.get_rank(group), dist.get_world_size(group)
+    def __init__(self, group=None):
+        self.group = group  # the CP group (None: one rank)
 
     def __call__(self, q, k, v, shard, g_gamma=None, g=None, scale=None):
         _check_inputs(q, k, v, shard, g_gamma, g)
-        group, rank, size = self._group()
-        if self._plan_for[0] is not shard:
-            self._plan_for = (shard, plan_from_shard(shard, rank, size))
-        plan = self._plan_for[1]
+        group = self.group
+        rank, size = (dist.get_rank(group), dist.get_world_size(group)) if group is not None else (0, 1)
+        plan = shard.memo(("lasp2", rank, size), lambda: plan_from_shard(shard, rank, size))
         scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
         return _Lasp2Function.apply(q, k, v, g_gamma, g, plan, shard.cu_seqlens.to(q.device), scale,
                                     group, rank)

@@ -45,8 +45,7 @@ def plan_from_shard(shard, group_rank: int, group_size: int) -> Lasp2Plan:
     """Derive the segments of this rank from its shard; errors name the field and the fix."""
     if shard.layout not in LAYOUT_SLOTS:
         raise ValueError(f"shard.layout={shard.layout!r} is not supported by LASP-2; use one of "
-                         f"{tuple(LAYOUT_SLOTS)} (set the softmax parallel.cp_algo to one whose "
-                         "layout is contiguous or zigzag)")
+                         f"{tuple(LAYOUT_SLOTS)} (parallel.cp_layout=zigzag or contiguous)")
     if shard.cp_size != group_size or shard.cp_rank != group_rank:
         raise ValueError(f"shard is for cp rank {shard.cp_rank} of {shard.cp_size} but this rank is "
                          f"{group_rank} of {group_size} in state.cp_group; build the shard with "

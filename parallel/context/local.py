@@ -1,15 +1,13 @@
 """Single-rank strategies: the whole micro-batch is local, pieces are whole documents."""
 from __future__ import annotations
 
-import torch
 
 from kernels.flash_attn import flash_attn_varlen_func
 from kernels.lightning_attn import chunk_lightning_attn
+from parallel.context.strategy import Strategy
 
 
-class LocalCoreAttention:
-    def __init__(self, state=None, options: dict | None = None):
-        self.state = state
+class LocalCoreAttention(Strategy):
 
     def __call__(self, q, k, v, shard, softmax_scale: float):
         cu = shard.cu_seqlens.to(q.device)
@@ -17,9 +15,7 @@ class LocalCoreAttention:
         return flash_attn_varlen_func(q, k, v, cu, cu, m, m, softmax_scale=softmax_scale, causal=True)
 
 
-class LocalLinearAttention:
-    def __init__(self, state=None, options: dict | None = None):
-        self.state = state
+class LocalLinearAttention(Strategy):
 
     def __call__(self, q, k, v, shard, g_gamma=None, g=None, scale=None):
         cu = shard.cu_seqlens.to(q.device)

@@ -10,12 +10,8 @@ Backward rotates the blocks again and sends each block's dK/dV accumulator (fp32
 with it; after N hops it arrives back at the block's owner. The accumulator exchange of
 step s overlaps the compute of step s+1.
 
-Works for any shard layout (the peers' shards are rebuilt from the layout); the default
+Works for any shard layout (the peers' shards are rebuilt from the layout); its default
 `zigzag` balances causal work and matches LASP-2 in hybrid models.
-
-Options read (all optional):
-    layout: "zigzag" (default), "head_tail" or "contiguous": the shard layout the trainer
-            should build for this strategy (`strategy.layout`).
 """
 from __future__ import annotations
 
@@ -23,11 +19,12 @@ from dataclasses import dataclass
 
 import torch
 
-from parallel.context.attend import acc_dtype, attend_block, attend_block_backward, merge_into
+from kernels.precision import accumulator_dtype as acc_dtype
+from parallel.context.attend import attend_block, attend_block_backward, merge_into
 from parallel.context.block_plan import BlockPlan, plan_block
 from parallel.context.collectives import RingP2P, group_size_rank
 from parallel.context.shard import Shard
-from parallel.context.strategy_options import check_call, read_layout
+from parallel.context.strategy import Strategy, check_call
 
 _TAG_KV, _TAG_DKV = 11, 12
 
@@ -119,13 +116,11 @@ def ring_attention(q, k, v, plan: RingPlan, p2p: RingP2P, scale: float) -> torch
     return _RingAttention.apply(q, k, v, plan, p2p, scale)
 
 
-class RingAttention:
-    layout = "zigzag"
+class RingAttention(Strategy):
+    default_layout = "zigzag"
 
-    def __init__(self, state=None, options: dict | None = None):
-        self.state = state
-        self.group = getattr(state, "cp_group", None)
-        self.layout = read_layout(options or {}, type(self).layout, "RingAttention")
+    def __init__(self, group=None):
+        self.group = group  # the CP group (None: one rank)
         self._p2p = None
 
     def __call__(self, q, k, v, shard: Shard, softmax_scale: float) -> torch.Tensor:
@@ -133,7 +128,6 @@ class RingAttention:
         check_call(q, k, v, shard, n, r, "RingAttention")
         if self._p2p is None:
             self._p2p = RingP2P(self.group, q.device)
-        key = ("ring", str(q.device))
-        if key not in shard._cache:
-            shard._cache[key] = build_ring_plan(shard, shard.peers(), r, q.device)
-        return ring_attention(q, k, v, shard._cache[key], self._p2p, softmax_scale)
+        plan = shard.memo(("ring", str(q.device)),
+                          lambda: build_ring_plan(shard, shard.peers(), r, q.device))
+        return ring_attention(q, k, v, plan, self._p2p, softmax_scale)

@@ -49,6 +49,13 @@ class Shard:
     # __init__ argument, so copies (Shard(...), dataclasses.replace, .to) start empty.
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
+    def memo(self, key, build):
+        """A value derived from this shard (a strategy's plan for it), built on first use: the
+        trainer hands one shard to every layer of a micro-batch, so it is built once."""
+        if key not in self._cache:
+            self._cache[key] = build()
+        return self._cache[key]
+
     @property
     def num_tokens(self) -> int:
         return int(self.index.numel())
@@ -111,7 +118,7 @@ class Shard:
         """All-gather every rank's local tensor (dim 0 in local order) over the CP group and
         return it in global stream order on every rank. Not differentiable: for labels,
         metrics, checks and debugging, not for the model's forward pass."""
-        import torch.distributed as dist  # local import: shards are built without distributed
+        from parallel import comm  # local import: shards are built without distributed
 
         if self.cp_size == 1:
             return x_local.index_select(0, self.inverse_index().to(x_local.device))
@@ -120,7 +127,7 @@ class Shard:
         buf = x_local.new_zeros((pad,) + tuple(x_local.shape[1:]))
         buf[:x_local.shape[0]] = x_local
         out = [torch.empty_like(buf) for _ in sizes]
-        dist.all_gather(out, buf.contiguous(), group=group)
+        comm.all_gather(out, buf.contiguous(), group)
         cat = torch.cat([o[:n] for o, n in zip(out, sizes)])
         return cat.index_select(0, self.inverse_index().to(cat.device))
 

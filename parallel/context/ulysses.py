@@ -8,13 +8,11 @@ sequence shards. Communication per rank is about 4/N of the activations, indepen
 Heads: the query heads must divide over the N ranks. With grouped-query attention, when N
 exceeds the KV heads each KV head is replicated N/Hkv times (so every rank still gets the
 KV head its query heads use); KV heads that neither divide N nor are divided by it are an
-error naming the fix. Works with any shard layout (default `contiguous`).
+error naming the fix (raised by the plan at config time). Works with any shard layout
+(default `contiguous`).
 
 The same machinery serves USP (usp.py): there the "group" is a Ulysses group of
 `parallel.ulysses` ranks and the gathered tokens are the union of their shards.
-
-Options read (all optional):
-    layout: "contiguous" (default), "zigzag" or "head_tail" (`strategy.layout`).
 """
 from __future__ import annotations
 
@@ -25,7 +23,7 @@ import torch
 from kernels.flash_attn import flash_attn_varlen_func
 from parallel.context.collectives import all_to_all_rows_autograd, group_size_rank
 from parallel.context.shard import Shard, shard_from_index
-from parallel.context.strategy_options import check_call, read_layout
+from parallel.context.strategy import Strategy, check_call
 
 
 def kv_replication(hq: int, hkv: int, n: int, field: str) -> int:
@@ -86,22 +84,18 @@ def replicate_kv(k, v, rep: int):
     return k.repeat_interleave(rep, 1), v.repeat_interleave(rep, 1)
 
 
-class UlyssesAttention:
-    layout = "contiguous"
+class UlyssesAttention(Strategy):
+    default_layout = "contiguous"
 
-    def __init__(self, state=None, options: dict | None = None):
-        self.state = state
-        self.group = getattr(state, "cp_group", None)
-        self.layout = read_layout(options or {}, type(self).layout, "UlyssesAttention")
+    def __init__(self, group=None):
+        self.group = group  # the CP group (None: one rank)
 
     def __call__(self, q, k, v, shard: Shard, softmax_scale: float) -> torch.Tensor:
         n, r = group_size_rank(self.group)
         check_call(q, k, v, shard, n, r, "UlyssesAttention")
         k, v = replicate_kv(k, v, kv_replication(q.shape[1], k.shape[1], n, "parallel.cp"))
-        key = ("ulysses", str(q.device))
-        if key not in shard._cache:
-            shard._cache[key] = build_union(shard, list(range(n)), q.device)
-        plan: UnionPlan = shard._cache[key]
+        plan: UnionPlan = shard.memo(("ulysses", str(q.device)),
+                                     lambda: build_union(shard, list(range(n)), q.device))
         qh, kh, vh = seq_to_heads(q, k, v, plan.rows, self.group)
         qh, kh, vh = (x.index_select(0, plan.order) for x in (qh, kh, vh))
         cu, m = plan.union.cu_seqlens, plan.union.max_piece_len

@@ -5,54 +5,57 @@ shard's pieces; every rank plans the same step from the all-gathered metadata; q
 to attention servers in one all-to-all, o comes back in another. Plans and layouts are
 computed once per micro-batch (per shard object) and reused by every layer.
 
-Options (from `parallel.cad.*`):
-  tolerance   servers end within (1 + tolerance) x the mean attention cost   (0.1)
-  servers     0: every rank serves in place; K: K dedicated servers           (0)
-  block       shard boundaries on multiples of this many tokens, at most      (128)
-              (halved per step while one block would cost more than half the
-              tolerance band: planner.fitting_block; the block used is a metric)
-  ping_pong   two halves, one's communication overlapping the other's kernel (True)
+Options: `parallel.config.CADConfig` (`parallel.cad.*`), checked by `check_cad_config`:
+  tolerance   servers end within (1 + tolerance) x the mean attention cost
+  servers     0: every rank serves in place; K: K dedicated servers
+  block       cuts on multiples of this many tokens, at most (halved per step while one
+              block would cost more than half the tolerance band: planner.fitting_block;
+              the block used is the cad_block metric)
+  ping_pong   two halves, one's communication overlapping the other's kernel
   memory_cap  bytes a server may hold for attention inputs/outputs; None = no cap
   cost_table  "auto": the committed H100 measurement on a CUDA device, causal FLOPs
               elsewhere (at CPU test sizes the table's padded-tile price of short tasks
-              leaves nothing worth moving); "h100", a JSON path, or None (FLOPs)  ("auto")
+              leaves nothing worth moving); "h100", "none" (FLOPs), or a JSON path
 """
 from __future__ import annotations
 
+import os
 import time
 import weakref
 
 import numpy as np
 import torch.distributed as dist
 
-from distca.cad.dispatch import build_layout, transfers
-from distca.cad.metadata import gather_pieces
-from distca.cad.pingpong import CADFunction, StepRuntime
-from distca.cad.planner import fitting_block, plan, split_halves
-from distca.cad.tasks import CostModel
+from parallel.cad.dispatch import build_layout, transfers
+from parallel.cad.metadata import gather_pieces
+from parallel.cad.pingpong import CADFunction, StepRuntime
+from parallel.cad.planner import fitting_block, plan, server_memory, split_halves
+from parallel.cad.tasks import CostModel
+from parallel.config import CADConfig
+from parallel.context.strategy import Strategy
 
-DEFAULTS = {"tolerance": 0.1, "servers": 0, "block": 128, "ping_pong": True,
-            "memory_cap": None, "cost_table": "auto"}
+COST_TABLES = ("auto", "h100", "none")
 
 
-def _check_options(options: dict, group_size: int) -> dict:
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"CAD options {sorted(unknown)} are unknown; use {sorted(DEFAULTS)}")
-    o = {**DEFAULTS, **{k: v for k, v in options.items() if v is not None or k == "memory_cap"}}
-    if not isinstance(o["tolerance"], (int, float)) or o["tolerance"] < 0:
-        raise ValueError(f"parallel.cad.tolerance={o['tolerance']!r} must be a number >= 0")
-    if isinstance(o["block"], bool) or int(o["block"]) != o["block"] or o["block"] < 1:
-        raise ValueError(f"parallel.cad.block={o['block']!r} must be a positive integer (e.g. 128)")
-    s = o["servers"]
-    if isinstance(s, bool) or int(s) != s or not 0 <= s <= group_size:
-        raise ValueError(f"parallel.cad.servers={s!r} must be an integer in [0, {group_size}] "
-                         "(0 = every rank serves in place)")
-    if not isinstance(o["ping_pong"], bool):
-        raise ValueError(f"parallel.cad.ping_pong={o['ping_pong']!r} must be true or false")
-    if o["memory_cap"] is not None and not o["memory_cap"] > 0:
-        raise ValueError(f"parallel.cad.memory_cap={o['memory_cap']!r} must be > 0 bytes or null")
-    return o
+def check_cad_config(c: CADConfig, group_size: int) -> None:
+    """Errors name the field (parallel.cad.*) and the fix; the plan calls this at config time."""
+    if isinstance(c.tolerance, bool) or not isinstance(c.tolerance, (int, float)) or c.tolerance < 0:
+        raise ValueError(f"parallel.cad.tolerance={c.tolerance!r} must be a number >= 0 "
+                         "(0.1: servers within 10% of the mean)")
+    if isinstance(c.block, bool) or not isinstance(c.block, int) or c.block < 1:
+        raise ValueError(f"parallel.cad.block={c.block!r} must be a positive integer (e.g. 128)")
+    s = c.servers
+    if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s <= group_size:
+        raise ValueError(f"parallel.cad.servers={s!r} must be an integer in [0, {group_size}] (the CAD "
+                         "group is parallel.dp x parallel.cp ranks; 0 = every rank serves in place)")
+    if not isinstance(c.ping_pong, bool):
+        raise ValueError(f"parallel.cad.ping_pong={c.ping_pong!r} must be true or false")
+    if c.memory_cap is not None and (isinstance(c.memory_cap, bool) or not c.memory_cap > 0):
+        raise ValueError(f"parallel.cad.memory_cap={c.memory_cap!r} must be > 0 bytes, or null for no cap")
+    t = c.cost_table
+    if not isinstance(t, str) or (t not in COST_TABLES and not os.path.isfile(t)):
+        raise ValueError(f"parallel.cad.cost_table={t!r} must be one of {COST_TABLES} or the path of a "
+                         "JSON table written by benchmarks/profile_attention_cost.py")
 
 
 # Plans kept per strategy: the current micro-batch and a few before it, so schedules that
@@ -88,19 +91,20 @@ def step_metrics(totals: list[dict]) -> dict:
             "cad_moved_work": ratio("moved_cost", "cost"),
             "cad_moved_queries": add("moved_queries"),
             "cad_block": float(min(t["block"] for t in totals)),
+            "cad_server_bytes": float(max(t["server_bytes"] for t in totals)),
             "cad_plan_ms": add("plan_ms")}
 
 
-class CADAttention:
-    layout = "contiguous"  # any layout works (CAD reads the shard's pieces); this one is cheapest
+class CADAttention(Strategy):
+    default_layout = "contiguous"  # any layout works (CAD reads the shard's pieces); cheapest
 
-    def __init__(self, state, options: dict | None = None):
-        self.state = state
-        self.group = getattr(state, "dpcp_group", None) if dist.is_initialized() else None
-        self.size = dist.get_world_size(self.group) if self.group is not None else 1
-        self.rank = dist.get_rank(self.group) if self.group is not None else 0
-        self.dp_rank = getattr(state, "dp_rank", 0) if state is not None else 0
-        self.options = _check_options(dict(options or {}), self.size)
+    def __init__(self, group=None, dp_rank: int = 0, options: CADConfig | None = None):
+        self.group = group      # the CAD group: every DP x CP rank of one (tp, pp) position
+        self.size = dist.get_world_size(group) if group is not None else 1
+        self.rank = dist.get_rank(group) if group is not None else 0
+        self.dp_rank = dp_rank  # which micro-batch stream this rank's shard belongs to
+        self.options = options if options is not None else CADConfig()
+        check_cad_config(self.options, self.size)
         self.last_metrics: dict = {}   # the newest micro-batch's plan
         self._steps: list[_Step] = []
         self._since_step: list[dict] = []  # plans made since the last step_metrics()
@@ -112,7 +116,9 @@ class CADAttention:
         crossing ranks in one softmax layer's forward + backward, whole group), cad_moved_work
         (share of the attention cost run off the rank that owns its queries), cad_moved_queries
         (query tokens run off their rank, per layer), cad_block (the cut block used; smaller
-        than parallel.cad.block when pieces are too short for it), cad_plan_ms."""
+        than parallel.cad.block when pieces are too short for it), cad_server_bytes (the most
+        any server holds for its tasks in one layer: what parallel.cad.memory_cap bounds),
+        cad_plan_ms."""
         out = step_metrics(self._since_step)
         self._since_step = []
         return out
@@ -143,17 +149,14 @@ class CADAttention:
     def _plan_step(self, q, k, shard) -> _Step:
         o = self.options
         pieces = gather_pieces(shard, self.dp_rank, self.group, q.device)
-        table = o["cost_table"]
-        if table == "auto":
-            table = "h100" if q.is_cuda else None
+        table = {"auto": "h100" if q.is_cuda else None, "none": None}.get(o.cost_table, o.cost_table)
         cm = CostModel(q.shape[1], k.shape[1], q.shape[2], q.element_size(), table=table)
         t0 = time.perf_counter()
         tasks = pieces.tasks()
-        num_servers = int(o["servers"]) or self.size
-        block = fitting_block(tasks, num_servers, int(o["block"]), float(o["tolerance"]))
-        p = plan(tasks, self.size, cm, tolerance=float(o["tolerance"]), block=block,
-                 servers=int(o["servers"]), memory_cap=o["memory_cap"])
-        if o["ping_pong"]:
+        block = fitting_block(tasks, o.servers or self.size, o.block, float(o.tolerance))
+        p = plan(tasks, self.size, cm, tolerance=float(o.tolerance), block=block,
+                 servers=o.servers, memory_cap=o.memory_cap)
+        if o.ping_pong:
             half = split_halves(p, cm, block)
             groups = [np.nonzero(half == h)[0] for h in (0, 1)]
         else:
@@ -169,5 +172,6 @@ class CADAttention:
                   "bytes": float(sum(tr.remote_bytes(cm) for tr in halves)),
                   "cost": float(p.cost.sum()), "moved_cost": float(p.cost[moved].sum()),
                   "moved_queries": float(p.parts.q_len[moved].sum()), "block": block,
+                  "server_bytes": float(server_memory(p.parts, p.server, self.size, cm).max(initial=0.0)),
                   "plan_ms": plan_ms}
         return _Step(shard, pieces, halves, step_metrics([totals]), totals)

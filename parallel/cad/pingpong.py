@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from distca.cad.dispatch import Exchange, Layout
-from distca.cad.server import serve_backward, serve_forward
+from parallel.cad.dispatch import Exchange, Layout
+from parallel.cad.server import serve_backward, serve_forward
 
 
 class StepRuntime:

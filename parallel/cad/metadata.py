@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from distca.cad.tasks import PieceTable
+from parallel import comm
+from parallel.cad.tasks import PieceTable
 
 
 def _payload(shard, dp_rank: int) -> np.ndarray:
@@ -33,12 +34,12 @@ def gather_pieces(shard, dp_rank: int, group, device) -> PieceTable:
         n = dist.get_world_size(group)
         size = torch.tensor([mine.size], dtype=torch.int64, device=device)
         sizes = [torch.empty_like(size) for _ in range(n)]
-        dist.all_gather(sizes, size, group=group)
+        comm.all_gather(sizes, size, group)
         sizes = [int(s.item()) for s in sizes]
         buf = torch.zeros(max(sizes), dtype=torch.int64, device=device)
         buf[:mine.size] = torch.from_numpy(mine).to(device)
         bufs = [torch.empty_like(buf) for _ in range(n)]
-        dist.all_gather(bufs, buf, group=group)
+        comm.all_gather(bufs, buf, group)
         payloads = [b[:s].cpu().numpy() for b, s in zip(bufs, sizes)]
     return decode(payloads)
 

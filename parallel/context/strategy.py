@@ -1,33 +1,29 @@
-"""Reading strategy options and checking call arguments, with errors that say the fix.
-
-Strategies receive one options dict shared by every strategy (the trainer passes e.g. the
-CAD keys to all of them), so keys a strategy does not read are ignored, not rejected."""
+"""What every attention strategy shares: the base class the plan and trainer rely on, and
+the call-argument check whose errors say the fix."""
 from __future__ import annotations
 
 from parallel.context.shard import LAYOUTS
 
 
-def read_layout(options: dict, default: str, who: str) -> str:
-    layout = options.get("layout", default) or default
-    if layout not in LAYOUTS:
-        raise ValueError(f"{who} option layout={layout!r} is unknown; choose one of {LAYOUTS}")
-    return layout
+class Strategy:
+    """Base of the attention strategies (softmax core attention and linear attention).
 
+    `default_layout` is the shard layout the plan picks under `parallel.cp_layout=auto`;
+    `layouts` are the layouts it runs on (the plan refuses others at config time);
+    `step_metrics()` returns what the strategy measured since the last call (one optimizer
+    step), merged into the trainer's step metrics."""
+    default_layout = "contiguous"
+    layouts: tuple[str, ...] = LAYOUTS
 
-def read_positive_int(options: dict, key: str, default: int, who: str) -> int:
-    val = options.get(key, default)
-    if val is None:
-        return default
-    if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-        raise ValueError(f"{who} option {key}={val!r} must be an int >= 1")
-    return val
+    def step_metrics(self) -> dict[str, float]:
+        return {}
 
 
 def check_call(q, k, v, shard, n: int, rank: int, who: str) -> None:
     if shard.cp_size != n or shard.cp_rank != rank:
         raise ValueError(f"{who}: the shard is for rank {shard.cp_rank} of {shard.cp_size} but this "
                          f"rank is {rank} of a CP group of {n}; build it with "
-                         f"build_shard(doc_lens, state.cp_rank, state.dims.cp, layout=strategy.layout)")
+                         f"plan.build_shard(doc_lens) or build_shard(doc_lens, cp_rank, cp, layout)")
     if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
         raise ValueError(f"{who}: q/k/v must be [T_local, heads, head_dim], got "
                          f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")

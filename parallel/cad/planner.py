@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from distca.cad.tasks import CostModel, TaskTable, position_at_pairs, prefix_pairs
+from parallel.cad.tasks import CostModel, TaskTable, position_at_pairs, prefix_pairs
 
 # Donors shed down to the middle of the tolerance band, so rounding to blocks and the table's
 # non-additive costs do not push them back over the band's top.
@@ -387,7 +387,7 @@ def plan(tasks: TaskTable, num_ranks: int, cost_model: CostModel, *, tolerance: 
         raise ValueError(
             f"memory_cap={memory_cap:.3g} bytes per server cannot be met: running every task "
             f"where it lives already needs {need:.3g} bytes on rank {int(mem_before.argmax())}; "
-            "raise options['memory_cap'] (parallel.cad.memory_cap) or use more ranks")
+            "raise parallel.cad.memory_cap or use more ranks")
     _, parts, server, part_cost, memory = best
     load_after = np.bincount(server, part_cost, minlength=num_ranks)
     return Plan(parts, server, part_cost, srv, load_before, load_after, memory,

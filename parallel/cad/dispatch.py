@@ -22,8 +22,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from distca.cad.planner import segment_order
-from distca.cad.tasks import CostModel, PieceTable, TaskTable, expand_ranges
+from parallel import comm
+from parallel.cad.planner import segment_order
+from parallel.cad.tasks import CostModel, PieceTable, TaskTable, expand_ranges
 
 
 @dataclass
@@ -214,8 +215,8 @@ class Exchange:
             self.recv = send
             return
         self._send = send  # keep alive until the collective finishes
-        self.work = dist.all_to_all_single(self.recv, send, recv_splits, send_splits,
-                                           group=group, async_op=async_op)
+        self.work = comm.all_to_all_single(self.recv, send, recv_splits, send_splits, group,
+                                           async_op=async_op)
 
     def wait(self) -> torch.Tensor:
         if self.work is not None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from kernels.flash_attn import flash_attn_varlen_backward, flash_attn_varlen_forward
-from distca.cad.dispatch import Layout
+from parallel.cad.dispatch import Layout
 
 
 def _server_qkv(L: Layout, recv: torch.Tensor, hq: int, hkv: int, d: int):

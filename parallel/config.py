@@ -1,0 +1,83 @@
+"""The config sections `parallel/` consumes, as typed dataclasses.
+
+The trainer's schema (`distca/config/schema.py`) composes them under `parallel`, so Hydra
+types and checks every override, while `parallel/` never imports the trainer. Choice fields
+are enums: an unknown value fails at composition with the list of choices
+(`parallel.cp_algo=rnig` -> "Invalid value 'rnig', expected one of [local, ring, ...]").
+Checks that need several fields or the world size live in `parallel/plan.py`.
+
+Hydra's structured-config rules shape this file: simple field types, `Optional[...]` from
+`typing`, nested sections through `field(default_factory=...)`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+
+class Choice(str, Enum):
+    """An enum whose members are their own (string) values: `CPAlgo.ring == "ring"`, and
+    f-strings and dict keys see the plain string, in every Python version."""
+
+    def __str__(self) -> str:
+        return str.__str__(self)
+
+    __format__ = str.__format__
+
+    @classmethod
+    def names(cls) -> tuple[str, ...]:
+        return tuple(m.value for m in cls)
+
+
+class CPAlgo(Choice):
+    local = "local"          # one rank holds the whole sequence (cp = 1)
+    ring = "ring"            # K/V blocks travel around the CP group
+    allgather = "allgather"  # every rank gathers all K/V (per head group)
+    ulysses = "ulysses"      # all-to-all from sequence to head sharding
+    usp = "usp"              # ulysses inside groups, ring across them
+    cad = "cad"              # core attention disaggregation (balanced over DP x CP)
+
+
+class CPLayout(Choice):
+    auto = "auto"                # the CP algorithm's own choice
+    contiguous = "contiguous"    # the stream cut into cp runs
+    zigzag = "zigzag"            # 2 cp chunks, rank r holds r and 2cp-1-r
+    head_tail = "head_tail"      # every document cut into 2 cp chunks, head + tail per rank
+
+
+@dataclass
+class CADConfig:
+    tolerance: float = 0.1      # servers balanced to within (1 + tolerance) x the mean cost
+    servers: int = 0            # 0: every rank serves in place; K > 0: K dedicated servers
+    block: int = 128            # cuts on multiples of this (the kernel's tile); halved per step
+                                # while pieces are too short to balance at it (metric cad_block)
+    ping_pong: bool = True      # two halves, one's all-to-all overlapping the other's kernel
+    memory_cap: Optional[float] = None  # bytes a server may hold for attention tasks; null: no cap
+    cost_table: str = "auto"    # auto (H100 table on CUDA, causal FLOPs on CPU) | h100 | none | a JSON path
+
+
+@dataclass
+class ParallelConfig:
+    dp: int = -1                # -1: the rest of the world
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    cp_algo: CPAlgo = CPAlgo.local
+    cp_layout: CPLayout = CPLayout.auto  # which tokens each CP rank holds (parallel/context/shard.py)
+    ulysses: int = 1            # ulysses degree inside usp (cp = ulysses x ring)
+    kv_head_groups: int = 2     # allgather: K/V gathered in this many head groups (caps memory)
+    zero_stage: int = 0         # 0: torch DDP; 1-3: DeepSpeed ZeRO
+    cad: CADConfig = field(default_factory=CADConfig)
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the parallel plan needs to know of the model to validate a layout."""
+    heads: int
+    kv_heads: int
+    layers: str   # one letter per layer: S softmax attention, L linear attention
+
+    @property
+    def has_linear(self) -> bool:
+        return "L" in self.layers

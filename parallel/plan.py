@@ -1,0 +1,143 @@
+"""The parallel plan: the one owner of the parallel layout, built once from the typed config.
+
+`ParallelPlan(cfg.parallel, model_shape, world_size)` checks everything that can be checked
+without a process group (degrees against the world size, heads against Ulysses degrees, the
+shard layout against the CP algorithm and LASP-2, CAD options against the CAD group) and
+raises one `ValueError` naming the field and the fix. `plan.setup(device)` then creates
+every process group (USP's too) and the strategies, and the trainer gets from it all it
+needs: the core and linear attention strategies to inject into the model, the shard
+builder for micro-batches, and the step metrics. Nothing else reads `parallel.cp_algo` or
+decides the shard layout.
+
+Applied outside the model (torchtitan's `parallelize_*` idea): the model receives the
+strategies and never imports `parallel`.
+"""
+from __future__ import annotations
+
+import torch
+
+from parallel.cad.attention import check_cad_config
+from parallel.config import CPAlgo, CPLayout, ModelShape, ParallelConfig
+from parallel.context.api import CORE_ATTENTION, LINEAR_ATTENTION
+from parallel.context.shard import Shard, build_shard
+from parallel.context.strategy import Strategy
+from parallel.context.ulysses import kv_replication
+from parallel.dims import ParallelDims, ParallelState
+
+
+class ParallelPlan:
+    def __init__(self, cfg: ParallelConfig, model: ModelShape, world_size: int):
+        self.cfg, self.model = cfg, model
+        self.dims = ParallelDims.resolve(world_size, cfg.dp, cfg.tp, cfg.pp, cfg.cp)
+        self.cp_algo = _choice(CPAlgo, cfg.cp_algo, "parallel.cp_algo")
+        self._check()
+        self.layout = self._resolve_layout()
+        self.state: ParallelState | None = None
+        self.core_attention: Strategy | None = None
+        self.linear_attention: Strategy | None = None
+
+    # ---- config-time checks (no process group yet) ---------------------------------------
+    def _check(self) -> None:
+        c, d, m = self.cfg, self.dims, self.model
+        if m.heads % d.tp or m.kv_heads % d.tp:
+            raise ValueError(f"model.heads={m.heads} and model.kv_heads={m.kv_heads} must be divisible "
+                             f"by parallel.tp={d.tp}; choose a tp that divides both")
+        if d.tp > 1:
+            raise ValueError(f"parallel.tp={d.tp}: tensor parallelism is not implemented yet; "
+                             "use parallel.tp=1 (and scale with parallel.dp / parallel.cp)")
+        if d.pp > 1:
+            raise ValueError(f"parallel.pp={d.pp}: pipeline parallelism is not implemented yet; "
+                             "use parallel.pp=1")
+        if d.cp > 1 and self.cp_algo == CPAlgo.local:
+            raise ValueError(f"parallel.cp={d.cp} needs a context-parallel algorithm; set "
+                             "parallel.cp_algo to ring, allgather, ulysses, usp or cad")
+        if self.cp_algo == CPAlgo.usp:
+            if c.ulysses < 1 or d.cp % c.ulysses:
+                raise ValueError(f"parallel.ulysses={c.ulysses} must divide parallel.cp={d.cp} for usp")
+            if d.cp > 1:
+                kv_replication(m.heads, m.kv_heads, c.ulysses, "parallel.ulysses")
+        if self.cp_algo == CPAlgo.ulysses and d.cp > 1:
+            kv_replication(m.heads, m.kv_heads, d.cp, "parallel.cp")
+        if isinstance(c.kv_head_groups, bool) or not isinstance(c.kv_head_groups, int) \
+                or c.kv_head_groups < 1:
+            raise ValueError(f"parallel.kv_head_groups={c.kv_head_groups!r} must be an integer >= 1 "
+                             "(1 gathers all K/V heads at once)")
+        if c.zero_stage not in (0, 1, 2, 3):
+            raise ValueError(f"parallel.zero_stage={c.zero_stage} must be 0 (DDP) or 1, 2, 3 (ZeRO)")
+        if self.cp_algo == CPAlgo.cad:
+            check_cad_config(c.cad, d.dp * d.cp)
+
+    def _resolve_layout(self) -> str:
+        core = self._core_class()
+        linear = LINEAR_ATTENTION["lasp2"] if self.model.has_linear and self.dims.cp > 1 else None
+        want = _choice(CPLayout, self.cfg.cp_layout, "parallel.cp_layout")
+        if want == CPLayout.auto:
+            layout = core.default_layout
+            if linear is not None and layout not in linear.layouts:
+                layout = next(x for x in core.layouts if x in linear.layouts)
+            return layout
+        if want not in core.layouts:
+            raise ValueError(f"parallel.cp_layout={want} is not supported by parallel.cp_algo="
+                             f"{self.cp_algo}; use one of {core.layouts} or auto")
+        if linear is not None and want not in linear.layouts:
+            raise ValueError(f"parallel.cp_layout={want}: the linear-attention layers of model.layers="
+                             f"{self.model.layers!r} run LASP-2, which supports {linear.layouts}; set "
+                             "parallel.cp_layout to one of them (or auto)")
+        return str(want)
+
+    def _core_class(self) -> type[Strategy]:
+        return CORE_ATTENTION[self.core_algo]
+
+    @property
+    def core_algo(self) -> CPAlgo:
+        """The algorithm that runs: CAD also balances over DP alone; others need cp > 1."""
+        return self.cp_algo if self.dims.cp > 1 or self.cp_algo == CPAlgo.cad else CPAlgo.local
+
+    # ---- runtime ---------------------------------------------------------------------------
+    def setup(self, device: torch.device | None = None) -> ParallelState:
+        """Create every process group and the strategies. Collective: every rank, same order."""
+        usp = self.core_algo == CPAlgo.usp
+        st = ParallelState.create(self.dims, device, ulysses=self.cfg.ulysses if usp else None)
+        self.state = st
+        self.core_attention = self._build_core(st)
+        linear = "lasp2" if self.dims.cp > 1 else "local"
+        self.linear_attention = (LINEAR_ATTENTION[linear](st.cp_group) if linear == "lasp2"
+                                 else LINEAR_ATTENTION[linear]())
+        return st
+
+    def _build_core(self, st: ParallelState) -> Strategy:
+        algo, cls = self.core_algo, self._core_class()
+        if algo == CPAlgo.local:
+            return cls()
+        if algo == CPAlgo.allgather:
+            return cls(st.cp_group, self.cfg.kv_head_groups)
+        if algo == CPAlgo.usp:
+            return cls(st.cp_group, st.ulysses_group, st.ring_group, self.cfg.ulysses)
+        if algo == CPAlgo.cad:
+            return cls(st.dpcp_group, st.dp_rank, self.cfg.cad)
+        return cls(st.cp_group)  # ring, ulysses
+
+    def build_shard(self, doc_lens: list[int]) -> Shard:
+        """This rank's shard of a micro-batch stream with these document lengths."""
+        return build_shard(doc_lens, self._state().cp_rank, self.dims.cp, layout=self.layout)
+
+    def step_metrics(self) -> dict[str, float]:
+        """What the strategies measured since the last call (one optimizer step)."""
+        return {**self.core_attention.step_metrics(), **self.linear_attention.step_metrics()}
+
+    @property
+    def dp_rank(self) -> int:
+        return self._state().dp_rank
+
+    def _state(self) -> ParallelState:
+        if self.state is None:
+            raise RuntimeError("ParallelPlan.setup(device) must run before the plan is used")
+        return self.state
+
+
+def _choice(enum, value, field: str):
+    """An enum member from a member or its string (configs built in code skip Hydra's check)."""
+    try:
+        return enum(value)
+    except ValueError:
+        raise ValueError(f"{field}={value!r} is unknown; choose one of {enum.names()}") from None

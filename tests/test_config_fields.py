@@ -1,0 +1,117 @@
+"""Every config field the parallel plan owns: a good value reaches the component that uses it,
+a bad value fails before any process group or forward, naming the field (and the fix).
+
+Fields: parallel.cp_layout, parallel.kv_head_groups, parallel.cad.memory_cap,
+parallel.cad.cost_table (new), train.collective_timeout_s (was an environment variable),
+and the cross-field rules the plan checks at config time (heads vs Ulysses degrees, layouts vs
+LASP-2, CAD servers vs the CAD group). A torchrun job with a bad value prints the error once.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from distca.config import compose_config, to_typed
+from distca.validate import build_plan
+from tests.distributed_utils import run_distributed
+from tests.train_utils import TINY
+
+
+def plan_for(*overrides, world=1):
+    return build_plan(to_typed(compose_config([*TINY, *overrides])), world)
+
+
+def plan_error(*overrides, world=1) -> str:
+    with pytest.raises(ValueError) as e:
+        plan_for(*overrides, world=world)
+    return str(e.value)
+
+
+def composition_error(*overrides) -> str:
+    with pytest.raises(ConfigCompositionException) as e:
+        compose_config([*TINY, *overrides])
+    return str(e.value.__cause__)
+
+
+def test_cp_layout():
+    assert plan_for("parallel.cp=2", "parallel.cp_algo=ring", world=2).layout == "zigzag"  # auto
+    assert plan_for("parallel.cp=2", "parallel.cp_algo=ulysses", world=2).layout == "contiguous"
+    assert plan_for("parallel.cp=2", "parallel.cp_algo=ring", "parallel.cp_layout=head_tail",
+                    world=2).layout == "head_tail"
+    assert "parallel.cp_layout" in composition_error("parallel.cp_layout=spiral")
+    assert "zigzag, head_tail" in composition_error("parallel.cp_layout=spiral")
+    msg = plan_error("parallel.cp=2", "parallel.cp_algo=ring", "parallel.cp_layout=head_tail",
+                     "model.layers=LLLS", world=2)
+    assert "parallel.cp_layout=head_tail" in msg and "LASP-2" in msg and "zigzag" in msg
+
+
+def test_kv_head_groups():
+    assert plan_for("parallel.kv_head_groups=1").cfg.kv_head_groups == 1
+    assert "parallel.kv_head_groups=0" in plan_error("parallel.kv_head_groups=0")
+    assert "parallel.kv_head_groups" in composition_error("parallel.kv_head_groups=two")
+
+
+def test_cad_memory_cap_and_cost_table(tmp_path):
+    cad = ("parallel.cp_algo=cad",)
+    assert plan_for(*cad, "parallel.cad.memory_cap=1e9").cfg.cad.memory_cap == 1e9
+    assert "parallel.cad.memory_cap=-1" in plan_error(*cad, "parallel.cad.memory_cap=-1")
+    assert "parallel.cad.memory_cap" in composition_error("parallel.cad.memory_cap=lots")
+    table = tmp_path / "table.json"
+    table.write_text("{}")
+    for ok in ("auto", "h100", "none", str(table)):
+        assert plan_for(*cad, f"parallel.cad.cost_table={ok}").cfg.cad.cost_table == ok
+    msg = plan_error(*cad, "parallel.cad.cost_table=a100")
+    assert "parallel.cad.cost_table='a100'" in msg and "profile_attention_cost" in msg
+
+
+def test_collective_timeout():
+    assert plan_for("train.collective_timeout_s=60") is not None
+    assert "train.collective_timeout_s=0" in plan_error("train.collective_timeout_s=0")
+
+
+def test_cross_field_rules_fail_at_config_time():
+    # the tiny model has 4 query heads, 2 KV heads
+    assert "parallel.cp=3" in plan_error("parallel.cp=3", "parallel.cp_algo=ulysses", world=3)
+    assert "parallel.ulysses=3" in plan_error("parallel.cp=6", "parallel.cp_algo=usp",
+                                              "parallel.ulysses=3", world=6)
+    msg = plan_error("parallel.cp=2", "parallel.cp_algo=cad", "parallel.cad.servers=3", world=2)
+    assert "parallel.cad.servers=3" in msg and "[0, 2]" in msg
+    assert "parallel.cad.block" in plan_error("parallel.cp_algo=cad", "parallel.cad.block=0")
+
+
+def _values_reach_strategies(rank, world):
+    from parallel.cad.attention import CADAttention
+    from parallel.context.allgather import AllGatherAttention
+    from parallel.context.lasp2 import Lasp2LinearAttention
+    plan = plan_for("parallel.cp=2", "parallel.cp_algo=allgather", "parallel.kv_head_groups=1",
+                    "parallel.cp_layout=contiguous", "model.layers=LS", world=world)
+    plan.setup()
+    assert isinstance(plan.core_attention, AllGatherAttention) and plan.core_attention.kv_head_groups == 1
+    assert isinstance(plan.linear_attention, Lasp2LinearAttention)
+    assert plan.build_shard([10, 7]).layout == "contiguous"
+    plan = plan_for("parallel.cp=2", "parallel.cp_algo=cad", "parallel.cad.memory_cap=5e5",
+                    "parallel.cad.cost_table=none", world=world)
+    plan.setup()
+    assert isinstance(plan.core_attention, CADAttention)
+    assert (plan.core_attention.options.memory_cap, plan.core_attention.options.cost_table) == (5e5, "none")
+
+
+def test_values_reach_the_strategies():
+    run_distributed(_values_reach_strategies, 2)
+
+
+@pytest.mark.slow
+def test_torchrun_prints_a_config_error_once(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                        "-m", "distca.train", "experiment=tiny", "parallel.cp=2", "parallel.cp_algo=usp",
+                        "parallel.ulysses=3", f"run_dir={tmp_path}"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert out.count("distca: config error: parallel.ulysses=3 must divide parallel.cp=2") == 1, out[-3000:]
+    # no traceback from our processes (torchrun's own failure report is the launcher's)
+    assert "distca/train.py" not in out and "parallel/plan.py" not in out, out[-3000:]
+    assert not (tmp_path / "metrics.jsonl").exists()
