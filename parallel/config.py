@@ -23,6 +23,9 @@ class Choice(str, Enum):
     def __str__(self) -> str:
         return str.__str__(self)
 
+    def __repr__(self) -> str:  # error messages quote the value as the user typed it
+        return repr(str.__str__(self))
+
     __format__ = str.__format__
 
     @classmethod

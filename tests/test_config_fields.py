@@ -115,3 +115,16 @@ def test_torchrun_prints_a_config_error_once(tmp_path):
     # no traceback from our processes (torchrun's own failure report is the launcher's)
     assert "distca/train.py" not in out and "parallel/plan.py" not in out, out[-3000:]
     assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("override, choices", [
+    ("parallel.cp_algo=rnig", "local, ring, allgather, ulysses, usp, cad"),
+    ("train.device=tpu", "auto, cpu, cuda"),
+    ("model.linear_decay=alibi", "head, token, none"),
+    ("logger.mode=dryrun", "online, offline"),
+    ("data.source=hdf5", "stdlib, jsonl, parquet, tokens, synthetic"),
+    ("data.tokenizer=sentencepiece", "byte, bpe"),
+])
+def test_choice_fields_reject_unknown_values_at_composition(override, choices):
+    msg = composition_error(override)
+    assert override.split("=")[0] in msg and choices in msg, msg

@@ -2,8 +2,10 @@
 
 Hydra's structured-config rules shape this file: only simple field types, lists through
 `field(default_factory=...)`, and `typing.List` (OmegaConf 2.3 does not read `list[str]`).
-`validate_data_config` is the one place that turns bad values into errors that name the
-override (`data.<field>`) and how to fix it; `build_dataset` calls it before touching disk.
+Choice fields are enums, so Hydra rejects an unknown value at composition listing the
+choices; `validate_data_config` is the one place that turns bad values into errors that name
+the override (`data.<field>`) and how to fix it (for configs built in code, and for rules
+that involve several fields); `build_dataset` calls it before touching disk.
 """
 
 from __future__ import annotations
@@ -11,10 +13,36 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, List
 
-SOURCES = ("stdlib", "jsonl", "parquet", "tokens", "synthetic")
-TOKEN_DTYPES = ("uint16", "uint32")
-TOKENIZERS = ("byte", "bpe")
-SYNTHETIC_DISTS = ("pretrain", "longctx")
+from parallel.config import Choice
+
+
+class Source(Choice):
+    stdlib = "stdlib"
+    jsonl = "jsonl"
+    parquet = "parquet"
+    tokens = "tokens"
+    synthetic = "synthetic"
+
+
+class TokenDtype(Choice):
+    uint16 = "uint16"
+    uint32 = "uint32"
+
+
+class TokenizerKind(Choice):
+    byte = "byte"
+    bpe = "bpe"
+
+
+class SyntheticDist(Choice):
+    pretrain = "pretrain"
+    longctx = "longctx"
+
+
+SOURCES = Source.names()
+TOKEN_DTYPES = TokenDtype.names()
+TOKENIZERS = TokenizerKind.names()
+SYNTHETIC_DISTS = SyntheticDist.names()
 
 
 @dataclass
@@ -26,11 +54,11 @@ class DataConfig:
     #   tokens    pre-tokenized flat arrays (.bin raw or .npy) of `token_dtype`, documents
     #             separated by `token_eos_id` (see distca/data/token_files.py)
     #   synthetic random token ids, document lengths drawn from `synthetic_dist`
-    source: str = "stdlib"
+    source: Source = Source.stdlib
     # Files, directories or glob patterns (`**` allowed) for jsonl / parquet / tokens.
     paths: List[str] = field(default_factory=list)
     text_field: str = "text"
-    token_dtype: str = "uint16"
+    token_dtype: TokenDtype = TokenDtype.uint16
     # Pre-tokenized data was made by a tokenizer we do not have: the trainer needs its
     # vocabulary size and end-of-document id from the config.
     token_vocab_size: int = -1
@@ -40,12 +68,12 @@ class DataConfig:
     # Text sources only: "byte" (256 bytes + EOS + PAD) or "bpe" (trained locally on the
     # whole corpus, before max_documents, and cached; see distca/data/bpe.py). A corpus with
     # few distinct words may yield fewer merges: the tokenizer's vocab_size is authoritative.
-    tokenizer: str = "byte"
+    tokenizer: TokenizerKind = TokenizerKind.byte
     bpe_vocab_size: int = 4096
     # Synthetic source: document-length distribution (distca/data/distributions.py),
     # vocabulary size, corpus size in tokens (one epoch), longest document (-1: the
     # distribution's own default).
-    synthetic_dist: str = "pretrain"
+    synthetic_dist: SyntheticDist = SyntheticDist.pretrain
     synthetic_vocab: int = 32000
     synthetic_tokens: int = 1 << 24
     synthetic_max_doc_len: int = -1
