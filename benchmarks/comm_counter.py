@@ -10,8 +10,8 @@ DDP's gradient all-reduce, are not counted.)
 
 Convention: bytes a rank sends under the bandwidth-optimal algorithm of each collective, so
 numbers compare across algorithms whatever the backend actually does: all-gather (N-1) x
-input; reduce-scatter (N-1)/N x input; all-to-all the input minus the rank's own rows; p2p
-the tensor. Collectives over a group of one rank send nothing.
+input; reduce-scatter (N-1)/N x input; all-reduce 2(N-1)/N x input (ring); all-to-all the
+input minus the rank's own rows; p2p the tensor. Collectives over a group of one rank send nothing.
 """
 from __future__ import annotations
 
@@ -44,6 +44,8 @@ def bytes_sent(event: comm.CommEvent) -> int:
         return (rows - own) * (nbytes // max(rows, 1))
     if event.op == "isend":
         return nbytes
+    if event.op == "all_reduce":  # ring: reduce-scatter then all-gather
+        return 2 * (n - 1) * nbytes // n
     raise ValueError(f"no byte rule for collective {event.op!r}")
 
 

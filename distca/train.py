@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import resource
 import signal
@@ -26,6 +27,7 @@ from distca.metrics import MetricsLogger
 from distca.model import build_model
 from distca.model.transformer import head_dim
 from distca.optim import adamw_factory
+from distca.parallelize import apply_tensor_parallel
 from distca.schedule import lr_at
 from distca.validate import build_plan, micro_batches_per_step
 from parallel.data_parallel import build_engine
@@ -55,13 +57,20 @@ def _max_mem_gib(device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
 
 
-def _vocab_size(cfg, tokenizer) -> int:
+def _vocab_size(cfg, tokenizer, tp: int) -> int:
+    """model.vocab_size, or the tokenizer's padded to a multiple of 64 and of tp (the same
+    vocabulary, so the same model, for every power-of-two tp up to 64)."""
     v = cfg.model.vocab_size
     if v == -1:
-        return -(-tokenizer.vocab_size // 64) * 64  # pad for matmul-friendly shapes
+        multiple = math.lcm(64, tp)  # matmul-friendly rows, and an equal share per TP rank
+        return -(-tokenizer.vocab_size // multiple) * multiple
     if v < tokenizer.vocab_size:
         raise ValueError(f"model.vocab_size={v} is smaller than the tokenizer's {tokenizer.vocab_size}; "
                          "set model.vocab_size=-1 or a larger value")
+    if v % tp:
+        raise ValueError(f"model.vocab_size={v} must be divisible by parallel.tp={tp} (each TP rank "
+                         f"holds an equal share of the vocabulary); set it to a multiple of {tp}, "
+                         "or -1 to pad the tokenizer's")
     return v
 
 
@@ -83,12 +92,12 @@ def _setup(cfg):
     world = dist.get_world_size() if dist.is_initialized() else 1
     plan = build_plan(cfg, world)
     tokenizer, packer = build_dataset(cfg.data, cfg.train.seed)
-    return device, plan, tokenizer, packer
+    return device, plan, _vocab_size(cfg, tokenizer, plan.dims.tp), packer
 
 
 def _train(cfg, raw_cfg) -> list[dict]:
     try:
-        device, plan, tokenizer, packer = _setup(cfg)
+        device, plan, vocab, packer = _setup(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     rank = dist.get_rank() if dist.is_initialized() else 0
@@ -99,8 +108,9 @@ def _train(cfg, raw_cfg) -> list[dict]:
         OmegaConf.save(raw_cfg if isinstance(raw_cfg, DictConfig) else OmegaConf.structured(cfg),
                        os.path.join(run_dir, "config.yaml"), resolve=True)
 
-    model = build_model(cfg.model, _vocab_size(cfg, tokenizer), plan.core_attention,
-                        plan.linear_attention, cfg.train.seed).to(device)
+    model = build_model(cfg.model, vocab, plan.core_attention, plan.linear_attention, cfg.train.seed)
+    n_params = model.num_params()  # the whole model's, before each rank keeps its slice
+    model = apply_tensor_parallel(model, state.tp_group).to(device)
     t = cfg.train
     engine = build_engine(model, state, adamw_factory(t, fused=device.type == "cuda"), t.grad_clip,
                           cfg.parallel.zero_stage, micro_batches_per_step(t, plan.dims.dp))
@@ -118,7 +128,6 @@ def _train(cfg, raw_cfg) -> list[dict]:
     logger = MetricsLogger(run_dir, dataclasses.asdict(cfg), cfg.logger, t.steps, enabled=rank == 0)
     stop = _StopFlag()
     stop.install()
-    n_params = model.num_params()
     peak = device_peak_tflops(device)
     history: list[dict] = []
     model.train()

@@ -20,7 +20,7 @@ def build_plan(cfg, world_size: int) -> ParallelPlan:
     """The validated parallel plan for this config and world size (no process group yet)."""
     validate_model_config(cfg.model)
     m = cfg.model
-    plan = ParallelPlan(cfg.parallel, ModelShape(m.heads, m.kv_heads, m.layers), world_size)
+    plan = ParallelPlan(cfg.parallel, ModelShape(m.heads, m.kv_heads, m.layers, m.ffn_hidden), world_size)
     dims, t = plan.dims, cfg.train
     if t.micro_batch_size < 1 or t.global_batch_size < 1:
         raise ValueError("train.global_batch_size and train.micro_batch_size must be >= 1")

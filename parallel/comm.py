@@ -98,3 +98,10 @@ def exchange_with_neighbours(send, recv, group, next_rank: int, prev_rank: int, 
     ops = [dist.P2POp(dist.isend, send, group=group, tag=tag, group_peer=next_rank),
            dist.P2POp(dist.irecv, recv, group=group, tag=tag, group_peer=prev_rank)]
     return dist.batch_isend_irecv(ops)
+
+
+def all_reduce(x, op, group, async_op: bool = False):
+    """x <- op over the group's x (in place); op a torch.distributed.ReduceOp."""
+    _emit("all_reduce", group, x)
+    return _result(dist.all_reduce(x, op=op, group=group, async_op=async_op), "all_reduce", group,
+                   async_op)

@@ -80,6 +80,7 @@ class ModelShape:
     heads: int
     kv_heads: int
     layers: str   # one letter per layer: S softmax attention, L linear attention
+    ffn_hidden: int = 0  # 0: not checked
 
     @property
     def has_linear(self) -> bool:

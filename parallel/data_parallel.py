@@ -17,16 +17,23 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
-from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state_dict,
+                                                     set_state_dict)
 from torch.nn.parallel import DistributedDataParallel as DDP
+
+from parallel.tensor.checkpoint import layout_free
+from parallel.tensor.grads import GradSync
 
 
 class DDPEngine:
     """Plain torch: DDP over the DP x CP group (or nothing for a single replica). Checkpoints
     are torch.distributed.checkpoint folders (sharded, loadable at another world size)."""
 
-    def __init__(self, model: torch.nn.Module, state, make_optimizer, grad_clip: float):
+    def __init__(self, model: torch.nn.Module, state, make_optimizer, grad_clip: float,
+                 grad_sync: GradSync | None = None):
         self.module = model
+        self.grad_sync = grad_sync or GradSync(model.parameters())
+        self.tp_group = self.grad_sync.tp_group
         self.group = state.dpcp_group
         self.group_size = dist.get_world_size(self.group) if self.group is not None else 1
         if self.group_size > 1:
@@ -55,25 +62,31 @@ class DDPEngine:
     def step(self, lr: float) -> float:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
-        if self.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
-        else:
-            norm = torch.linalg.vector_norm(torch.stack(
-                [p.grad.norm() for p in self.module.parameters() if p.grad is not None]))
+        self.grad_sync.finalize()
+        norm = self.grad_sync.clip(self.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(norm)
 
+    def _state(self):
+        """(model state, optimizer state, their layout-free views for DCP)."""
+        opts = StateDictOptions(flatten_optimizer_state_dict=True)
+        model_sd, optim_sd = get_state_dict(self.module, self.optimizer, options=opts)
+        sliced = {name: p.tp_slice for name, p in self.module.named_parameters()
+                  if getattr(p, "tp_slice", None) is not None}
+        device = next(self.module.parameters()).device.type
+        views = {"model": layout_free(model_sd, sliced, self.tp_group, device),
+                 "optim": layout_free(optim_sd, sliced, self.tp_group, device)}
+        return model_sd, optim_sd, views
+
     def save(self, ckpt_dir: str, tag: str) -> None:
-        model_sd, optim_sd = get_state_dict(self.module, self.optimizer)
-        dcp.save({"model": model_sd, "optim": optim_sd}, checkpoint_id=str(Path(ckpt_dir) / tag))
+        dcp.save(self._state()[2], checkpoint_id=str(Path(ckpt_dir) / tag))
 
     def load(self, ckpt_dir: str, tag: str) -> None:
-        model_sd, optim_sd = get_state_dict(self.module, self.optimizer)
-        sd = {"model": model_sd, "optim": optim_sd}
-        dcp.load(sd, checkpoint_id=str(Path(ckpt_dir) / tag))
-        set_state_dict(self.module, self.optimizer, model_state_dict=sd["model"],
-                       optim_state_dict=sd["optim"])
+        model_sd, optim_sd, views = self._state()
+        dcp.load(views, checkpoint_id=str(Path(ckpt_dir) / tag))  # in place, through the views
+        set_state_dict(self.module, self.optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
+                       options=StateDictOptions(flatten_optimizer_state_dict=True))
 
 
 class DeepSpeedEngine:
@@ -131,9 +144,10 @@ class DeepSpeedEngine:
 
 def build_engine(model, state, make_optimizer, grad_clip: float, zero_stage: int, grad_accum: int):
     """DDP (zero_stage 0) or DeepSpeed ZeRO 1-3 around `model`; make_optimizer(params) builds
-    the optimizer (the trainer's choice)."""
+    the optimizer (the trainer's choice). With tensor parallelism, gradients of replicated
+    parameters are summed over the TP group and the norm covers the whole model (GradSync)."""
     if zero_stage == 0:
-        return DDPEngine(model, state, make_optimizer, grad_clip)
+        return DDPEngine(model, state, make_optimizer, grad_clip, GradSync(model.parameters(), state.tp_group))
     if zero_stage not in (1, 2, 3):
         raise ValueError(f"parallel.zero_stage={zero_stage} must be 0 (DDP) or 1, 2, 3 (DeepSpeed ZeRO)")
     if not dist.is_initialized():

@@ -93,6 +93,8 @@ class ParallelState:
     dp_group: object = None
     cp_group: object = None
     dpcp_group: object = None     # the CAD group: all DP x CP ranks of one (tp, pp) position
+    tp_group: object = None       # the ranks that split one layer's weights (adjacent ranks)
+    pp_group: object = None       # the ranks holding consecutive pipeline stages
     ulysses_group: object = None  # USP only: this rank's Ulysses group inside its CP group
     ring_group: object = None     # USP only: the ring across Ulysses groups
 
@@ -111,6 +113,9 @@ class ParallelState:
         st = ParallelState(dims, rank, device, c["dp"], c["cp"], c["tp"], c["pp"])
         lists = {"dp_group": _groups_along(dims, "dp"), "cp_group": _groups_along(dims, "cp"),
                  "dpcp_group": _groups_along(dims, "dpcp")}
+        for axis in ("tp", "pp"):  # groups of one rank would only cost start-up time
+            if getattr(dims, axis) > 1:
+                lists[f"{axis}_group"] = _groups_along(dims, axis)
         if ulysses is not None:
             lists["ulysses_group"], lists["ring_group"] = _ulysses_splits(dims, ulysses)
         for attr, groups in lists.items():

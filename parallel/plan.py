@@ -41,10 +41,14 @@ class ParallelPlan:
         c, d, m = self.cfg, self.dims, self.model
         if m.heads % d.tp or m.kv_heads % d.tp:
             raise ValueError(f"model.heads={m.heads} and model.kv_heads={m.kv_heads} must be divisible "
-                             f"by parallel.tp={d.tp}; choose a tp that divides both")
-        if d.tp > 1:
-            raise ValueError(f"parallel.tp={d.tp}: tensor parallelism is not implemented yet; "
-                             "use parallel.tp=1 (and scale with parallel.dp / parallel.cp)")
+                             f"by parallel.tp={d.tp} (each TP rank runs its share of the heads); "
+                             "choose a tp that divides both")
+        if m.ffn_hidden % d.tp:
+            raise ValueError(f"model.ffn_hidden={m.ffn_hidden} must be divisible by parallel.tp={d.tp}; "
+                             "choose a tp that divides it")
+        if d.tp > 1 and c.zero_stage > 0:
+            raise ValueError(f"parallel.zero_stage={c.zero_stage} with parallel.tp={d.tp}: DeepSpeed ZeRO "
+                             "runs only without tensor parallelism here; use parallel.zero_stage=0 (DDP)")
         if d.pp > 1:
             raise ValueError(f"parallel.pp={d.pp}: pipeline parallelism is not implemented yet; "
                              "use parallel.pp=1")
@@ -54,10 +58,10 @@ class ParallelPlan:
         if self.cp_algo == CPAlgo.usp:
             if c.ulysses < 1 or d.cp % c.ulysses:
                 raise ValueError(f"parallel.ulysses={c.ulysses} must divide parallel.cp={d.cp} for usp")
-            if d.cp > 1:
-                kv_replication(m.heads, m.kv_heads, c.ulysses, "parallel.ulysses")
+            if d.cp > 1:  # the heads of one TP rank are split over the Ulysses group
+                kv_replication(m.heads // d.tp, m.kv_heads // d.tp, c.ulysses, "parallel.ulysses")
         if self.cp_algo == CPAlgo.ulysses and d.cp > 1:
-            kv_replication(m.heads, m.kv_heads, d.cp, "parallel.cp")
+            kv_replication(m.heads // d.tp, m.kv_heads // d.tp, d.cp, "parallel.cp")
         if isinstance(c.kv_head_groups, bool) or not isinstance(c.kv_head_groups, int) \
                 or c.kv_head_groups < 1:
             raise ValueError(f"parallel.kv_head_groups={c.kv_head_groups!r} must be an integer >= 1 "

@@ -128,3 +128,15 @@ def test_torchrun_prints_a_config_error_once(tmp_path):
 def test_choice_fields_reject_unknown_values_at_composition(override, choices):
     msg = composition_error(override)
     assert override.split("=")[0] in msg and choices in msg, msg
+
+
+def test_vocabulary_splits_evenly_over_tp():
+    from types import SimpleNamespace
+
+    from distca.train import _vocab_size
+    tok = SimpleNamespace(vocab_size=258)  # the byte tokenizer's
+    cfg = lambda v: SimpleNamespace(model=SimpleNamespace(vocab_size=v))  # noqa: E731
+    assert [_vocab_size(cfg(-1), tok, tp) for tp in (1, 2, 4, 8)] == [320] * 4  # same model
+    assert _vocab_size(cfg(-1), tok, 3) == 384  # a multiple of 64 and of 3
+    with pytest.raises(ValueError, match="model.vocab_size=300 must be divisible by parallel.tp=8"):
+        _vocab_size(cfg(300), tok, 8)

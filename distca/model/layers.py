@@ -13,10 +13,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # normalise in fp32 whatever the activation dtype, as Llama does
-        xf = x.float()
+        # normalise in fp32 at least whatever the activation dtype, as Llama does (fp64 stays fp64)
+        acc = torch.promote_types(x.dtype, torch.float32)
+        xf = x.to(acc)
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.float()).to(x.dtype)
+        return (xf * self.weight.to(acc)).to(x.dtype)
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):

@@ -40,6 +40,7 @@ class LinearAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, shard, rope=None) -> torch.Tensor:
         t = x.shape[0]
+        acc = torch.promote_types(x.dtype, torch.float32)  # norms and decays: fp32 at least
         q, k, v = self.qkv(x).view(t, 3, self.heads, self.head_dim).unbind(1)
         q, k = F.silu(q), F.silu(k)
         g_gamma = g = None
@@ -47,9 +48,9 @@ class LinearAttention(nn.Module):
             g_gamma = self.g_gamma
         elif self.decay == "token":
             # log-sigmoid gives log-decays <= 0; dividing keeps early training close to no decay
-            g = F.logsigmoid(self.decay_proj(x).float()) / 16.0
+            g = F.logsigmoid(self.decay_proj(x).to(acc)) / 16.0
         o = self.linear_attention(q, k, v, shard, g_gamma=g_gamma, g=g, scale=self.head_dim ** -0.5)
-        of = o.float()
-        of = of * torch.rsqrt(of.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm_weight.float()
+        of = o.to(acc)
+        of = of * torch.rsqrt(of.pow(2).mean(-1, keepdim=True) + 1e-5) * self.norm_weight.to(acc)
         o = of.to(x.dtype).reshape(t, self.heads * self.head_dim)
         return self.out(o * torch.sigmoid(self.gate(x)))

@@ -1,0 +1,77 @@
+"""Tensor parallelism applied to the model from outside its code (torchtitan's
+`parallelize_*` idea, Megatron's semantics): the full model is built and seeded on one device
+as always, then every rank keeps its slice of each layer.
+
+- Softmax attention: QKV column-parallel by heads ([q | k | v] parts sliced separately),
+  output projection row-parallel; each rank runs its H/tp query and KV/tp KV heads through the
+  core-attention strategy of its own CP / CAD group.
+- Linear attention: q/k/v, output gate and (per-token) decay projection column-parallel by
+  heads, the constant per-head decays sliced alike, output projection row-parallel; the output
+  norm weight (shared by all heads) stays whole, its gradient partial per rank.
+- SwiGLU: gate/up column-parallel ([gate | up] parts), down row-parallel.
+- Sequence parallelism between blocks: the residual stream, the norms and the adds hold
+  ceil(T / tp) tokens per rank; each mixer and MLP all-gathers its input and reduce-scatters
+  its output (parallel/tensor/layers.py: hooks, so parameter names do not change).
+- Embedding and LM head vocabulary-parallel, the loss computed across the TP group without
+  full-vocabulary logits (parallel/tensor/vocab.py); tied weights stay one parameter.
+
+Every sliced parameter is tagged with its `TPSlice` at any tp (tp = 1 included), so gradient
+reduction and checkpoints see the same parameter parts whatever the layout.
+"""
+from __future__ import annotations
+
+import torch.distributed as dist
+
+from distca.model.linear_attention import LinearAttention
+from distca.model.softmax_attention import SoftmaxAttention
+from distca.model.transformer import HybridLM
+from parallel.tensor.layers import TPSlice, sequence_parallel, shard_buffer, shard_parameter
+from parallel.tensor.vocab import VocabParallelEmbedding, VocabParallelLMHead
+
+
+def apply_tensor_parallel(model: HybridLM, group) -> HybridLM:
+    """Slice `model` in place for this rank of `group` (None: one rank, tags only)."""
+    tp = dist.get_world_size(group) if group is not None else 1
+    rank = dist.get_rank(group) if group is not None else 0
+
+    def shard(module, name, *parts, dim=0):
+        shard_parameter(module, name, TPSlice(dim, tuple(parts)), rank, tp)
+
+    for blk in model.blocks:
+        mix = blk.mixer
+        if isinstance(mix, SoftmaxAttention):
+            q, kv = mix.heads * mix.head_dim, mix.kv_heads * mix.head_dim
+            shard(mix.qkv, "weight", q, kv, kv)
+            shard(mix.out, "weight", q, dim=1)
+            mix.heads, mix.kv_heads = mix.heads // tp, mix.kv_heads // tp
+        elif isinstance(mix, LinearAttention):
+            width = mix.heads * mix.head_dim
+            shard(mix.qkv, "weight", width, width, width)
+            shard(mix.gate, "weight", width)
+            shard(mix.out, "weight", width, dim=1)
+            if hasattr(mix, "decay_proj"):
+                shard(mix.decay_proj, "weight", mix.heads)
+                shard(mix.decay_proj, "bias", mix.heads)
+            shard_buffer(mix, "g_gamma", TPSlice(0, (mix.heads,)), rank, tp, persistent=False)
+            mix.heads = mix.heads // tp
+        else:
+            raise TypeError(f"no tensor-parallel rule for mixer {type(mix).__name__}")
+        ffn = blk.mlp.down.in_features
+        shard(blk.mlp.gate_up, "weight", ffn, ffn)
+        shard(blk.mlp.down, "weight", ffn, dim=1)
+        if tp > 1:
+            sequence_parallel(mix, group, tokens_from=lambda args: args[1].num_tokens)
+            sequence_parallel(blk.mlp, group)
+
+    vocab = model.embed.weight.shape[0]
+    tied = model.lm_head.weight is model.embed.weight
+    shard(model.embed, "weight", vocab)
+    if tied:
+        model.lm_head.weight = model.embed.weight
+    else:
+        shard(model.lm_head, "weight", vocab)
+    if tp > 1:
+        start = rank * (vocab // tp)
+        model.embed = VocabParallelEmbedding(model.embed.weight, start, group)
+        model.lm_head = VocabParallelLMHead(model.lm_head.weight, start, group, model.lm_head.chunk)
+    return model
