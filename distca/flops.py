@@ -36,3 +36,21 @@ def device_peak_tflops(device: torch.device) -> float:
         if key in name:
             return val
     return 0.0
+
+
+def layer_costs(mcfg, head_dim: int, seq_len: int, vocab: int) -> tuple[list[float], float, float]:
+    """Forward FLOPs per token of every layer, of the embedding and of the LM head: what the
+    pipeline split balances. Softmax attention is costed for one document filling the sample
+    (each query sees seq_len / 2 keys on average), an upper bound on packed documents."""
+    h, d, kv, ffn = mcfg.hidden, head_dim, mcfg.kv_heads, mcfg.ffn_hidden
+    mlp = 2.0 * 3 * h * ffn
+    costs = []
+    for kind in mcfg.layers:
+        if kind == "S":
+            proj = 2.0 * h * (mcfg.heads + 2 * kv) * d + 2.0 * mcfg.heads * d * h
+            mix = 4.0 * mcfg.heads * d * seq_len / 2
+        else:
+            proj = 2.0 * h * 4 * mcfg.heads * d + 2.0 * mcfg.heads * d * h  # q, k, v, gate; out
+            mix = 4.0 * mcfg.heads * d * d
+        costs.append(proj + mix + mlp)
+    return costs, 0.0, 2.0 * h * vocab

@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from distca.model.linear_attention import LinearAttention
 from distca.model.softmax_attention import SoftmaxAttention
-from distca.model.transformer import HybridLM
+from distca.model.transformer import Block, HybridLM
 from parallel.tensor.layers import TPSlice, sequence_parallel, shard_buffer, shard_parameter
 from parallel.tensor.vocab import VocabParallelEmbedding, VocabParallelLMHead
 
@@ -38,6 +38,8 @@ def apply_tensor_parallel(model: HybridLM, group) -> HybridLM:
         shard_parameter(module, name, TPSlice(dim, tuple(parts)), rank, tp)
 
     for blk in model.blocks:
+        if not isinstance(blk, Block):  # a layer of another pipeline stage
+            continue
         mix = blk.mixer
         if isinstance(mix, SoftmaxAttention):
             q, kv = mix.heads * mix.head_dim, mix.kv_heads * mix.head_dim
@@ -63,15 +65,17 @@ def apply_tensor_parallel(model: HybridLM, group) -> HybridLM:
             sequence_parallel(mix, group, tokens_from=lambda args: args[1].num_tokens)
             sequence_parallel(blk.mlp, group)
 
-    vocab = model.embed.weight.shape[0]
-    tied = model.lm_head.weight is model.embed.weight
-    shard(model.embed, "weight", vocab)
+    # the embedding and LM head; a pipeline stage may hold one of them, or neither
+    embed, head = model.embed, model.lm_head
+    tied = embed is not None and head is not None and head.weight is embed.weight
+    for module in (embed, head):
+        if module is not None and not (tied and module is head):
+            shard(module, "weight", module.weight.shape[0])
     if tied:
-        model.lm_head.weight = model.embed.weight
-    else:
-        shard(model.lm_head, "weight", vocab)
+        head.weight = embed.weight
     if tp > 1:
-        start = rank * (vocab // tp)
-        model.embed = VocabParallelEmbedding(model.embed.weight, start, group)
-        model.lm_head = VocabParallelLMHead(model.lm_head.weight, start, group, model.lm_head.chunk)
+        if embed is not None:
+            model.embed = VocabParallelEmbedding(embed.weight, rank * embed.weight.shape[0], group)
+        if head is not None:
+            model.lm_head = VocabParallelLMHead(head.weight, rank * head.weight.shape[0], group, head.chunk)
     return model

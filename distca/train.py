@@ -28,6 +28,7 @@ from distca.model import build_model
 from distca.model.transformer import head_dim
 from distca.optim import adamw_factory
 from distca.parallelize import apply_tensor_parallel
+from distca.pipeline_stage import PipelineStage
 from distca.schedule import lr_at
 from distca.validate import build_plan, micro_batches_per_step
 from parallel.data_parallel import build_engine
@@ -90,9 +91,9 @@ def _setup(cfg):
     """Everything before the first step that can reject the config: device, plan, data."""
     device = init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
     world = dist.get_world_size() if dist.is_initialized() else 1
-    plan = build_plan(cfg, world)
     tokenizer, packer = build_dataset(cfg.data, cfg.train.seed)
-    return device, plan, _vocab_size(cfg, tokenizer, plan.dims.tp), packer
+    vocab = _vocab_size(cfg, tokenizer, cfg.parallel.tp)
+    return device, build_plan(cfg, world, vocab), vocab, packer
 
 
 def _train(cfg, raw_cfg) -> list[dict]:
@@ -109,11 +110,14 @@ def _train(cfg, raw_cfg) -> list[dict]:
                        os.path.join(run_dir, "config.yaml"), resolve=True)
 
     model = build_model(cfg.model, vocab, plan.core_attention, plan.linear_attention, cfg.train.seed)
-    n_params = model.num_params()  # the whole model's, before each rank keeps its slice
-    model = apply_tensor_parallel(model, state.tp_group).to(device)
+    n_params = model.num_params()  # the whole model's, before each rank keeps its part
     t = cfg.train
+    n_micro = micro_batches_per_step(t, plan.dims.dp)
+    stage = PipelineStage(model, plan, n_micro) if plan.dims.pp > 1 else None
+    model = apply_tensor_parallel(model, state.tp_group).to(device)
     engine = build_engine(model, state, adamw_factory(t, fused=device.type == "cuda"), t.grad_clip,
-                          cfg.parallel.zero_stage, micro_batches_per_step(t, plan.dims.dp))
+                          cfg.parallel.zero_stage, n_micro, tied=stage.tied_copies() if stage else (),
+                          tied_names=("lm_head.weight", "embed.weight") if cfg.model.tie_embeddings else None)
     group_size = engine.group_size
     amp = (torch.autocast(device.type, dtype=torch.bfloat16) if t.dtype == "bf16"
            else contextlib.nullcontext())
@@ -139,17 +143,23 @@ def _train(cfg, raw_cfg) -> list[dict]:
             samples = [packer.next_sample() for _ in range(t.global_batch_size)]
             n_labels = global_label_count(samples)
             micro = rank_micro_batches(samples, plan, t.micro_batch_size, device)
-            local_sum = torch.zeros((), device=device)
-            for i, mb in enumerate(micro):
-                with engine.accumulate(last=i == len(micro) - 1):
-                    with amp:
-                        ce = engine(mb.input_ids, mb.shard, mb.labels)
-                    engine.backward(ce / n_labels * group_size)
-                local_sum += ce.detach()
+            pipeline_metrics = {}
+            if stage is not None:
+                local_sum, pipeline_metrics = stage.forward_backward(micro, group_size / n_labels, amp)
+            else:
+                local_sum = torch.zeros((), device=device)
+                for i, mb in enumerate(micro):
+                    with engine.accumulate(last=i == len(micro) - 1):
+                        with amp:
+                            ce = engine(mb.input_ids, mb.shard, mb.labels)
+                        engine.backward(ce / n_labels * group_size)
+                    local_sum += ce.detach()
             lr = lr_at(step, t)
             grad_norm = engine.step(lr)
             if dist.is_initialized() and state.dpcp_group is not None:
                 dist.all_reduce(local_sum, group=state.dpcp_group)
+            if state.pp_group is not None:  # the loss lives on the last stage
+                dist.all_reduce(local_sum, group=state.pp_group)
             loss = local_sum.item() / n_labels
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
@@ -163,6 +173,7 @@ def _train(cfg, raw_cfg) -> list[dict]:
                  "max_mem_gib": _max_mem_gib(device), "lr": lr, "grad_norm": grad_norm,
                  "step_time_s": dt}
             m.update(plan.step_metrics())
+            m.update(pipeline_metrics)
             history.append(m)
             logger.log(m)
             saving = cfg.checkpoint.every and step % cfg.checkpoint.every == 0

@@ -105,3 +105,17 @@ def all_reduce(x, op, group, async_op: bool = False):
     _emit("all_reduce", group, x)
     return _result(dist.all_reduce(x, op=op, group=group, async_op=async_op), "all_reduce", group,
                    async_op)
+
+
+def exchange(sends: list, recvs: list, group) -> None:
+    """Point-to-point messages in one batch, then wait: sends [(tensor, group peer)], recvs
+    [(buffer, group peer)]. Both ends must post the matching pair in the same round."""
+    if not sends and not recvs:
+        return
+    ops = []
+    for t, peer in sends:
+        _emit("isend", group, t)
+        ops.append(dist.P2POp(dist.isend, t.contiguous(), group=group, group_peer=peer))
+    ops += [dist.P2POp(dist.irecv, t, group=group, group_peer=peer) for t, peer in recvs]
+    for req in dist.batch_isend_irecv(ops):
+        req.wait()

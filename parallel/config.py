@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import List, Optional
 
 
 class Choice(str, Enum):
@@ -49,6 +49,12 @@ class CPLayout(Choice):
     head_tail = "head_tail"      # every document cut into 2 cp chunks, head + tail per rank
 
 
+# "1f1b": one chunk per rank, one forward / one backward in steady state; "interleaved":
+# parallel.pp_virtual chunks per rank (Megatron's). Built with the functional API because
+# "1f1b" is not an identifier (OmegaConf matches a value by member name).
+PPSchedule = Choice("PPSchedule", [("1f1b", "1f1b"), ("interleaved", "interleaved")])
+
+
 @dataclass
 class CADConfig:
     tolerance: float = 0.1      # servers balanced to within (1 + tolerance) x the mean cost
@@ -70,6 +76,9 @@ class ParallelConfig:
     cp_layout: CPLayout = CPLayout.auto  # which tokens each CP rank holds (parallel/context/shard.py)
     ulysses: int = 1            # ulysses degree inside usp (cp = ulysses x ring)
     kv_head_groups: int = 2     # allgather: K/V gathered in this many head groups (caps memory)
+    pp_schedule: PPSchedule = PPSchedule("1f1b")
+    pp_virtual: int = 1         # chunks (virtual stages) per pipeline rank; > 1 with interleaved
+    pp_split: List[int] = field(default_factory=list)  # layers per chunk; empty: balanced by cost
     zero_stage: int = 0         # 0: torch DDP; 1-3: DeepSpeed ZeRO
     cad: CADConfig = field(default_factory=CADConfig)
 
@@ -81,6 +90,11 @@ class ModelShape:
     kv_heads: int
     layers: str   # one letter per layer: S softmax attention, L linear attention
     ffn_hidden: int = 0  # 0: not checked
+    # per-layer cost (any unit) and the embedding's / LM head's, for balancing pipeline chunks
+    layer_costs: tuple = ()
+    embed_cost: float = 0.0
+    head_cost: float = 0.0
+    tied_embeddings: bool = False  # one weight on the first and last pipeline stage
 
     @property
     def has_linear(self) -> bool:

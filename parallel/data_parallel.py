@@ -21,22 +21,28 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state
                                                      set_state_dict)
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from parallel.tensor.checkpoint import layout_free
-from parallel.tensor.grads import GradSync
+from parallel.tensor.checkpoint import layout_free, rename_tied
+from parallel.tensor.grads import GradSync, sum_over
 
 
 class DDPEngine:
     """Plain torch: DDP over the DP x CP group (or nothing for a single replica). Checkpoints
-    are torch.distributed.checkpoint folders (sharded, loadable at another world size)."""
+    are torch.distributed.checkpoint folders (sharded, loadable at another world size).
+
+    With pipeline parallelism (`wrap=False`) the stages' forwards do not go through a DDP
+    module, so the gradients are averaged over the group by one flat all-reduce before the
+    step instead (as DeepSpeed's pipeline engine does)."""
 
     def __init__(self, model: torch.nn.Module, state, make_optimizer, grad_clip: float,
-                 grad_sync: GradSync | None = None):
+                 grad_sync: GradSync | None = None, wrap: bool = True, tied_names=None):
         self.module = model
+        self.tied_names = tied_names  # (alias, name) of a weight tied across stages, or None
         self.grad_sync = grad_sync or GradSync(model.parameters())
         self.tp_group = self.grad_sync.tp_group
         self.group = state.dpcp_group
         self.group_size = dist.get_world_size(self.group) if self.group is not None else 1
-        if self.group_size > 1:
+        self.manual_average = wrap is False and self.group_size > 1
+        if self.group_size > 1 and wrap:
             ids = [state.device.index] if state.device.type == "cuda" else None
             self.model = DDP(model, device_ids=ids, process_group=self.group, broadcast_buffers=False)
         else:
@@ -62,6 +68,9 @@ class DDPEngine:
     def step(self, lr: float) -> float:
         for g in self.optimizer.param_groups:
             g["lr"] = lr
+        if self.manual_average:
+            sum_over([p.grad for p in self.module.parameters() if p.grad is not None], self.group,
+                     average=True)
         self.grad_sync.finalize()
         norm = self.grad_sync.clip(self.grad_clip)
         self.optimizer.step()
@@ -77,6 +86,8 @@ class DDPEngine:
         device = next(self.module.parameters()).device.type
         views = {"model": layout_free(model_sd, sliced, self.tp_group, device),
                  "optim": layout_free(optim_sd, sliced, self.tp_group, device)}
+        if self.tied_names is not None:
+            views = {k: rename_tied(v, *self.tied_names) for k, v in views.items()}
         return model_sd, optim_sd, views
 
     def save(self, ckpt_dir: str, tag: str) -> None:
@@ -142,12 +153,18 @@ class DeepSpeedEngine:
         self.model.load_checkpoint(ckpt_dir, tag=tag)
 
 
-def build_engine(model, state, make_optimizer, grad_clip: float, zero_stage: int, grad_accum: int):
+def build_engine(model, state, make_optimizer, grad_clip: float, zero_stage: int, grad_accum: int,
+                 tied=(), tied_names=None):
     """DDP (zero_stage 0) or DeepSpeed ZeRO 1-3 around `model`; make_optimizer(params) builds
-    the optimizer (the trainer's choice). With tensor parallelism, gradients of replicated
-    parameters are summed over the TP group and the norm covers the whole model (GradSync)."""
+    the optimizer (the trainer's choice). With tensor and pipeline parallelism the gradients
+    that data parallelism does not reduce are (GradSync), and the norm covers the whole model;
+    `tied` are this stage's copies of weights tied across the first and last pipeline stage,
+    `tied_names` (alias, name) how checkpoints call such a weight (one entry whatever the stage)."""
     if zero_stage == 0:
-        return DDPEngine(model, state, make_optimizer, grad_clip, GradSync(model.parameters(), state.tp_group))
+        pp = state.dims.pp > 1
+        sync = GradSync(model.parameters(), state.tp_group, state.pp_group, tied, state.embed_group,
+                        count_tied=not pp or state.pp_rank == 0)
+        return DDPEngine(model, state, make_optimizer, grad_clip, sync, wrap=not pp, tied_names=tied_names)
     if zero_stage not in (1, 2, 3):
         raise ValueError(f"parallel.zero_stage={zero_stage} must be 0 (DDP) or 1, 2, 3 (DeepSpeed ZeRO)")
     if not dist.is_initialized():

@@ -97,12 +97,14 @@ class ParallelState:
     pp_group: object = None       # the ranks holding consecutive pipeline stages
     ulysses_group: object = None  # USP only: this rank's Ulysses group inside its CP group
     ring_group: object = None     # USP only: the ring across Ulysses groups
+    embed_group: object = None    # tied embeddings with pp > 1: the first and last stage's ranks
 
     @staticmethod
     def create(dims: ParallelDims, device: torch.device | None = None,
-               ulysses: int | None = None) -> "ParallelState":
-        """Build every group (USP's when `ulysses` is given). Must be called on all ranks in
-        the same order: creating a group is collective."""
+               ulysses: int | None = None, tied_embeddings: bool = False) -> "ParallelState":
+        """Build every group (USP's when `ulysses` is given; the first and last pipeline
+        stage's pair when embeddings are tied and pp > 1). Must be called on all ranks in the
+        same order: creating a group is collective."""
         device = device or torch.device("cpu")
         if not dist.is_initialized():
             if dims.world_size != 1:
@@ -116,6 +118,8 @@ class ParallelState:
         for axis in ("tp", "pp"):  # groups of one rank would only cost start-up time
             if getattr(dims, axis) > 1:
                 lists[f"{axis}_group"] = _groups_along(dims, axis)
+        if tied_embeddings and dims.pp > 1:
+            lists["embed_group"] = [[g[0], g[-1]] for g in _groups_along(dims, "pp")]
         if ulysses is not None:
             lists["ulysses_group"], lists["ring_group"] = _ulysses_splits(dims, ulysses)
         for attr, groups in lists.items():

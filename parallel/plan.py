@@ -17,12 +17,13 @@ from __future__ import annotations
 import torch
 
 from parallel.cad.attention import check_cad_config
-from parallel.config import CPAlgo, CPLayout, ModelShape, ParallelConfig
+from parallel.config import CPAlgo, CPLayout, ModelShape, ParallelConfig, PPSchedule
 from parallel.context.api import CORE_ATTENTION, LINEAR_ATTENTION
 from parallel.context.shard import Shard, build_shard
 from parallel.context.strategy import Strategy
 from parallel.context.ulysses import kv_replication
 from parallel.dims import ParallelDims, ParallelState
+from parallel.pipeline.split import balanced_split, manual_split
 
 
 class ParallelPlan:
@@ -49,9 +50,7 @@ class ParallelPlan:
         if d.tp > 1 and c.zero_stage > 0:
             raise ValueError(f"parallel.zero_stage={c.zero_stage} with parallel.tp={d.tp}: DeepSpeed ZeRO "
                              "runs only without tensor parallelism here; use parallel.zero_stage=0 (DDP)")
-        if d.pp > 1:
-            raise ValueError(f"parallel.pp={d.pp}: pipeline parallelism is not implemented yet; "
-                             "use parallel.pp=1")
+        self._check_pipeline()
         if d.cp > 1 and self.cp_algo == CPAlgo.local:
             raise ValueError(f"parallel.cp={d.cp} needs a context-parallel algorithm; set "
                              "parallel.cp_algo to ring, allgather, ulysses, usp or cad")
@@ -70,6 +69,35 @@ class ParallelPlan:
             raise ValueError(f"parallel.zero_stage={c.zero_stage} must be 0 (DDP) or 1, 2, 3 (ZeRO)")
         if self.cp_algo == CPAlgo.cad:
             check_cad_config(c.cad, d.dp * d.cp)
+
+    def _check_pipeline(self) -> None:
+        c, d, m = self.cfg, self.dims, self.model
+        schedule = _choice(PPSchedule, c.pp_schedule, "parallel.pp_schedule")
+        v = c.pp_virtual
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"parallel.pp_virtual={v!r} must be an integer >= 1")
+        if schedule == PPSchedule("1f1b") and v != 1:
+            raise ValueError(f"parallel.pp_virtual={v} needs parallel.pp_schedule=interleaved "
+                             "(1f1b runs one chunk per pipeline rank)")
+        if schedule == PPSchedule("interleaved") and v < 2:
+            raise ValueError("parallel.pp_schedule=interleaved needs parallel.pp_virtual >= 2 "
+                             "(chunks per pipeline rank); or use parallel.pp_schedule=1f1b")
+        chunks = d.pp * v
+        if chunks > len(m.layers):
+            raise ValueError(f"parallel.pp x parallel.pp_virtual = {chunks} pipeline chunks but "
+                             f"model.layers has {len(m.layers)} layers; each chunk needs one")
+        if d.pp > 1 and c.zero_stage > 0:
+            raise ValueError(f"parallel.zero_stage={c.zero_stage} with parallel.pp={d.pp}: DeepSpeed "
+                             "ZeRO runs only without pipeline parallelism here; use parallel.zero_stage=0")
+        if c.pp_split:
+            self.chunks = manual_split(list(c.pp_split), len(m.layers), chunks)
+        else:
+            costs = list(m.layer_costs) or [1.0] * len(m.layers)
+            self.chunks = balanced_split(costs, chunks, m.embed_cost, m.head_cost)
+
+    def chunks_of(self, pp_rank: int) -> list[int]:
+        """The global chunk indices pipeline rank pp_rank runs (c % pp == pp_rank)."""
+        return list(range(pp_rank, len(self.chunks), self.dims.pp))
 
     def _resolve_layout(self) -> str:
         core = self._core_class()
@@ -101,7 +129,8 @@ class ParallelPlan:
     def setup(self, device: torch.device | None = None) -> ParallelState:
         """Create every process group and the strategies. Collective: every rank, same order."""
         usp = self.core_algo == CPAlgo.usp
-        st = ParallelState.create(self.dims, device, ulysses=self.cfg.ulysses if usp else None)
+        st = ParallelState.create(self.dims, device, ulysses=self.cfg.ulysses if usp else None,
+                                  tied_embeddings=self.model.tied_embeddings)
         self.state = st
         self.core_attention = self._build_core(st)
         linear = "lasp2" if self.dims.cp > 1 else "local"

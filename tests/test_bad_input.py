@@ -27,10 +27,6 @@ def test_heads_not_divisible_by_tp(tmp_path):
     assert "parallel.tp=3" in msg and "model.heads" in msg
 
 
-def test_pp_not_implemented_yet(tmp_path):
-    assert "pipeline parallelism is not implemented" in _err(tiny_cfg(tmp_path, "parallel.pp=2"), world=2)
-
-
 def test_tp_needs_divisible_ffn_and_no_deepspeed(tmp_path):
     msg = _err(tiny_cfg(tmp_path, "parallel.tp=2", "model.ffn_hidden=353"), world=2)
     assert "model.ffn_hidden=353" in msg and "parallel.tp=2" in msg

@@ -140,3 +140,25 @@ def test_vocabulary_splits_evenly_over_tp():
     assert _vocab_size(cfg(-1), tok, 3) == 384  # a multiple of 64 and of 3
     with pytest.raises(ValueError, match="model.vocab_size=300 must be divisible by parallel.tp=8"):
         _vocab_size(cfg(300), tok, 8)
+
+
+def test_pipeline_fields():
+    plan = plan_for("parallel.pp=2", world=2)
+    assert [list(r) for r in plan.chunks] == [[0, 1], [2, 3]] and plan.chunks_of(1) == [1]
+    # the LM head costs more than a tiny layer: the last chunk gets fewer layers
+    plan = plan_for("parallel.pp=2", "model.vocab_size=50000", world=2)
+    assert len(plan.chunks[0]) > len(plan.chunks[1])
+    plan = plan_for("parallel.pp=2", "parallel.pp_split=[1,3]", world=2)
+    assert [list(r) for r in plan.chunks] == [[0], [1, 2, 3]]
+    plan = plan_for("parallel.pp=2", "parallel.pp_schedule=interleaved", "parallel.pp_virtual=2", world=2)
+    assert [list(r) for r in plan.chunks] == [[0], [1], [2], [3]] and plan.chunks_of(0) == [0, 2]
+    assert "1f1b, interleaved" in composition_error("parallel.pp_schedule=gpipe")
+    assert "parallel.pp_schedule=interleaved" in plan_error("parallel.pp=2", "parallel.pp_virtual=2", world=2)
+    assert "parallel.pp_virtual >= 2" in plan_error("parallel.pp=2", "parallel.pp_schedule=interleaved",
+                                                    world=2)
+    assert "pipeline chunks" in plan_error("parallel.pp=8", world=8)  # 4 layers
+    assert "parallel.pp_split=[2, 3]" in plan_error("parallel.pp=2", "parallel.pp_split=[2,3]", world=2)
+    assert "parallel.zero_stage=1" in plan_error("parallel.pp=2", "parallel.zero_stage=1", world=4)
+    msg = plan_error("parallel.pp=2", "parallel.pp_schedule=interleaved", "parallel.pp_virtual=2",
+                     "train.global_batch_size=6", "model.layers=SSSSSSSS", "parallel.pp=4", world=4)
+    assert "multiple of parallel.pp=4" in msg

@@ -75,14 +75,27 @@ class HybridLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, shard, labels: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [T_local] in the shard's local order -> the summed next-token loss over
         `labels` (not -100), or the final hidden states [T_local, dim] without labels."""
-        x = self.embed(input_ids)
+        x = self.embed_tokens(input_ids)
+        x = self.run_blocks(x, shard, range(len(self.blocks)))
+        return self.head(x, labels)
+
+    # The three parts of the forward, also run separately by pipeline stages.
+    def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.embed(input_ids)
+
+    def run_blocks(self, x: torch.Tensor, shard, layers) -> torch.Tensor:
+        """Blocks `layers` (indices into self.blocks, in order) over hidden states x."""
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
         rope = rope_cos_sin(shard.position_ids.to(x.device), self.head_dim, self.cfg.rope_theta, dtype)
-        for blk in self.blocks:
+        for i in layers:
+            blk = self.blocks[i]
             if self.cfg.checkpoint_activations and self.training:
                 x = checkpoint(blk, x, shard, rope, use_reentrant=False)
             else:
                 x = blk(x, shard, rope)
+        return x
+
+    def head(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         x = self.norm(x)
         return x if labels is None else self.lm_head(x, labels)
 

@@ -58,10 +58,11 @@ def check_cad_config(c: CADConfig, group_size: int) -> None:
                          "JSON table written by benchmarks/profile_attention_cost.py")
 
 
-# Plans kept per strategy: the current micro-batch and a few before it, so schedules that
-# come back to an earlier micro-batch (activation recompute, pipeline 1F1B) do not replan.
+# Plans kept per strategy: the current micro-batch and those before it that a schedule may
+# come back to (activation recompute; a pipeline keeps up to pp x pp_virtual micro-batches in
+# flight), so they do not replan.
 # Every rank sees the same sequence of shards, so hits and misses (a miss all-gathers) agree.
-CACHED_STEPS = 4
+CACHED_STEPS = 16
 
 
 class _Step:

@@ -57,3 +57,26 @@ def _param_of(key: str, sliced: dict):
         name = key[len("state."):].rpartition(".")[0]
         return name if name in sliced else None
     return None
+
+
+def rename_tied(state: dict, alias: str, name: str) -> dict:
+    """Entries of the parameter called `alias` here stored under `name` instead: a weight tied
+    across pipeline stages is `embed.weight` on the first stage and `lm_head.weight` on the
+    last, and must be one entry in the checkpoint. Where both names are present (one stage,
+    one parameter) the alias's entries are dropped."""
+    present = {key.split(PART)[0] for key in state}
+    out = {}
+    for key, value in state.items():
+        new = _renamed(key, alias, name)
+        if new != key and new.split(PART)[0] in present:
+            continue
+        out[new] = value
+    return out
+
+
+def _renamed(key: str, alias: str, name: str) -> str:
+    for prefix in ("", "state.", "param_groups."):
+        head = prefix + alias
+        if key == head or key.startswith(head + ".") or key.startswith(head + PART):
+            return prefix + name + key[len(head):]
+    return key
