@@ -44,6 +44,9 @@ class PipelineStage:
             model.norm = None
             model.lm_head = None
         self.tp = dims.tp
+        # NCCL: a batched point-to-point call must not be the first call on its group unless
+        # every rank of the group joins it; one collective first makes the ticks safe
+        dist.barrier(group=state.pp_group)
         self.executor = PipelineExecutor(state.pp_group, dims.pp, state.pp_rank,
                                          len(plan.chunks) // dims.pp, micro_batches)
 

@@ -34,7 +34,8 @@ class DDPEngine:
     step instead (as DeepSpeed's pipeline engine does)."""
 
     def __init__(self, model: torch.nn.Module, state, make_optimizer, grad_clip: float,
-                 grad_sync: GradSync | None = None, wrap: bool = True, tied_names=None):
+                 grad_sync: GradSync | None = None, wrap: bool = True, tied_names=None,
+                 shard_optimizer_over=None):
         self.module = model
         self.tied_names = tied_names  # (alias, name) of a weight tied across stages, or None
         self.grad_sync = grad_sync or GradSync(model.parameters())
@@ -47,7 +48,9 @@ class DDPEngine:
             self.model = DDP(model, device_ids=ids, process_group=self.group, broadcast_buffers=False)
         else:
             self.model = model
-        self.optimizer = make_optimizer(model.parameters())
+        self.optimizer = make_optimizer(model.parameters(), shard_group=shard_optimizer_over)
+        # what checkpoints see: ZeRO-1's own optimizer over this rank's share of the parameters
+        self.local_optimizer = getattr(self.optimizer, "optim", self.optimizer)
         self.grad_clip = grad_clip
 
     def __call__(self, *args):
@@ -80,7 +83,7 @@ class DDPEngine:
     def _state(self):
         """(model state, optimizer state, their layout-free views for DCP)."""
         opts = StateDictOptions(flatten_optimizer_state_dict=True)
-        model_sd, optim_sd = get_state_dict(self.module, self.optimizer, options=opts)
+        model_sd, optim_sd = get_state_dict(self.module, self.local_optimizer, options=opts)
         sliced = {name: p.tp_slice for name, p in self.module.named_parameters()
                   if getattr(p, "tp_slice", None) is not None}
         device = next(self.module.parameters()).device.type
@@ -96,7 +99,7 @@ class DDPEngine:
     def load(self, ckpt_dir: str, tag: str) -> None:
         model_sd, optim_sd, views = self._state()
         dcp.load(views, checkpoint_id=str(Path(ckpt_dir) / tag))  # in place, through the views
-        set_state_dict(self.module, self.optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
+        set_state_dict(self.module, self.local_optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
                        options=StateDictOptions(flatten_optimizer_state_dict=True))
 
 
@@ -160,11 +163,15 @@ def build_engine(model, state, make_optimizer, grad_clip: float, zero_stage: int
     that data parallelism does not reduce are (GradSync), and the norm covers the whole model;
     `tied` are this stage's copies of weights tied across the first and last pipeline stage,
     `tied_names` (alias, name) how checkpoints call such a weight (one entry whatever the stage)."""
-    if zero_stage == 0:
+    tp_or_pp = state.dims.tp > 1 or state.dims.pp > 1
+    if zero_stage == 0 or (zero_stage == 1 and tp_or_pp):
         pp = state.dims.pp > 1
         sync = GradSync(model.parameters(), state.tp_group, state.pp_group, tied, state.embed_group,
                         count_tied=not pp or state.pp_rank == 0)
-        return DDPEngine(model, state, make_optimizer, grad_clip, sync, wrap=not pp, tied_names=tied_names)
+        shard = (state.dpcp_group if zero_stage == 1 and state.dpcp_group is not None
+                 and dist.get_world_size(state.dpcp_group) > 1 else None)
+        return DDPEngine(model, state, make_optimizer, grad_clip, sync, wrap=not pp, tied_names=tied_names,
+                         shard_optimizer_over=shard)
     if zero_stage not in (1, 2, 3):
         raise ValueError(f"parallel.zero_stage={zero_stage} must be 0 (DDP) or 1, 2, 3 (DeepSpeed ZeRO)")
     if not dist.is_initialized():

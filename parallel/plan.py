@@ -47,9 +47,10 @@ class ParallelPlan:
         if m.ffn_hidden % d.tp:
             raise ValueError(f"model.ffn_hidden={m.ffn_hidden} must be divisible by parallel.tp={d.tp}; "
                              "choose a tp that divides it")
-        if d.tp > 1 and c.zero_stage > 0:
-            raise ValueError(f"parallel.zero_stage={c.zero_stage} with parallel.tp={d.tp}: DeepSpeed ZeRO "
-                             "runs only without tensor parallelism here; use parallel.zero_stage=0 (DDP)")
+        if d.tp > 1 and c.zero_stage > 1:
+            raise ValueError(f"parallel.zero_stage={c.zero_stage} with parallel.tp={d.tp}: only ZeRO "
+                             "stage 1 (optimizer state partitioned) composes with tensor parallelism "
+                             "here; use parallel.zero_stage=1 (ZeRO-1) or parallel.zero_stage=0 (DDP)")
         self._check_pipeline()
         if d.cp > 1 and self.cp_algo == CPAlgo.local:
             raise ValueError(f"parallel.cp={d.cp} needs a context-parallel algorithm; set "
@@ -86,9 +87,10 @@ class ParallelPlan:
         if chunks > len(m.layers):
             raise ValueError(f"parallel.pp x parallel.pp_virtual = {chunks} pipeline chunks but "
                              f"model.layers has {len(m.layers)} layers; each chunk needs one")
-        if d.pp > 1 and c.zero_stage > 0:
-            raise ValueError(f"parallel.zero_stage={c.zero_stage} with parallel.pp={d.pp}: DeepSpeed "
-                             "ZeRO runs only without pipeline parallelism here; use parallel.zero_stage=0")
+        if d.pp > 1 and c.zero_stage > 1:
+            raise ValueError(f"parallel.zero_stage={c.zero_stage} with parallel.pp={d.pp}: only ZeRO "
+                             "stage 1 (optimizer state partitioned) composes with pipeline "
+                             "parallelism here; use parallel.zero_stage=1 (ZeRO-1) or parallel.zero_stage=0 (DDP)")
         if c.pp_split:
             self.chunks = manual_split(list(c.pp_split), len(m.layers), chunks)
         else:

@@ -158,7 +158,8 @@ def test_pipeline_fields():
                                                     world=2)
     assert "pipeline chunks" in plan_error("parallel.pp=8", world=8)  # 4 layers
     assert "parallel.pp_split=[2, 3]" in plan_error("parallel.pp=2", "parallel.pp_split=[2,3]", world=2)
-    assert "parallel.zero_stage=1" in plan_error("parallel.pp=2", "parallel.zero_stage=1", world=4)
+    assert "parallel.zero_stage=2" in plan_error("parallel.pp=2", "parallel.zero_stage=2", world=4)
+    assert plan_for("parallel.pp=2", "parallel.zero_stage=1", world=4).cfg.zero_stage == 1
     msg = plan_error("parallel.pp=2", "parallel.pp_schedule=interleaved", "parallel.pp_virtual=2",
                      "train.global_batch_size=6", "model.layers=SSSSSSSS", "parallel.pp=4", world=4)
     assert "multiple of parallel.pp=4" in msg

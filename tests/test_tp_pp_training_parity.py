@@ -10,12 +10,14 @@ spawn per world size runs every layout:
 - 4 ranks: tp=4 (4 query and 4 KV heads: one of each per rank); tp=2 x cp=2 with ring,
   Ulysses and CAD (each TP rank's heads in its own CP / CAD group); dp=2 x tp=2; LLLS at
   tp=2 x cp=2 (all-gather + LASP-2); pp=4; tp=2 x pp=2; pp=2 x cp=2 with ring and with CAD;
+  ZeRO-1 (optimizer state partitioned over the DP group) with dp=2 x tp=2 and dp=2 x pp=2;
 - 8 ranks: dp=2 x tp=2 x pp=2.
 
 Every run also reports the whole model's FLOPs: TFLOP/s per GPU times the step time times
 the number of GPUs equals the one-process figure (counted once, whatever the layout), and a
 pipeline run reports its schedule's bubble. A checkpoint written at tp=2 x pp=2 (tied
-embeddings) resumes at tp=2 x pp=2 bitwise and at tp=1 x pp=1 and tp=1 x pp=2 with parity.
+embeddings) resumes at tp=2 x pp=2 bitwise and at tp=1 x pp=1 and tp=1 x pp=2 with parity;
+one written with ZeRO-1 at dp=2 x tp=2 resumes there bitwise and at tp=2 with DDP with parity.
 """
 from pathlib import Path
 
@@ -44,11 +46,13 @@ RUNS = {
         ("tp=2 cp=2 ulysses", "base", ["parallel.tp=2", *CP2, "parallel.cp_algo=ulysses"]),
         ("tp=2 cp=2 cad", "base", ["parallel.tp=2", *CP2, "parallel.cp_algo=cad"]),
         ("dp=2 tp=2", "base", ["parallel.dp=2", "parallel.tp=2"]),
+        ("dp=2 tp=2 ZeRO-1", "base", ["parallel.dp=2", "parallel.tp=2", "parallel.zero_stage=1"]),
         ("LLLS tp=2 cp=2 allgather", "hybrid", ["parallel.tp=2", *CP2, "parallel.cp_algo=allgather"]),
         ("pp=4", "base", ["parallel.pp=4"]),
         ("tp=2 pp=2", "base", ["parallel.tp=2", "parallel.pp=2"]),
         ("pp=2 cp=2 ring", "base", ["parallel.pp=2", *CP2, "parallel.cp_algo=ring"]),
-        ("pp=2 cp=2 cad", "base", ["parallel.pp=2", *CP2, "parallel.cp_algo=cad"])],
+        ("pp=2 cp=2 cad", "base", ["parallel.pp=2", *CP2, "parallel.cp_algo=cad"]),
+        ("dp=2 pp=2 ZeRO-1", "base", ["parallel.dp=2", "parallel.pp=2", "parallel.zero_stage=1"])],
     8: [("dp=2 tp=2 pp=2", "base", ["parallel.dp=2", "parallel.tp=2", "parallel.pp=2"])],
 }
 
@@ -134,3 +138,66 @@ def test_checkpoint_resumes_at_another_layout(tmp_path):
             _resume(0, 1, str(tmp_path), data, name, layout, full)
         else:
             run_distributed(_resume, world, str(tmp_path), data, name, layout, full)
+
+
+def _save_zero1(rank, world, tmp, data, out):
+    history = train(tiny_cfg(f"{tmp}/z_full", "train.steps=8", "train.dtype=fp32", "checkpoint.every=4",
+                             f"checkpoint.dir={tmp}/zck", *ZERO1, *data))
+    if rank == 0:
+        Path(out).write_text(repr(losses(history)))
+
+
+def _resume_zero1(rank, world, tmp, data, name, layout, full):
+    resumed = losses(train(tiny_cfg(f"{tmp}/z_{name}", "train.steps=8", "train.dtype=fp32",
+                                    f"checkpoint.dir={tmp}/{name}", *layout, *data)))
+    if layout == ZERO1:
+        assert resumed == full[4:], (name, full, resumed)
+    else:
+        assert_parity(full[4:], resumed, label=f"ZeRO-1 checkpoint resumed at {name}")
+
+
+ZERO1 = ["parallel.dp=2", "parallel.tp=2", "parallel.zero_stage=1"]
+
+
+@pytest.mark.slow
+def test_zero1_checkpoint_resumes_with_and_without_partitioning(tmp_path):
+    import ast
+    import shutil
+    data = mixed_corpus(tmp_path / "docs.jsonl")
+    run_distributed(_save_zero1, 4, str(tmp_path), data, str(tmp_path / "full.txt"))
+    full = ast.literal_eval((tmp_path / "full.txt").read_text())
+    for name, layout, world in (("same", ZERO1, 4), ("tp2_ddp", ["parallel.tp=2"], 2)):
+        shutil.copytree(tmp_path / "zck", tmp_path / name)
+        (tmp_path / name / "latest").write_text("4")
+        run_distributed(_resume_zero1, world, str(tmp_path), data, name, layout, full)
+
+
+def _zero1_partitions(rank, world):
+    """ZeRO-1 keeps each parameter's optimizer state on one rank of the DP group only."""
+    import torch
+    import torch.distributed as dist
+
+    from distca.config import compose_config, to_typed
+    from distca.model import build_model
+    from distca.optim import adamw_factory
+    from distca.parallelize import apply_tensor_parallel
+    from distca.validate import build_plan
+    from parallel.data_parallel import build_engine
+    cfg = to_typed(compose_config(["experiment=tiny", *ZERO1]))
+    plan = build_plan(cfg, world, 320)
+    state = plan.setup()
+    model = apply_tensor_parallel(build_model(cfg.model, 320, plan.core_attention, plan.linear_attention, 0),
+                                  state.tp_group)
+    engine = build_engine(model, state, adamw_factory(cfg.train, fused=False), 1.0, 1, 2)
+    mine = {id(p) for g in engine.local_optimizer.param_groups for p in g["params"]}
+    names = [n for n, p in model.named_parameters() if id(p) in mine]
+    every = [None] * world
+    dist.all_gather_object(every, names)
+    dp_peer = every[(rank + 2) % world]  # same TP rank, the other DP replica
+    assert names and set(names).isdisjoint(dp_peer), (names, dp_peer)
+    assert sorted(names + dp_peer) == sorted(n for n, _ in model.named_parameters())
+    assert torch.is_tensor(next(model.parameters()))
+
+
+def test_zero1_partitions_optimizer_state():
+    run_distributed(_zero1_partitions, 4)
