@@ -1,13 +1,26 @@
-"""End-to-end training-step throughput of the 1B-class model on one GPU, beside HF Transformers.
+"""End-to-end training-step throughput of the 1B-class model on one GPU, beside HF Transformers
+(SDPA) and HF Transformers + Liger kernels, in one process.
 
-For each context length: our model on one whole document (plain causal), our model on
-documents packed from the pretraining-like length distribution (document-masked attention),
-and HF Transformers' LlamaForCausalLM with the same shapes (SDPA, full activation
-checkpointing; HF with SDPA cannot mask documents, so it runs plain causal). All three use fp32
-master weights, bf16 autocast and fused AdamW, and are measured in the same process.
-A torch.profiler pass over one of our steps splits GPU time by kernel category.
+Rows, per context length:
+- distca on one whole document (plain causal) and on documents packed from the
+  pretraining-like length distribution (document-masked attention), at each recompute policy
+  (`model.recompute` = none, selective, full);
+- the same 1B shapes as a hybrid (LLLS: three Lightning-style linear layers per softmax one),
+  packed documents, no recompute and full recompute;
+- HF Transformers LlamaForCausalLM, SDPA, gradient checkpointing on and off (SDPA cannot mask
+  documents, so HF always runs one plain causal document);
+- the same HF model with Liger kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy).
+Every system: fp32 master weights, bf16 autocast, fused AdamW. Liger patches transformers'
+classes process-wide, so its rows run last. A row that runs out of memory is recorded as such.
 
-    python benchmarks/e2e.py --seq-lens 16384 65536 --out benchmarks/results/e2e_h100.json
+Two comparisons follow from the rows (`comparisons` in the JSON): (a) the same setting in both
+(full recompute vs gradient checkpointing), and (b) each system at its fastest setting that
+fits. MFU counts 6N per token plus causal attention over the real documents (recompute not
+counted) against the dense bf16 peak. A torch.profiler pass splits one step of distca's
+fastest fitting policy by kernel category. `--cli` also times the trainer itself
+(`experiment=e2e_1b`), so metrics.jsonl can be compared with these rows.
+
+    python benchmarks/e2e.py --seq-lens 16384 65536 --out benchmarks/results/e2e_h200.json
 """
 from __future__ import annotations
 
@@ -15,6 +28,10 @@ import argparse
 import datetime
 import gc
 import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
@@ -27,19 +44,24 @@ from distca.model import build_model
 from parallel.context.local import LocalCoreAttention, LocalLinearAttention
 from parallel.context.shard import build_shard
 
+POLICIES = ("none", "selective", "full")
+
 
 def _time_steps(step_fn, warmup: int, steps: int) -> float:
     for _ in range(warmup):
         step_fn()
     torch.cuda.synchronize()
-    t0 = time.perf_counter()
+    times = []
     for _ in range(steps):
+        t0 = time.perf_counter()
         step_fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) / steps
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
 
 
-def _ours(mcfg, seq_len, doc_lens, vocab):
+def _ours(mcfg, seq_len, doc_lens, vocab, recompute):
+    mcfg.recompute, mcfg.checkpoint_activations = recompute, None
     model = build_model(mcfg, vocab, LocalCoreAttention(), LocalLinearAttention(), seed=0).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     shard = build_shard(doc_lens).to("cuda")
@@ -52,19 +74,19 @@ def _ours(mcfg, seq_len, doc_lens, vocab):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return model, step
+    return model, step, model.num_params()
 
 
-def _hf(mcfg, seq_len, vocab):
+def _hf(mcfg, seq_len, vocab, checkpointing):
     from transformers import LlamaConfig, LlamaForCausalLM
-    head_dim = mcfg.hidden // mcfg.heads
     conf = LlamaConfig(vocab_size=vocab, hidden_size=mcfg.hidden, intermediate_size=mcfg.ffn_hidden,
                        num_hidden_layers=len(mcfg.layers), num_attention_heads=mcfg.heads,
-                       num_key_value_heads=mcfg.kv_heads, head_dim=head_dim,
+                       num_key_value_heads=mcfg.kv_heads, head_dim=mcfg.hidden // mcfg.heads,
                        max_position_embeddings=seq_len, rope_theta=mcfg.rope_theta,
                        tie_word_embeddings=mcfg.tie_embeddings, attn_implementation="sdpa")
     model = LlamaForCausalLM(conf).cuda()
-    model.gradient_checkpointing_enable()
+    if checkpointing:
+        model.gradient_checkpointing_enable()
     model.config.use_cache = False
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     ids = torch.randint(0, vocab, (1, seq_len), device="cuda")
@@ -75,12 +97,17 @@ def _hf(mcfg, seq_len, vocab):
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-    return model, step
+    n = sum(p.numel() for p in model.parameters()) - (
+        0 if mcfg.tie_embeddings else model.get_input_embeddings().weight.numel())
+    return model, step, n
 
 
-CATEGORIES = (("attention", ("attention", "attn", "flash", "fmha")),
+CATEGORIES = (("attention", ("attention", "attn", "flash", "fmha", "lightning")),
               ("matmul", ("gemm", "matmul", "sm90", "cutlass", "nvjet", "xmma")),
-              ("loss", ("cross_entropy", "log_softmax", "nll")),
+              ("loss", ("cross_entropy", "log_softmax", "nll", "_ce_rows")),
+              ("norm", ("rms_norm", "rmsnorm")),
+              ("swiglu", ("swiglu",)),
+              ("rope", ("rope",)),
               ("optimizer", ("adam", "multi_tensor", "foreach")))
 
 
@@ -107,9 +134,79 @@ def _breakdown(step_fn) -> dict:
         else:
             cats["other"] += t
     total = sum(cats.values())
-    top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:12]
+    top = sorted(per_kernel.items(), key=lambda kv: -kv[1])[:15]
     return {"gpu_ms": total / 1e3, "share": {c: round(v / total, 4) for c, v in cats.items()},
             "top_kernels_ms": [[n[:90], round(t / 1e3, 3)] for n, t in top]}
+
+
+def _measure(build, label: dict, flops_of, peak, args) -> tuple[dict, object]:
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    model = step = None
+    try:
+        model, step, n_params = build()
+        dt = _time_steps(step, args.warmup, args.steps)
+        flops = flops_of(n_params)
+        row = {**label, "step_s": dt, "tokens_per_s": label["seq_len"] / dt,
+               "tflops": flops / dt / 1e12, "mfu": flops / dt / 1e12 / peak if peak else None,
+               "max_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
+    except torch.OutOfMemoryError as e:
+        row, step = {**label, "error": f"OOM: {str(e)[:160]}"}, None
+    except Exception as e:  # a broken row is reported, the others still run
+        row, step = {**label, "error": repr(e)[:300]}, None
+    print(json.dumps(row), flush=True)
+    if args.out:  # rows so far, so a run cut short still leaves its measurements
+        with open(args.out + ".partial", "a") as f:
+            f.write(json.dumps(row) + "\n")
+    del model
+    return row, step
+
+
+def _cli_run(seq_len: int, steps: int) -> dict:
+    """The trainer itself (`experiment=e2e_1b`), what users see in metrics.jsonl."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "distca.train", "experiment=e2e_1b", f"data.seq_len={seq_len}",
+               f"train.steps={steps}", "logger.progress=false", "checkpoint.save_final=false",
+               f"run_dir={tmp}"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                           env={**os.environ, "WANDB_MODE": "disabled"})
+        path = os.path.join(tmp, "metrics.jsonl")
+        if r.returncode or not os.path.exists(path):
+            return {"command": " ".join(cmd[1:-1]), "error": (r.stderr or r.stdout)[-600:]}
+        ms = [json.loads(line) for line in open(path)]
+    later = ms[2:] or ms
+    return {"command": " ".join(cmd[1:-1]), "seq_len": seq_len,
+            "median_tokens_per_s_after_step_2": float(np.median([m["tokens_per_s"] for m in later])),
+            "median_mfu_after_step_2": float(np.median([m["mfu"] for m in later])),
+            "max_mem_gib": max(m["max_mem_gib"] for m in ms), "steps": len(ms)}
+
+
+def _comparisons(rows: list[dict]) -> list[dict]:
+    ok = [r for r in rows if "error" not in r]
+    out = []
+    for L in sorted({r["seq_len"] for r in rows}):
+        def pick(system, docs=None, setting=None):
+            return [r for r in ok if r["seq_len"] == L and r["system"] == system
+                    and (docs is None or r["documents"] == docs)
+                    and (setting is None or r["setting"] == setting)]
+        liger_full = pick("hf_liger", setting="gradient checkpointing")
+        liger_best = max(pick("hf_liger"), key=lambda r: r["tokens_per_s"], default=None)
+        for docs in ("one document", "packed documents"):
+            full = pick("distca", docs, "recompute=full")
+            best = max(pick("distca", docs), key=lambda r: r["tokens_per_s"], default=None)
+            c = {"seq_len": L, "documents": docs}
+            if full and liger_full:
+                c["same_setting_full_recompute"] = {
+                    "distca_over_hf_liger": full[0]["tokens_per_s"] / liger_full[0]["tokens_per_s"],
+                    "distca_mem_gib": full[0]["max_mem_gib"], "hf_liger_mem_gib": liger_full[0]["max_mem_gib"]}
+            if best and liger_best:
+                c["best_vs_best"] = {
+                    "distca_over_hf_liger": best["tokens_per_s"] / liger_best["tokens_per_s"],
+                    "distca_setting": best["setting"], "hf_liger_setting": liger_best["setting"],
+                    "distca_mfu": best["mfu"], "hf_liger_mfu": liger_best["mfu"]}
+            out.append(c)
+    return out
 
 
 def main():
@@ -118,61 +215,97 @@ def main():
     ap.add_argument("--seq-lens", type=int, nargs="+", default=[16384, 65536])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--policies", nargs="+", default=list(POLICIES), choices=POLICIES)
     ap.add_argument("--no-hf", action="store_true")
+    ap.add_argument("--no-hybrid", action="store_true")
+    ap.add_argument("--cli", action="store_true", help="also time `distca-train experiment=e2e_1b`")
     ap.add_argument("--out", default="benchmarks/results/e2e.json")
+    ap.add_argument("--merge", nargs="*", default=[],
+                    help="earlier JSON files of this benchmark (other context lengths) whose rows, "
+                         "breakdowns and CLI timings join this run's before the comparisons")
     args = ap.parse_args()
     mcfg = to_typed(compose_config([f"model={args.model}"])).model
+    hd = mcfg.hidden // mcfg.heads
     vocab = mcfg.vocab_size
     peak = device_peak_tflops(torch.device("cuda"))
-    rows = []
+    rows, breakdowns = [], {}
+    hybrid_layers = ("LLLS" * len(mcfg.layers))[:len(mcfg.layers)]
     for L in args.seq_lens:
-        rng = np.random.default_rng(0)
-        packed = sample_doc_lengths("pretrain", L, rng, max_len=L)
-        cases = [("distca", "one document (causal)", [L]), ("distca", "packed pretrain documents", packed)]
-        if not args.no_hf:
-            cases.append(("hf_transformers_llama_sdpa", "one document (causal)", [L]))
-        for system, docs, doc_lens in cases:
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
-            if system == "distca":
-                model, step = _ours(mcfg, L, doc_lens, vocab)
-                n_params = model.num_params()
-            else:
-                model, step = _hf(mcfg, L, vocab)
-                n_params = sum(p.numel() for p in model.parameters()) - (
-                    0 if mcfg.tie_embeddings else model.get_input_embeddings().weight.numel())
-            try:
-                dt = _time_steps(step, args.warmup, args.steps)
-                flops = dense_flops(n_params, L) + attention_flops(doc_lens, mcfg, mcfg.hidden // mcfg.heads)
-                row = {"system": system, "documents": docs, "seq_len": L, "num_docs": len(doc_lens),
-                       "step_s": dt, "tokens_per_s": L / dt, "tflops": flops / dt / 1e12,
-                       "mfu": flops / dt / 1e12 / peak if peak else None,
-                       "max_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
-                if system == "distca":
-                    try:
-                        row["breakdown"] = _breakdown(step)
-                    except Exception as e:  # the timing above stands without the breakdown
-                        row["breakdown_error"] = repr(e)[:300]
-            except torch.OutOfMemoryError as e:
-                row = {"system": system, "documents": docs, "seq_len": L, "error": f"OOM: {str(e)[:200]}"}
-            except Exception as e:
-                row = {"system": system, "documents": docs, "seq_len": L, "error": repr(e)[:300]}
-            print(json.dumps({k: v for k, v in row.items() if k != "breakdown"}), flush=True)
-            rows.append(row)
-            del model, step
-            gc.collect()
+        packed = sample_doc_lengths("pretrain", L, np.random.default_rng(0), max_len=L)
+        best = None
+        for docs, doc_lens in (("one document", [L]), ("packed documents", packed)):
+            for policy in args.policies:
+                label = {"system": "distca", "documents": docs, "setting": f"recompute={policy}",
+                         "seq_len": L, "num_docs": len(doc_lens), "layers": mcfg.layers}
+                row, step = _measure(lambda: _ours(mcfg, L, doc_lens, vocab, policy), label,
+                                     lambda n: dense_flops(n, L) + attention_flops(doc_lens, mcfg, hd),
+                                     peak, args)
+                rows.append(row)
+                if "error" not in row and (best is None or row["tokens_per_s"] > best[0]):
+                    best = (row["tokens_per_s"], policy, doc_lens)
+                del step
+        if best is not None:  # profile distca's fastest fitting policy on packed documents
+            _, policy, doc_lens = best
+            _, step, _ = _ours(mcfg, L, doc_lens, vocab, policy)
+            breakdowns[f"{L} {policy}"] = _breakdown(step)
+            del step
+        if not args.no_hybrid:
+            hyb = to_typed(compose_config([f"model={args.model}", f"model.layers={hybrid_layers}"])).model
+            for policy in ("none", "full"):
+                label = {"system": "distca_hybrid", "documents": "packed documents",
+                         "setting": f"recompute={policy}", "seq_len": L, "num_docs": len(packed),
+                         "layers": hybrid_layers}
+                row, step = _measure(lambda: _ours(hyb, L, packed, vocab, policy), label,
+                                     lambda n: dense_flops(n, L) + attention_flops(packed, hyb, hd),
+                                     peak, args)
+                rows.append(row)
+                del step
+    if not args.no_hf:
+        for system in ("hf_sdpa", "hf_liger"):
+            if system == "hf_liger":  # patches transformers' Llama classes for the rest of the process
+                from liger_kernel.transformers import apply_liger_kernel_to_llama
+                apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True,
+                                            fused_linear_cross_entropy=True, cross_entropy=False)
+            for L in args.seq_lens:
+                for ckpt in (True, False):
+                    label = {"system": system, "documents": "one document",
+                             "setting": "gradient checkpointing" if ckpt else "no checkpointing",
+                             "seq_len": L, "num_docs": 1}
+                    row, step = _measure(lambda: _hf(mcfg, L, vocab, ckpt), label,
+                                         lambda n: dense_flops(n, L) + attention_flops([L], mcfg, hd),
+                                         peak, args)
+                    rows.append(row)
+                    del step
+    cli = [_cli_run(L, 8) for L in args.seq_lens] if args.cli else []
+    merged_from = []
+    for path in args.merge:
+        with open(path) as f:
+            earlier = json.load(f)
+        rows, cli = earlier["rows"] + rows, earlier.get("cli", []) + cli
+        breakdowns = {**earlier.get("breakdown", {}), **breakdowns}
+        merged_from.append({"file": os.path.basename(path), "date": earlier["date"],
+                            "device": earlier["device"], "torch": earlier["torch"]})
+    versions = {"torch": torch.__version__, "triton": __import__("triton").__version__}
+    for name in ("transformers", "liger_kernel"):
+        try:
+            from importlib.metadata import version
+            versions[name] = version(name.replace("_", "-"))
+        except Exception:
+            versions[name] = None
     out = {"benchmark": "e2e_train_step", "model": args.model,
-           "shapes": {"layers": len(mcfg.layers), "hidden": mcfg.hidden, "heads": mcfg.heads,
+           "shapes": {"layers": mcfg.layers, "hidden": mcfg.hidden, "heads": mcfg.heads,
                       "kv_heads": mcfg.kv_heads, "ffn": mcfg.ffn_hidden, "vocab": vocab},
-           "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "triton": __import__("triton").__version__,
+           "device": torch.cuda.get_device_name(), **versions,
            "date": datetime.date.today().isoformat(), "steps": args.steps, "warmup": args.warmup,
-           "notes": ("bf16 autocast, fp32 master weights, fused AdamW, full activation checkpointing in "
-                     "both systems. MFU counts 6N per token plus causal attention over the real "
-                     "document lengths (HF: one document) against the dense bf16 peak."),
-           "rows": rows}
+           "step_time": "median of the timed steps",
+           "notes": ("bf16 autocast, fp32 master weights, fused AdamW in every system. MFU counts 6N "
+                     "per token plus causal attention over the real document lengths (HF: one "
+                     "document), recompute not counted, against the dense bf16 peak."),
+           "merged_from": merged_from,
+           "comparisons": _comparisons(rows), "rows": rows, "breakdown": breakdowns, "cli": cli}
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
+    print(json.dumps(out["comparisons"], indent=1))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from distca.distributed import init_distributed
 from distca.flops import attention_flops, dense_flops, device_peak_tflops
 from distca.metrics import MetricsLogger
 from distca.model import build_model
-from distca.model.transformer import head_dim
+from distca.model.transformer import deprecation_messages, head_dim
 from distca.optim import adamw_factory
 from distca.parallelize import apply_tensor_parallel
 from distca.pipeline_stage import PipelineStage
@@ -102,6 +102,9 @@ def _train(cfg, raw_cfg) -> list[dict]:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     rank = dist.get_rank() if dist.is_initialized() else 0
+    if rank == 0:
+        for msg in deprecation_messages(cfg.model):
+            print(f"distca: warning: {msg}", file=sys.stderr, flush=True)
     state = plan.setup(device)
     run_dir = cfg.run_dir
     if rank == 0:

@@ -61,7 +61,7 @@ def test_cad_under_activation_checkpointing_on_gpu():
     ids, labels = tokens.to(dev), next_token_labels(tokens, doc_lens).to(dev)
     grads = []
     for ckpt in (False, True):
-        mcfg.checkpoint_activations = ckpt
+        mcfg.recompute = "full" if ckpt else "none"
         model.zero_grad(set_to_none=True)
         calls.clear()
         model(ids, shard, labels).backward()

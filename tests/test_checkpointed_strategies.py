@@ -1,7 +1,8 @@
-"""Every context-parallel strategy under activation checkpointing (`model.checkpoint_activations`):
+"""Every context-parallel strategy under activation recompute (`model.recompute`):
 
-- each checkpointed block is recomputed exactly once per backward: a model of L layers calls
-  its strategy 2 L times per micro-batch (L forwards, L recomputes), counted;
+- full: each checkpointed block is recomputed exactly once per backward: a model of L layers
+  calls its strategy 2 L times per micro-batch (L forwards, L recomputes), counted;
+- selective: the attention half is never recomputed (L calls), only the MLP half;
 - every rank issues the same collectives (counted per operation, compared across ranks);
 - gradients equal those of the same model without checkpointing (fp64, same layout).
 
@@ -58,8 +59,8 @@ class Counting:
         return getattr(self.inner, name)
 
 
-def _grads(model, checkpointing, ids, labels, shard, counters):
-    model.cfg.checkpoint_activations = checkpointing
+def _grads(model, recompute, ids, labels, shard, counters):
+    model.cfg.recompute = recompute
     model.zero_grad(set_to_none=True)
     for c in counters:
         c.calls = 0
@@ -84,16 +85,17 @@ def _worker(rank, world, cases):
         shard = plan.build_shard(doc_lens)
         ids, labels = shard.local(tokens), shard.local(next_token_labels(tokens, doc_lens))
         counters = [core, linear]
-        plain, _, _ = _grads(model, False, ids, labels, shard, counters)
-        got, calls, comm = _grads(model, True, ids, labels, shard, counters)
-        want = [2 * layers.count("S"), 2 * layers.count("L")]
-        assert calls == want, f"{label}: strategy calls (softmax, linear) {calls}, expected {want}"
-        everyone = [None] * world
-        dist.all_gather_object(everyone, comm)
-        assert all(c == everyone[0] for c in everyone), f"{label}: ranks' collectives differ {everyone}"
-        for (name, _), a, b in zip(model.named_parameters(), got, plain):
-            err = (a - b).abs().max().item()
-            assert err <= 1e-12 * max(1.0, b.abs().max().item()), f"{label}: d{name} differs by {err}"
+        plain, _, _ = _grads(model, "none", ids, labels, shard, counters)
+        for mode, per_layer in (("full", 2), ("selective", 1)):
+            got, calls, comm = _grads(model, mode, ids, labels, shard, counters)
+            want = [per_layer * layers.count("S"), per_layer * layers.count("L")]
+            assert calls == want, f"{label} {mode}: strategy calls (softmax, linear) {calls}, expected {want}"
+            everyone = [None] * world
+            dist.all_gather_object(everyone, comm)
+            assert all(c == everyone[0] for c in everyone), f"{label} {mode}: ranks' collectives differ {everyone}"
+            for (name, _), a, b in zip(model.named_parameters(), got, plain):
+                err = (a - b).abs().max().item()
+                assert err <= 1e-12 * max(1.0, b.abs().max().item()), f"{label} {mode}: d{name} differs by {err}"
 
 
 @pytest.mark.parametrize("world_size", sorted(CASES))

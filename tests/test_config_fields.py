@@ -163,3 +163,34 @@ def test_pipeline_fields():
     msg = plan_error("parallel.pp=2", "parallel.pp_schedule=interleaved", "parallel.pp_virtual=2",
                      "train.global_batch_size=6", "model.layers=SSSSSSSS", "parallel.pp=4", world=4)
     assert "multiple of parallel.pp=4" in msg
+
+
+def test_recompute_field_and_the_deprecated_key():
+    from distca.model.transformer import deprecation_messages, recompute_mode
+
+    def model(*overrides):
+        return to_typed(compose_config([*TINY, *overrides])).model
+
+    assert recompute_mode(model()).value == "none"
+    assert recompute_mode(model("model.recompute=selective")).value == "selective"
+    assert recompute_mode(model("model=1b")).value == "full"  # the large presets recompute
+    assert deprecation_messages(model("model.recompute=full")) == []
+    # the old key keeps working for one release, with a message naming the new one
+    old = model("model.checkpoint_activations=true")
+    assert recompute_mode(old).value == "full"
+    assert "model.recompute=full" in deprecation_messages(old)[0]
+    assert recompute_mode(model("model.checkpoint_activations=false")).value == "none"
+    msg = plan_error("model.checkpoint_activations=true", "model.recompute=selective")
+    assert "model.checkpoint_activations" in msg and "model.recompute=selective" in msg
+    assert "model.recompute" in composition_error("model.recompute=some")
+
+
+@pytest.mark.slow
+def test_deprecated_key_warns_once_and_trains(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    r = subprocess.run([sys.executable, "-m", "distca.train", *TINY, "train.steps=1",
+                        "model.checkpoint_activations=true", f"run_dir={tmp_path}"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stderr.count("model.checkpoint_activations is deprecated") == 1, r.stderr[-3000:]
+    assert (tmp_path / "metrics.jsonl").exists()

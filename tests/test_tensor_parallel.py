@@ -96,7 +96,7 @@ def _full_grads(model, rank, tp, group) -> dict:
 
 CASES = [
     ["model.layers=SSSS"],
-    ["model.layers=LSLS", "model.linear_decay=token", "model.checkpoint_activations=true"],
+    ["model.layers=LSLS", "model.linear_decay=token", "model.recompute=full"],
     ["model.layers=LLS", "model.linear_decay=head", "model.tie_embeddings=true"],
 ]
 

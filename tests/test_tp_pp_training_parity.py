@@ -6,10 +6,10 @@ spawn per world size runs every layout:
 
 - 2 ranks: tp=2; tp=2 with activation checkpointing and tied embeddings; the hybrid LLLS
   (token decay) at tp=2; pp=2 (1F1B) with 4 and with 5 micro-batches; interleaved pp=2 x 2
-  virtual stages; pp=2 with tied embeddings and checkpointing;
+  virtual stages; pp=2 with tied embeddings and full, and selective, recompute;
 - 4 ranks: tp=4 (4 query and 4 KV heads: one of each per rank); tp=2 x cp=2 with ring,
   Ulysses and CAD (each TP rank's heads in its own CP / CAD group); dp=2 x tp=2; LLLS at
-  tp=2 x cp=2 (all-gather + LASP-2); pp=4; tp=2 x pp=2; pp=2 x cp=2 with ring and with CAD;
+  tp=2 x cp=2 (all-gather + LASP-2); pp=4; tp=2 x pp=2 (selective recompute, tied); pp=2 x cp=2 with ring and with CAD;
   ZeRO-1 (optimizer state partitioned over the DP group) with dp=2 x tp=2 and dp=2 x pp=2;
 - 8 ranks: dp=2 x tp=2 x pp=2.
 
@@ -29,7 +29,8 @@ from tests.train_utils import assert_parity, losses, mixed_corpus, tiny_cfg
 
 STEPS = ["train.steps=10", "train.dtype=fp32"]
 HYBRID = ["model.layers=LLLS", "model.linear_decay=token", "train.lr=1e-3"]
-MODELS = {"base": [], "ckpt_tied": ["model.checkpoint_activations=true", "model.tie_embeddings=true"],
+MODELS = {"base": [], "ckpt_tied": ["model.recompute=full", "model.tie_embeddings=true"],
+          "sel_tied": ["model.recompute=selective", "model.tie_embeddings=true"],
           "hybrid": HYBRID, "kv4": ["model.kv_heads=4"], "batch5": ["train.global_batch_size=5"]}
 CP2 = ["parallel.cp=2"]
 RUNS = {
@@ -40,7 +41,8 @@ RUNS = {
         ("pp=2, 5 micro-batches", "batch5", ["parallel.pp=2"]),
         ("pp=2 interleaved x2", "base", ["parallel.pp=2", "parallel.pp_schedule=interleaved",
                                          "parallel.pp_virtual=2"]),
-        ("pp=2 checkpointing, tied", "ckpt_tied", ["parallel.pp=2"])],
+        ("pp=2 checkpointing, tied", "ckpt_tied", ["parallel.pp=2"]),
+        ("pp=2 selective recompute, tied", "sel_tied", ["parallel.pp=2"])],
     4: [("tp=4", "kv4", ["parallel.tp=4"]),
         ("tp=2 cp=2 ring", "base", ["parallel.tp=2", *CP2, "parallel.cp_algo=ring"]),
         ("tp=2 cp=2 ulysses", "base", ["parallel.tp=2", *CP2, "parallel.cp_algo=ulysses"]),
@@ -49,7 +51,7 @@ RUNS = {
         ("dp=2 tp=2 ZeRO-1", "base", ["parallel.dp=2", "parallel.tp=2", "parallel.zero_stage=1"]),
         ("LLLS tp=2 cp=2 allgather", "hybrid", ["parallel.tp=2", *CP2, "parallel.cp_algo=allgather"]),
         ("pp=4", "base", ["parallel.pp=4"]),
-        ("tp=2 pp=2", "base", ["parallel.tp=2", "parallel.pp=2"]),
+        ("tp=2 pp=2 selective recompute, tied", "sel_tied", ["parallel.tp=2", "parallel.pp=2"]),
         ("pp=2 cp=2 ring", "base", ["parallel.pp=2", *CP2, "parallel.cp_algo=ring"]),
         ("pp=2 cp=2 cad", "base", ["parallel.pp=2", *CP2, "parallel.cp_algo=cad"]),
         ("dp=2 pp=2 ZeRO-1", "base", ["parallel.dp=2", "parallel.pp=2", "parallel.zero_stage=1"])],

@@ -37,7 +37,7 @@ def _resume_cp(rank, world, tmp, data):
     import torch.distributed as dist
     for algo in ("ring", "cad"):
         common = ["train.steps=8", "train.dtype=fp32", "parallel.cp=2", f"parallel.cp_algo={algo}",
-                  "model.checkpoint_activations=true", "checkpoint.every=4",
+                  "model.recompute=full", "checkpoint.every=4",
                   f"checkpoint.dir={tmp}/{algo}_ckpt", *data]
         full = train(tiny_cfg(f"{tmp}/{algo}_full", *common))
         if rank == 0:

@@ -29,6 +29,12 @@ class LinearDecay(Choice):
     none = "none"
 
 
+class Recompute(Choice):
+    none = "none"            # keep every activation: fastest where memory allows
+    selective = "selective"  # keep the attention half (projections, q/k/v, output, LSE); recompute the MLP half
+    full = "full"            # keep each block's input only; recompute the whole block in backward
+
+
 class WandbMode(Choice):
     online = "online"
     offline = "offline"
@@ -51,7 +57,9 @@ class ModelConfig:
     tie_embeddings: bool = False
     init_std: float = 0.02
     loss_chunk_tokens: int = 4096
-    checkpoint_activations: bool = False
+    recompute: Recompute = Recompute.none
+    # deprecated: true = recompute full, false = none; kept working for one release
+    checkpoint_activations: Optional[bool] = None
 
 
 @dataclass

@@ -1,9 +1,19 @@
-"""Building blocks shared by every mixer: RMSNorm, rotary embeddings, SwiGLU."""
+"""Building blocks shared by every mixer: RMSNorm, rotary embeddings, SwiGLU. The arithmetic
+is in fused kernels (kernels/rms_norm, kernels/swiglu, kernels/rope), each with a torch path on
+the CPU."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from kernels.rms_norm import rms_norm
+from kernels.swiglu import swiglu
+
+
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype the next matmul runs in under autocast for x's device, or None."""
+    kind = x.device.type
+    return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
 
 
 class RMSNorm(nn.Module):
@@ -13,11 +23,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # normalise in fp32 at least whatever the activation dtype, as Llama does (fp64 stays fp64)
-        acc = torch.promote_types(x.dtype, torch.float32)
-        xf = x.to(acc)
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (xf * self.weight.to(acc)).to(x.dtype)
+        # normalised in fp32 at least (fp64 stays fp64), as Llama does. Under autocast the
+        # result is written in the matmul dtype directly: every consumer is a matmul that
+        # would cast it anyway, so the values are the same and the fp32 copy is never made
+        return rms_norm(x, self.weight, self.eps, out_dtype=autocast_dtype(x) or x.dtype)
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
@@ -29,7 +38,8 @@ def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype:
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [T, H, D] rotated pairwise (half-split convention, as HF Llama)."""
+    """x [T, H, D] rotated pairwise (half-split convention, as HF Llama). The model's RoPE by
+    definition; the model runs it fused with the QKV split (kernels/rope), checked against this."""
     x1, x2 = x.chunk(2, dim=-1)
     c, s = cos.unsqueeze(1), sin.unsqueeze(1)
     return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
@@ -42,5 +52,4 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(hidden, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        return self.down(swiglu(self.gate_up(x)))  # gate_up is [gate | up]

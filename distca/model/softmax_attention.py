@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from distca.model.layers import apply_rope
+from kernels.rope import qkv_rope
 
 
 class SoftmaxAttention(nn.Module):
@@ -18,11 +18,9 @@ class SoftmaxAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, shard, rope) -> torch.Tensor:
         t = x.shape[0]
-        q, k, v = self.qkv(x).split(
-            [self.heads * self.head_dim, self.kv_heads * self.head_dim, self.kv_heads * self.head_dim], -1)
         cos, sin = rope
-        q = apply_rope(q.view(t, self.heads, self.head_dim), cos, sin)
-        k = apply_rope(k.view(t, self.kv_heads, self.head_dim), cos, sin)
-        v = v.view(t, self.kv_heads, self.head_dim)
+        # one kernel splits [q | k | v], rotates q and k and copies v, so the projection's
+        # buffer is freed here instead of living on through a view of v
+        q, k, v = qkv_rope(self.qkv(x), cos, sin, self.heads, self.kv_heads, self.head_dim)
         o = self.core_attention(q, k, v, shard, self.head_dim ** -0.5)
         return self.out(o.reshape(t, self.heads * self.head_dim))

@@ -6,22 +6,25 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from distca.loss import chunked_cross_entropy_sum
-from distca.model.layers import RMSNorm, SwiGLU, rope_cos_sin
+from distca.config.schema import Recompute
+from distca.model.layers import RMSNorm, SwiGLU, autocast_dtype, rope_cos_sin
+from kernels.linear_ce import linear_cross_entropy_sum
 from distca.model.linear_attention import LinearAttention
 from distca.model.softmax_attention import SoftmaxAttention
 
 
 class ChunkedLMHead(nn.Module):
-    """The output projection fused with the loss, so logits exist one chunk at a time.
-    A module of its own so that ZeRO-3 gathers its weight around its forward and backward."""
+    """The output projection fused with the loss (kernels/linear_ce): logits exist one chunk
+    at a time and are never recomputed; the gradients are made in the forward. A module of its
+    own so that ZeRO-3 gathers its weight around its forward."""
     def __init__(self, dim: int, vocab_size: int, chunk: int):
         super().__init__()
         self.weight = nn.Parameter(torch.empty(vocab_size, dim))
         self.chunk = chunk
 
     def forward(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return chunked_cross_entropy_sum(hidden, self.weight, labels, self.chunk)
+        return linear_cross_entropy_sum(hidden, self.weight, labels, self.chunk,
+                                        compute_dtype=autocast_dtype(hidden))
 
 
 class Block(nn.Module):
@@ -32,9 +35,16 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(dim, eps)
         self.mlp = SwiGLU(dim, ffn)
 
-    def forward(self, x, shard, rope):
+    def forward(self, x, shard, rope, recompute_mlp: bool = False):
         x = x + self.mixer(self.mixer_norm(x), shard, rope)
-        return x + self.mlp(self.mlp_norm(x))
+        if recompute_mlp:
+            # selective recompute: the attention half above keeps its activations (no attention,
+            # no collective is ever re-run); the MLP half keeps only its input x
+            return x + checkpoint(self._mlp_branch, x, use_reentrant=False)
+        return x + self._mlp_branch(x)
+
+    def _mlp_branch(self, x):
+        return self.mlp(self.mlp_norm(x))
 
 
 class HybridLM(nn.Module):
@@ -85,14 +95,15 @@ class HybridLM(nn.Module):
 
     def run_blocks(self, x: torch.Tensor, shard, layers) -> torch.Tensor:
         """Blocks `layers` (indices into self.blocks, in order) over hidden states x."""
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else x.dtype
+        dtype = autocast_dtype(x) or x.dtype
         rope = rope_cos_sin(shard.position_ids.to(x.device), self.head_dim, self.cfg.rope_theta, dtype)
+        mode = recompute_mode(self.cfg) if self.training and torch.is_grad_enabled() else Recompute.none
         for i in layers:
             blk = self.blocks[i]
-            if self.cfg.checkpoint_activations and self.training:
+            if mode == Recompute.full:
                 x = checkpoint(blk, x, shard, rope, use_reentrant=False)
             else:
-                x = blk(x, shard, rope)
+                x = blk(x, shard, rope, mode == Recompute.selective)
         return x
 
     def head(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -109,6 +120,21 @@ def head_dim(mcfg) -> int:
     return mcfg.head_dim if mcfg.head_dim > 0 else mcfg.hidden // mcfg.heads
 
 
+def recompute_mode(mcfg) -> Recompute:
+    """model.recompute, or the deprecated model.checkpoint_activations when only it is set."""
+    if mcfg.checkpoint_activations is None:
+        return Recompute(mcfg.recompute)
+    return Recompute.full if mcfg.checkpoint_activations else Recompute.none
+
+
+def deprecation_messages(mcfg) -> list[str]:
+    """What the trainer prints once at start-up for deprecated model keys."""
+    if mcfg.checkpoint_activations is None:
+        return []
+    return [f"model.checkpoint_activations is deprecated and will be removed in the next release; "
+            f"use model.recompute={recompute_mode(mcfg).value} (none | selective | full)"]
+
+
 def validate_model_config(mcfg) -> None:
     """Errors name the field and the fix, before any process group or allocation. Rules that
     involve parallel degrees (heads vs tp, ulysses) are the parallel plan's."""
@@ -122,6 +148,11 @@ def validate_model_config(mcfg) -> None:
     if mcfg.head_dim <= 0 and mcfg.hidden % mcfg.heads:
         raise ValueError(f"model.hidden={mcfg.hidden} is not divisible by model.heads={mcfg.heads}; "
                          "set model.head_dim explicitly")
+    if mcfg.checkpoint_activations is not None and Recompute(mcfg.recompute) not in (
+            Recompute.none, recompute_mode(mcfg)):
+        raise ValueError(f"model.checkpoint_activations={mcfg.checkpoint_activations} (deprecated) "
+                         f"contradicts model.recompute={Recompute(mcfg.recompute).value}; drop "
+                         "model.checkpoint_activations and keep model.recompute")
     if head_dim(mcfg) % 2:
         raise ValueError(f"head dim {head_dim(mcfg)} must be even for RoPE; change model.hidden/model.heads "
                          "or model.head_dim")
