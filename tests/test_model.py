@@ -1,5 +1,5 @@
 """Model semantics: documents never see each other, RoPE and linear state restart per document,
-chunked loss equals the plain one, and initial weights depend only on the seed."""
+and initial weights depend only on the seed (the fused loss: tests/test_linear_ce.py)."""
 import pytest
 import torch
 
