@@ -55,6 +55,11 @@ class CPLayout(Choice):
 PPSchedule = Choice("PPSchedule", [("1f1b", "1f1b"), ("interleaved", "interleaved")])
 
 
+class CADBackward(Choice):
+    stateful = "stateful"  # servers keep the received rows, o and LSE until the backward
+    resend = "resend"      # servers keep nothing: origins keep o and LSE and resend q, k, v
+
+
 @dataclass
 class CADConfig:
     tolerance: float = 0.1      # servers balanced to within (1 + tolerance) x the mean cost
@@ -64,6 +69,7 @@ class CADConfig:
     ping_pong: bool = True      # two halves, one's all-to-all overlapping the other's kernel
     memory_cap: Optional[float] = None  # bytes a server may hold for attention tasks; null: no cap
     cost_table: str = "auto"    # auto (H100 table on CUDA, causal FLOPs on CPU) | h100 | none | a JSON path
+    backward: CADBackward = CADBackward.stateful  # what servers keep between forward and backward
 
 
 @dataclass

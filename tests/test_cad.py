@@ -78,7 +78,7 @@ def reference(doc_lens, qkv, w, scale):
 
 
 def cases_for(world: int):
-    """(dp, cp, servers, ping_pong, pattern, tokens per dp rank, tolerance, block)."""
+    """(dp, cp, servers, ping_pong, pattern, tokens per dp rank, tolerance, block, backward)."""
     layouts = [(world, 1)]
     for cp in range(2, world + 1):
         if world % cp == 0:
@@ -91,18 +91,19 @@ def cases_for(world: int):
                 continue                    # so each pattern still meets every world size
             ping = (i + j) % 4 < 2
             tokens = 24 * cp + 7 * j + dp  # not a multiple of anything, so pieces are ragged
-            out.append((dp, cp, 0, ping, pattern, tokens, 0.0, 2 + (j % 3)))
+            backward = "resend" if (i + j) % 3 == 1 else "stateful"
+            out.append((dp, cp, 0, ping, pattern, tokens, 0.0, 2 + (j % 3), backward))
     if world >= 3:  # dedicated servers: tokens live everywhere, attention runs on K ranks
-        out.append((world, 1, 2, True, "per_dp", 40, 0.05, 4))
-        out.append((1, world, world - 1, False, "huge", 12 * world + 5, 0.0, 3))
+        out.append((world, 1, 2, True, "per_dp", 40, 0.05, 4, "resend"))
+        out.append((1, world, world - 1, False, "huge", 12 * world + 5, 0.0, 3, "stateful"))
     if world >= 2:  # a micro-batch with fewer tokens than ranks: some own nothing
-        out.append((1, world, 0, True, "mixed", world - 1 if world > 2 else 3, 0.0, 1))
+        out.append((1, world, 0, True, "mixed", world - 1 if world > 2 else 3, 0.0, 1, "resend"))
     return out
 
 
 def _worker(rank, world, cases):
     states = {}
-    for n, (dp, cp, servers, ping, pattern, tokens, tol, block) in enumerate(cases):
+    for n, (dp, cp, servers, ping, pattern, tokens, tol, block, backward) in enumerate(cases):
         if (dp, cp) not in states:
             states[(dp, cp)] = ParallelState.create(ParallelDims.resolve(world, dp=dp, cp=cp))
         state = states[(dp, cp)]
@@ -113,11 +114,20 @@ def _worker(rank, world, cases):
         leaves = [shard.local(x).clone().requires_grad_() for x in qkv]
         strat = CADAttention(state.dpcp_group, state.dp_rank,
                              CADConfig(tolerance=tol, servers=servers, block=block, ping_pong=ping,
-                                       cost_table="none"))
-        o = strat(*leaves, shard, scale)
+                                       cost_table="none", backward=backward))
+        saved = []  # bytes CAD keeps for its backward on this rank
+        with torch.autograd.graph.saved_tensors_hooks(
+                lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+            o = strat(*leaves, shard, scale)
         (o * shard.local(w)).sum().backward()
         what = (f"rank {rank}/{world} dp={dp} cp={cp} servers={servers} ping_pong={ping} "
-                f"{pattern} docs={doc_lens}")
+                f"backward={backward} {pattern} docs={doc_lens}")
+        if backward == "resend":
+            # the server keeps nothing: each rank holds q, k, v, o and the LSE of its own
+            # tokens, whatever it served
+            el, t_loc = leaves[0].element_size(), shard.num_tokens
+            own = t_loc * (2 * HQ + 2 * HKV) * D * el + t_loc * HQ * el  # LSE in the input dtype (fp64 here)
+            assert sum(saved) == own, (what, saved, own)
         assert_close(o.detach(), shard.local(o_ref), f"o {what}")
         for name, x, ref in zip("qkv", leaves, g_ref):
             assert_close(x.grad, shard.local(ref), f"d{name} {what}")
@@ -182,6 +192,7 @@ def test_cad_without_process_group_matches_local():
     ({"servers": 3}, "servers"),
     ({"servers": -1}, "servers"),
     ({"ping_pong": "yes"}, "ping_pong"),
+    ({"backward": "keep"}, "backward"),
     ({"memory_cap": 0}, "memory_cap"),
     ({"cost_table": "a100"}, "cost_table"),
 ])

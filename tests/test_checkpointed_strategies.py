@@ -34,6 +34,7 @@ CASES = {
         ("cad servers=1", "SSS", 1, 3, "cad", 1, {**CAD_MOVING, "servers": 1}),
         ("cad ping_pong=off", "SSS", 3, 1, "cad", 1, {**CAD_MOVING, "ping_pong": False}),
         ("cad defaults", "SSS", 1, 3, "cad", 1, {}),
+        ("cad backward=resend", "SSS", 1, 3, "cad", 1, {**CAD_MOVING, "backward": "resend"}),
         ("ring", "SSS", 1, 3, "ring", 1, {}),
         ("allgather", "SSS", 1, 3, "allgather", 1, {}),
         ("lasp2 + allgather", "LLL", 1, 3, "allgather", 1, {}),

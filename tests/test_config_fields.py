@@ -119,6 +119,7 @@ def test_torchrun_prints_a_config_error_once(tmp_path):
 
 @pytest.mark.parametrize("override, choices", [
     ("parallel.cp_algo=rnig", "local, ring, allgather, ulysses, usp, cad"),
+    ("parallel.cad.backward=keep", "stateful, resend"),
     ("train.device=tpu", "auto, cpu, cuda"),
     ("model.linear_decay=alibi", "head, token, none"),
     ("logger.mode=dryrun", "online, offline"),

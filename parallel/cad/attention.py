@@ -16,6 +16,8 @@ Options: `parallel.config.CADConfig` (`parallel.cad.*`), checked by `check_cad_c
   cost_table  "auto": the committed H100 measurement on a CUDA device, causal FLOPs
               elsewhere (at CPU test sizes the table's padded-tile price of short tasks
               leaves nothing worth moving); "h100", "none" (FLOPs), or a JSON path
+  backward    "stateful": servers keep what they received until the backward; "resend":
+              servers keep nothing, origins resend it (parallel/cad/pingpong.py)
 """
 from __future__ import annotations
 
@@ -52,6 +54,8 @@ def check_cad_config(c: CADConfig, group_size: int) -> None:
         raise ValueError(f"parallel.cad.ping_pong={c.ping_pong!r} must be true or false")
     if c.memory_cap is not None and (isinstance(c.memory_cap, bool) or not c.memory_cap > 0):
         raise ValueError(f"parallel.cad.memory_cap={c.memory_cap!r} must be > 0 bytes, or null for no cap")
+    if c.backward not in ("stateful", "resend"):
+        raise ValueError(f"parallel.cad.backward={c.backward!r} must be stateful or resend")
     t = c.cost_table
     if not isinstance(t, str) or (t not in COST_TABLES and not os.path.isfile(t)):
         raise ValueError(f"parallel.cad.cost_table={t!r} must be one of {COST_TABLES} or the path of a "
@@ -129,7 +133,8 @@ class CADAttention(Strategy):
             raise ValueError(f"CAD: q has {q.shape[0]} and k {k.shape[0]} tokens but the shard "
                              f"holds {shard.num_tokens}; pass tensors in the shard's local order")
         layouts = self._layouts(q, k, shard)
-        return CADFunction.apply(q, k, v, StepRuntime(layouts, self.group, softmax_scale))
+        return CADFunction.apply(q, k, v, StepRuntime(layouts, self.group, softmax_scale,
+                                                      resend=self.options.backward == "resend"))
 
     # ---- planning (once per shard) ---------------------------------------------------------
     def _layouts(self, q, k, shard):
@@ -170,7 +175,7 @@ class CADAttention(Strategy):
                   "mean_before": float(p.load_before.mean()) if p.load_before.size else 0.0,
                   "max_after": float(after.max(initial=0.0)),
                   "mean_after": float(after.mean()) if after.size else 0.0,
-                  "bytes": float(sum(tr.remote_bytes(cm) for tr in halves)),
+                  "bytes": float(sum(tr.remote_bytes(cm, o.backward == "resend") for tr in halves)),
                   "cost": float(p.cost.sum()), "moved_cost": float(p.cost[moved].sum()),
                   "moved_queries": float(p.parts.q_len[moved].sum()), "block": block,
                   "server_bytes": float(server_memory(p.parts, p.server, self.size, cm).max(initial=0.0)),

@@ -43,11 +43,14 @@ class Transfers:
     kv_start: np.ndarray
     kv_end: np.ndarray
 
-    def remote_bytes(self, cm: CostModel) -> int:
+    def remote_bytes(self, cm: CostModel, resend: bool = False) -> int:
         """Bytes crossing between ranks in one layer's forward and backward."""
         q = int(((self.q_end - self.q_start)[self.q_src != self.q_dst]).sum())
         kv = int(((self.kv_end - self.kv_start)[self.kv_src != self.kv_dst]).sum())
-        return q * cm.bytes_per_q_token + kv * cm.bytes_per_kv_token
+        total = q * cm.bytes_per_q_token + kv * cm.bytes_per_kv_token
+        if resend:
+            total += q * cm.resend_bytes_per_q_token + kv * cm.resend_bytes_per_kv_token
+        return total
 
 
 def transfers(parts: TaskTable, server: np.ndarray, pieces: PieceTable) -> Transfers:

@@ -14,23 +14,41 @@ key sent to several servers are summed at its origin by index_add.
 Every rank issues the same collectives in the same order (d0, d1, r0, r1), so the
 all-to-alls match up across the group whatever each rank's share of the work is.
 
-What the server keeps for the backward (received rows, o, lse per half) goes through
-`ctx.save_for_backward`, the same number of tensors on every rank, so activation
-checkpointing frees it after the forward and recomputes it once with the rest of the block.
+What is kept for the backward goes through `ctx.save_for_backward`, the same number of
+tensors on every rank, so activation checkpointing frees it after the forward and recomputes
+it once with the rest of the block. Two modes (`parallel.cad.backward`):
+- stateful: each server keeps the rows it received, o and the LSE of its tasks; the
+  backward sends only dO out. Memory follows the plan (what a rank serves).
+- resend: servers keep nothing. The LSE comes back with o; each origin keeps q, k, v (the
+  block's own activations), o and LSE of its tokens, and the backward resends q, k, v, o,
+  LSE and dO. Memory follows token ownership, at the price of a second q/k/v dispatch.
 """
 from __future__ import annotations
 
 import torch
 
+from kernels.precision import accumulator_dtype
 from parallel.cad.dispatch import Exchange, Layout
 from parallel.cad.server import serve_backward, serve_forward
 
 
 class StepRuntime:
-    """What one call needs: this rank's layouts (one per half) and the group."""
+    """What one call needs: this rank's layouts (one per half), the group and the mode."""
 
-    def __init__(self, layouts: list[Layout], group, softmax_scale: float):
-        self.layouts, self.group, self.scale = layouts, group, softmax_scale
+    def __init__(self, layouts: list[Layout], group, softmax_scale: float, resend: bool = False):
+        self.layouts, self.group, self.scale, self.resend = layouts, group, softmax_scale, resend
+
+
+def _pool(q, k, v):
+    d = q.shape[-1]
+    return torch.cat([q.reshape(-1, d), k.reshape(-1, d), v.reshape(-1, d)])
+
+
+def _lse_rows(L: Layout, lse_srv: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The server's LSE [hq, kernel queries] as rows in arrival order, one per (token, head),
+    the order of the o rows it returns. One dtype on every rank (the all-to-all's buffers
+    must agree, also on ranks that served nothing)."""
+    return lse_srv.index_select(1, L.srv_q_pos).t().reshape(-1).to(dtype).contiguous()
 
 
 class CADFunction(torch.autograd.Function):
@@ -38,8 +56,9 @@ class CADFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, rt: StepRuntime):
         T, hq, d = q.shape
         hkv = k.shape[1]
-        pool = torch.cat([q.reshape(-1, d), k.reshape(-1, d), v.reshape(-1, d)])
+        pool = _pool(q, k, v)
         halves = rt.layouts
+        lse_dtype = accumulator_dtype(q.dtype)
 
         def dispatch(h):
             L = halves[h]
@@ -53,14 +72,24 @@ class CADFunction(torch.autograd.Function):
             if h + 1 < len(halves):
                 inflight = dispatch(h + 1)  # overlaps this half's kernel
             o_rows, (o_srv, lse_srv) = serve_forward(L, recv, hq, hkv, d, rt.scale)
-            saved += [recv, o_srv, lse_srv]
-            returns.append(Exchange(o_rows, L.q_recv_splits, L.q_send_splits, rt.group,
-                                    async_op=True))
+            back = [Exchange(o_rows, L.q_recv_splits, L.q_send_splits, rt.group, async_op=True)]
+            if rt.resend:
+                back.append(Exchange(_lse_rows(L, lse_srv, lse_dtype), L.q_recv_splits, L.q_send_splits,
+                                     rt.group, async_op=True))
+            else:
+                saved += [recv, o_srv, lse_srv]
+            returns.append(back)
         o = q.new_zeros(q.shape)
-        for L, ex in zip(halves, returns):
-            o.index_copy_(0, L.q_tok, ex.wait().view(-1, hq, d))
+        lse = q.new_zeros((T, hq), dtype=lse_dtype) if rt.resend else None
+        for L, back in zip(halves, returns):
+            o.index_copy_(0, L.q_tok, back[0].wait().view(-1, hq, d))
+            if rt.resend:
+                lse.index_copy_(0, L.q_tok, back[1].wait().view(-1, hq))
         if any(ctx.needs_input_grad[:3]):
-            ctx.save_for_backward(*saved)
+            if rt.resend:  # o is saved as a copy: the caller owns (and may change) the output
+                ctx.save_for_backward(q, k, v, o.clone(), lse)
+            else:
+                ctx.save_for_backward(*saved)
         ctx.rt, ctx.shape = rt, (T, hq, hkv, d)
         return o
 
@@ -70,19 +99,40 @@ class CADFunction(torch.autograd.Function):
         rt, halves = ctx.rt, ctx.rt.layouts
         saved = ctx.saved_tensors
         d_o = d_o.contiguous()
+        if rt.resend:
+            q, k, v, o, lse = saved
+            pool, o_lse_src = _pool(q, k, v), (o, lse)
+        else:
+            o_lse_src = None
 
         def dispatch(h):
             L = halves[h]
-            return Exchange(d_o.index_select(0, L.q_tok).reshape(-1, d), L.q_send_splits,
-                            L.q_recv_splits, rt.group, async_op=True)
+            rows = d_o.index_select(0, L.q_tok).reshape(-1, d)
+            if not rt.resend:
+                return [Exchange(rows, L.q_send_splits, L.q_recv_splits, rt.group, async_op=True)]
+            o_s, lse_s = o_lse_src
+            # dO and o share one exchange (same rows); the fp32 LSE and the q/k/v pool go apart
+            do_o = torch.cat([rows, o_s.index_select(0, L.q_tok).reshape(-1, d)], dim=1)
+            return [Exchange(do_o, L.q_send_splits, L.q_recv_splits, rt.group, async_op=True),
+                    Exchange(lse_s.index_select(0, L.q_tok).reshape(-1), L.q_send_splits,
+                             L.q_recv_splits, rt.group, async_op=True),
+                    Exchange(pool.index_select(0, L.send_rows), L.send_splits, L.recv_splits,
+                             rt.group, async_op=True)]
 
         inflight = dispatch(0)
         returns = []
         for h, L in enumerate(halves):
-            d_o_recv = inflight.wait()
+            got = [ex.wait() for ex in inflight]
             if h + 1 < len(halves):
                 inflight = dispatch(h + 1)
-            recv, o_srv, lse_srv = saved[3 * h:3 * h + 3]
+            if rt.resend:
+                do_o, lse_rows, recv = got
+                d_o_recv = do_o[:, :d]
+                o_srv = do_o[:, d:].reshape(-1, hq, d).index_select(0, L.srv_q_slots)
+                lse_srv = lse_rows.view(-1, hq).index_select(0, L.srv_q_slots).t().contiguous()
+            else:
+                d_o_recv = got[0]
+                recv, o_srv, lse_srv = saved[3 * h:3 * h + 3]
             d_recv = serve_backward(L, recv, o_srv, lse_srv, d_o_recv, hq, hkv, d, rt.scale)
             returns.append(Exchange(d_recv, L.recv_splits, L.send_splits, rt.group,
                                     async_op=True))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import torch
 
 from kernels.flash_attn import flash_attn_varlen_backward, flash_attn_varlen_forward
+from kernels.precision import accumulator_dtype
 from parallel.cad.dispatch import Layout
 
 
@@ -35,7 +36,8 @@ def serve_forward(L: Layout, recv: torch.Tensor, hq: int, hkv: int, d: int, scal
     q, k, v = _server_qkv(L, recv, hq, hkv, d)
     if q.shape[0] == 0:  # nothing to serve in this half
         empty = recv.new_zeros((0, hq, d))
-        return recv.new_zeros((0, d)), (empty, recv.new_zeros((hq, 0), dtype=torch.float32))
+        lse = recv.new_zeros((hq, 0), dtype=accumulator_dtype(recv.dtype))  # the kernel's LSE dtype
+        return recv.new_zeros((0, d)), (empty, lse)
     o, lse = flash_attn_varlen_forward(q, k, v, L.cu_seqlens_q, L.cu_seqlens_k, L.max_seqlen_q,
                                        L.max_seqlen_k, softmax_scale=scale, causal=True)
     return o.index_select(0, L.srv_q_pos).reshape(-1, d), (o, lse)

@@ -130,6 +130,16 @@ class CostModel:
         return 4 * self.hkv * self.d * self.eb
 
     @property
+    def resend_bytes_per_q_token(self) -> int:
+        """Extra with backward=resend: LSE back (forward); q and o out again (backward), LSE out."""
+        return 2 * self.hq * self.d * self.eb + 2 * self.hq * 4
+
+    @property
+    def resend_bytes_per_kv_token(self) -> int:
+        """Extra with backward=resend: k, v out again in the backward."""
+        return 2 * self.hkv * self.d * self.eb
+
+    @property
     def mem_per_q_token(self) -> int:
         """What a server holds per query token between forward and backward: q, o, and the
         fp32 log-sum-exp per head."""
