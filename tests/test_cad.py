@@ -14,6 +14,7 @@ import torch
 
 import torch.distributed as dist
 
+from benchmarks.comm_counter import CommCounter
 from parallel.cad.attention import CADAttention
 from parallel.cad.planner import server_ranks
 from parallel.config import CADConfig
@@ -116,10 +117,11 @@ def _worker(rank, world, cases):
                              CADConfig(tolerance=tol, servers=servers, block=block, ping_pong=ping,
                                        cost_table="none", backward=backward))
         saved = []  # bytes CAD keeps for its backward on this rank
-        with torch.autograd.graph.saved_tensors_hooks(
-                lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
-            o = strat(*leaves, shard, scale)
-        (o * shard.local(w)).sum().backward()
+        with CommCounter() as comm:
+            with torch.autograd.graph.saved_tensors_hooks(
+                    lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+                o = strat(*leaves, shard, scale)
+            (o * shard.local(w)).sum().backward()
         what = (f"rank {rank}/{world} dp={dp} cp={cp} servers={servers} ping_pong={ping} "
                 f"backward={backward} {pattern} docs={doc_lens}")
         if backward == "resend":
@@ -132,6 +134,10 @@ def _worker(rank, world, cases):
         for name, x, ref in zip("qkv", leaves, g_ref):
             assert_close(x.grad, shard.local(ref), f"d{name} {what}")
         m = strat.last_metrics
+        if backward == "stateful":  # what the all-to-alls really sent (gloo) is what the plan says
+            sent = torch.tensor([float(comm.by_op.get("all_to_all_single", 0))], dtype=torch.float64)
+            dist.all_reduce(sent)
+            assert sent.item() == m["cad_bytes"], (what, sent.item(), m["cad_bytes"])
         assert set(m) == {"cad_imbalance_before", "cad_imbalance_after", "cad_bytes",
                           "cad_moved_work", "cad_moved_queries", "cad_block", "cad_server_bytes",
                           "cad_plan_ms"}, m

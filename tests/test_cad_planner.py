@@ -216,6 +216,33 @@ def test_kv_sent_once_per_destination():
         assert e[-1] == need
 
 
+def test_kv_sent_once_per_step_across_ping_pong_halves():
+    """With ping-pong, a server whose two halves need the same document's keys (the part cut
+    at the middle of its load) receives them once: the second half's transfer skips what the
+    first sent, so both halves together send exactly the one-transfer amount, and less than
+    two independent halves would (the dedup triggers on this batch)."""
+    def remote_kv(tr):
+        return int(((tr.kv_end - tr.kv_start)[tr.kv_src != tr.kv_dst]).sum())
+
+    pieces = contiguous_pieces(streams(8, 4096, "longctx", seed=11), cp=2)
+    p = plan(pieces.tasks(), 16, FLOPS, tolerance=0.0, block=16)
+    half = split_halves(p, FLOPS, 16)
+    groups = [half == 0, half == 1]
+    independent = [transfers(p.parts.take(g), p.server[g], pieces) for g in groups]
+    first = transfers(p.parts.take(groups[0]), p.server[groups[0]], pieces)
+    second = transfers(p.parts.take(groups[1]), p.server[groups[1]], pieces, held=first)
+    whole = transfers(p.parts, p.server, pieces)
+    assert remote_kv(first) + remote_kv(second) == remote_kv(whole)
+    assert remote_kv(first) + remote_kv(second) < sum(remote_kv(t) for t in independent)
+    # ... and the second half never re-sends a key range the first sent to that server
+    sent = {}
+    for tr in (first, second):
+        for dst, doc, s, e in zip(tr.kv_dst, tr.kv_doc, tr.kv_start, tr.kv_end):
+            for a, b in sent.get((dst, doc), []):
+                assert e <= a or s >= b, (dst, doc, (s, e), (a, b))
+            sent.setdefault((dst, doc), []).append((s, e))
+
+
 def test_bad_arguments_name_the_field():
     t = contiguous_pieces([[10, 20]]).tasks()
     for kwargs, field in (({"tolerance": -1}, "tolerance"), ({"block": 0}, "block"),

@@ -146,10 +146,12 @@ class CADAttention(Strategy):
             self._since_step.append(step.totals)
         key = (q.shape[1], k.shape[1], q.shape[2], str(q.device))
         if key not in step.layouts:
-            step.layouts[key] = [
-                build_layout(tr, step.pieces, self.rank, self.size, shard.num_tokens,
-                             q.shape[1], k.shape[1], q.device)
-                for tr in step.transfers]
+            layouts = []
+            for tr in step.transfers:  # a later half reads the keys earlier halves received
+                layouts.append(build_layout(tr, step.pieces, self.rank, self.size, shard.num_tokens,
+                                            q.shape[1], k.shape[1], q.device,
+                                            prior=layouts[-1] if layouts else None))
+            step.layouts[key] = layouts
         return step.layouts[key]
 
     def _plan_step(self, q, k, shard) -> _Step:
@@ -168,7 +170,10 @@ class CADAttention(Strategy):
         else:
             groups = [np.arange(len(p.parts))]
         plan_ms = (time.perf_counter() - t0) * 1e3
-        halves = [transfers(p.parts.take(g), p.server[g], pieces) for g in groups]
+        halves = []
+        for g in groups:  # keys go to a server once per step: a later half skips what it holds
+            halves.append(transfers(p.parts.take(g), p.server[g], pieces,
+                                    held=halves[-1] if halves else None))
         moved = p.server != p.parts.owner
         after = p.load_after[p.servers]
         totals = {"max_before": float(p.load_before.max(initial=0.0)),

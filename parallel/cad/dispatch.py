@@ -9,9 +9,12 @@ GPU). Rows of every buffer are D wide (one head of one token), so q (Hq heads) a
             layout as the dispatch, reversed)
   dO        origin -> server: the q rows' layout
 
-A key/value token goes to a server once, whatever number of that server's tasks need it:
-the server replicates it into each kernel segment locally, and the gradients of those
-copies are summed on the server before the return, and over servers at the origin.
+A key/value token goes to a server once per step, whatever number of that server's tasks
+need it, in either ping-pong half: the server replicates it into each kernel segment
+locally, a later half reads the keys an earlier half received (its layout indexes the
+concatenation [earlier received rows; own received rows]), and the gradients of all copies
+are summed on the server before the return (the later half's share of an earlier half's
+keys is added into that half's return), and over servers at the origin.
 Every rank computes every layout from the same global plan; only its own slices are kept.
 """
 from __future__ import annotations
@@ -42,6 +45,10 @@ class Transfers:
     kv_doc: np.ndarray
     kv_start: np.ndarray
     kv_end: np.ndarray
+    # the key prefix each server holds per document after this transfer (with earlier halves')
+    held_srv: np.ndarray = None
+    held_doc: np.ndarray = None
+    held_end: np.ndarray = None
 
     def remote_bytes(self, cm: CostModel, resend: bool = False) -> int:
         """Bytes crossing between ranks in one layer's forward and backward."""
@@ -53,9 +60,23 @@ class Transfers:
         return total
 
 
-def transfers(parts: TaskTable, server: np.ndarray, pieces: PieceTable) -> Transfers:
+def _held_begin(held: Transfers | None, srv: np.ndarray, doc: np.ndarray) -> np.ndarray:
+    """How much of each (server, document)'s key prefix an earlier half already sent."""
+    if held is None or held.held_srv is None or held.held_srv.size == 0 or srv.size == 0:
+        return np.zeros(srv.size, dtype=np.int64)
+    key = held.held_srv * (1 << 40) + held.held_doc
+    want = srv * (1 << 40) + doc
+    order = np.argsort(key)
+    at = np.clip(np.searchsorted(key[order], want), 0, key.size - 1)
+    hit = key[order][at] == want
+    return np.where(hit, held.held_end[order][at], 0)
+
+
+def transfers(parts: TaskTable, server: np.ndarray, pieces: PieceTable,
+              held: Transfers | None = None) -> Transfers:
     """q ranges: each part's queries from their owner to its server. kv ranges: for every
-    (server, document) the prefix up to the furthest query there, from whichever ranks own it."""
+    (server, document) the prefix up to the furthest query there, from whichever ranks own it,
+    less what an earlier ping-pong half (`held`) already sent to that server."""
     o = np.lexsort((parts.q_start, parts.doc, parts.owner, server))
     q = (parts.owner[o], server[o], parts.piece[o], parts.doc[o], parts.q_start[o], parts.q_end[o])
     if len(parts):
@@ -67,19 +88,30 @@ def transfers(parts: TaskTable, server: np.ndarray, pieces: PieceTable) -> Trans
         need_end = np.maximum.reduceat(sd_end, first)
     else:
         need_srv = need_doc = need_end = np.zeros(0, dtype=np.int64)
+    need_begin = _held_begin(held, need_srv, need_doc)
     po = np.lexsort((pieces.start, pieces.doc))
     pdoc = pieces.doc[po]
     lo = np.searchsorted(pdoc, need_doc, side="left")
     hi = np.searchsorted(pdoc, need_doc, side="right")
     pair = np.repeat(np.arange(need_doc.size), hi - lo)
     pidx = po[expand_ranges(lo, hi - lo)]
-    ks = pieces.start[pidx]
+    ks = np.maximum(pieces.start[pidx], need_begin[pair])
     ke = np.minimum(pieces.start[pidx] + pieces.length[pidx], need_end[pair])
     keep = ke > ks
     pair, pidx, ks, ke = pair[keep], pidx[keep], ks[keep], ke[keep]
     src, dst, doc = pieces.rank[pidx], need_srv[pair], need_doc[pair]
     o3 = np.lexsort((ks, doc, src, dst))
-    return Transfers(*q, src[o3], dst[o3], pidx[o3], doc[o3], ks[o3], ke[o3])
+    # what each server holds from now on: this half's prefixes and any longer earlier one
+    h_srv, h_doc, h_end = need_srv, need_doc, np.maximum(need_end, need_begin)
+    if held is not None and held.held_srv is not None and held.held_srv.size:
+        h_srv = np.r_[held.held_srv, h_srv]
+        h_doc = np.r_[held.held_doc, h_doc]
+        h_end = np.r_[held.held_end, h_end]
+        o4 = np.lexsort((-h_end, h_doc, h_srv))
+        h_srv, h_doc, h_end = h_srv[o4], h_doc[o4], h_end[o4]
+        first = np.r_[True, (h_srv[1:] != h_srv[:-1]) | (h_doc[1:] != h_doc[:-1])]
+        h_srv, h_doc, h_end = h_srv[first], h_doc[first], h_end[first]
+    return Transfers(*q, src[o3], dst[o3], pidx[o3], doc[o3], ks[o3], ke[o3], h_srv, h_doc, h_end)
 
 
 def _tokens(pieces: PieceTable, piece, start, end) -> np.ndarray:
@@ -113,6 +145,14 @@ class Layout:
     max_seqlen_q: int
     max_seqlen_k: int
     num_segments: int
+    # > 0: the server indexes [earlier halves' received rows; this half's] (keys sent once per
+    # step) and this many leading rows are the earlier halves'
+    prior_rows: int = 0
+    prior_rows_total: int = 0    # rows all earlier halves received (whether used or not)
+    # every key range this server holds after this half, in the coordinates of all halves'
+    # received rows concatenated: (doc, start, length, k row base, v row base)
+    key_ranges: tuple = ()
+    recv_rows: int = 0
 
     @property
     def num_server_queries(self) -> int:
@@ -120,8 +160,9 @@ class Layout:
 
 
 def build_layout(tr: Transfers, pieces: PieceTable, me: int, num_ranks: int,
-                 local_tokens: int, hq: int, hkv: int, device) -> Layout:
-    """Index tensors for rank `me`: what it sends as origin, what it runs as server."""
+                 local_tokens: int, hq: int, hkv: int, device, prior: Layout | None = None) -> Layout:
+    """Index tensors for rank `me`: what it sends as origin, what it runs as server. `prior`:
+    the layout of the previous ping-pong half, whose received keys this half may read."""
     T = local_tokens
     # ---- origin side: per destination [q | k | v] -------------------------------------
     qm = tr.q_src == me
@@ -162,8 +203,9 @@ def build_layout(tr: Transfers, pieces: PieceTable, me: int, num_ranks: int,
     korder, new = segment_order(TaskTable(np.zeros_like(r_src), r_src, r_doc, r_start, r_end),
                                 np.zeros_like(r_src))
     slots = expand_ranges(part_slot[korder], part_len[korder])
+    earlier = prior.recv_rows + prior.prior_rows_total if prior is not None else 0
     q_base_of_slot = np.repeat(rblk_start[r_src] + part_j * hq, part_len) + \
-        (np.arange(slots.size) - np.repeat(part_slot, part_len)) * hq
+        (np.arange(slots.size) - np.repeat(part_slot, part_len)) * hq + earlier
     srv_q_rows = _heads(q_base_of_slot[slots], hq)
     # kernel segments: runs of parts of one document that meet end to start
     seg_id = np.cumsum(new) - 1
@@ -173,20 +215,26 @@ def build_layout(tr: Transfers, pieces: PieceTable, me: int, num_ranks: int,
     # keys per document in position order: every (src, doc) range, sorted by (doc, start)
     kslot_start = np.cumsum(k_end - k_start) - (k_end - k_start)
     k_j = kslot_start - (np.cumsum(nkv_src) - nkv_src)[k_src]
-    ko = np.lexsort((k_start, k_doc))
-    rlen = k_end[ko] - k_start[ko]
-    rsrc = k_src[ko]
+    r_kbase = rblk_start[k_src] + nq_src[k_src] * hq + k_j * hkv + earlier
+    ranges = (k_doc, k_start, k_end - k_start, r_kbase, r_kbase + nkv_src[k_src] * hkv)
+    if prior is not None and len(prior.key_ranges):
+        ranges = tuple(np.r_[a, b] for a, b in zip(prior.key_ranges, ranges))
+    a_doc, a_start, a_len, a_kbase, a_vbase = ranges
+    ko = np.lexsort((a_start, a_doc))
+    rlen = a_len[ko]
     tok_in_range = np.arange(int(rlen.sum())) - np.repeat(np.cumsum(rlen) - rlen, rlen)
-    k_row_base = np.repeat(rblk_start[rsrc] + nq_src[rsrc] * hq + k_j[ko] * hkv, rlen) \
-        + tok_in_range * hkv
-    v_row_base = k_row_base + np.repeat(nkv_src[rsrc] * hkv, rlen)
-    doc_keys = np.unique(k_doc)
-    doc_first = np.searchsorted(k_doc[ko], doc_keys, side="left")
+    k_row_base = np.repeat(a_kbase[ko], rlen) + tok_in_range * hkv
+    v_row_base = np.repeat(a_vbase[ko], rlen) + tok_in_range * hkv
+    doc_keys = np.unique(a_doc)
+    doc_first = np.searchsorted(a_doc[ko], doc_keys, side="left")
     doc_base = (np.cumsum(rlen) - rlen)[doc_first]  # where each document's key 0 sits
     seg_base = doc_base[np.searchsorted(doc_keys, seg_doc)] if seg_doc.size else seg_doc
     seg_tok = expand_ranges(seg_base, seg_kv)
     srv_k_rows = _heads(k_row_base[seg_tok], hkv)
     srv_v_rows = _heads(v_row_base[seg_tok], hkv)
+    uses_prior = earlier > 0 and bool((srv_k_rows < earlier).any())
+    if earlier and not uses_prior:  # nothing from earlier halves: index this half's rows alone
+        srv_q_rows, srv_k_rows, srv_v_rows = srv_q_rows - earlier, srv_k_rows - earlier, srv_v_rows - earlier
     q_pos = np.empty(slots.size, dtype=np.int64)
     q_pos[slots] = np.arange(slots.size)
     cu_q = np.r_[0, np.cumsum(seg_q)].astype(np.int32)
@@ -201,7 +249,9 @@ def build_layout(tr: Transfers, pieces: PieceTable, me: int, num_ranks: int,
         srv_q_rows=t(srv_q_rows), srv_k_rows=t(srv_k_rows), srv_v_rows=t(srv_v_rows),
         srv_q_slots=t(slots), srv_q_pos=t(q_pos), cu_seqlens_q=t(cu_q), cu_seqlens_k=t(cu_k),
         max_seqlen_q=int(seg_q.max()) if seg_q.size else 0,
-        max_seqlen_k=int(seg_kv.max()) if seg_kv.size else 0, num_segments=int(seg_q.size))
+        max_seqlen_k=int(seg_kv.max()) if seg_kv.size else 0, num_segments=int(seg_q.size),
+        prior_rows=earlier if uses_prior else 0, key_ranges=ranges, recv_rows=int(rblk.sum()),
+        prior_rows_total=earlier)
 
 
 class Exchange:

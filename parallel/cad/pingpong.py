@@ -8,11 +8,14 @@ return is in flight while half 1 is served:
     comm:     d0 | d1        | r0       | r1
     compute:     | serve 0   | serve 1  |
 
-The backward mirrors it with dO going out and [dq | dk | dv] coming back; gradients of a
-key sent to several servers are summed at its origin by index_add.
+A key goes to a server once per step: half 1's server reads the keys half 0 received
+(its layout indexes [recv 0; recv 1]). The backward mirrors the forward in reverse half
+order, dO going out and [dq | dk | dv] coming back: half 1's gradient of half 0's keys is
+added into half 0's return, which goes last; gradients of a key sent to several servers are
+summed at its origin by index_add.
 
-Every rank issues the same collectives in the same order (d0, d1, r0, r1), so the
-all-to-alls match up across the group whatever each rank's share of the work is.
+Every rank issues the same collectives in the same order (d0, d1, r0, r1; backward dO1, dO0,
+r1, r0), so the all-to-alls match up across the group whatever each rank's share of the work is.
 
 What is kept for the backward goes through `ctx.save_for_backward`, the same number of
 tensors on every rank, so activation checkpointing frees it after the forward and recomputes
@@ -66,12 +69,14 @@ class CADFunction(torch.autograd.Function):
                             rt.group, async_op=True)
 
         inflight = dispatch(0)
-        returns, saved = [], []
+        returns, saved, recvs = [], [], []
         for h, L in enumerate(halves):
             recv = inflight.wait()
+            recvs.append(recv)
             if h + 1 < len(halves):
                 inflight = dispatch(h + 1)  # overlaps this half's kernel
-            o_rows, (o_srv, lse_srv) = serve_forward(L, recv, hq, hkv, d, rt.scale)
+            buf = torch.cat(recvs) if L.prior_rows else recv  # keys an earlier half received
+            o_rows, (o_srv, lse_srv) = serve_forward(L, buf, hq, hkv, d, rt.scale)
             back = [Exchange(o_rows, L.q_recv_splits, L.q_send_splits, rt.group, async_op=True)]
             if rt.resend:
                 back.append(Exchange(_lse_rows(L, lse_srv, lse_dtype), L.q_recv_splits, L.q_send_splits,
@@ -99,45 +104,59 @@ class CADFunction(torch.autograd.Function):
         rt, halves = ctx.rt, ctx.rt.layouts
         saved = ctx.saved_tensors
         d_o = d_o.contiguous()
+        # halves in reverse: a later half's gradient of keys an earlier half received is
+        # added into that earlier half's return, which therefore goes last
+        order = list(range(len(halves)))[::-1]
         if rt.resend:
             q, k, v, o, lse = saved
-            pool, o_lse_src = _pool(q, k, v), (o, lse)
-        else:
-            o_lse_src = None
+            pool = _pool(q, k, v)
+            # every half's q/k/v up front: a later half's server also reads earlier halves' keys
+            qkv = [Exchange(pool.index_select(0, L.send_rows), L.send_splits, L.recv_splits,
+                            rt.group, async_op=True) for L in halves]
 
         def dispatch(h):
             L = halves[h]
             rows = d_o.index_select(0, L.q_tok).reshape(-1, d)
             if not rt.resend:
                 return [Exchange(rows, L.q_send_splits, L.q_recv_splits, rt.group, async_op=True)]
-            o_s, lse_s = o_lse_src
-            # dO and o share one exchange (same rows); the fp32 LSE and the q/k/v pool go apart
-            do_o = torch.cat([rows, o_s.index_select(0, L.q_tok).reshape(-1, d)], dim=1)
+            # dO and o share one exchange (same rows); the fp32 LSE goes apart
+            do_o = torch.cat([rows, o.index_select(0, L.q_tok).reshape(-1, d)], dim=1)
             return [Exchange(do_o, L.q_send_splits, L.q_recv_splits, rt.group, async_op=True),
-                    Exchange(lse_s.index_select(0, L.q_tok).reshape(-1), L.q_send_splits,
-                             L.q_recv_splits, rt.group, async_op=True),
-                    Exchange(pool.index_select(0, L.send_rows), L.send_splits, L.recv_splits,
-                             rt.group, async_op=True)]
+                    Exchange(lse.index_select(0, L.q_tok).reshape(-1), L.q_send_splits,
+                             L.q_recv_splits, rt.group, async_op=True)]
 
-        inflight = dispatch(0)
-        returns = []
-        for h, L in enumerate(halves):
+        inflight = dispatch(order[0])
+        returns, extra = {}, {}
+        for i, h in enumerate(order):
+            L = halves[h]
             got = [ex.wait() for ex in inflight]
-            if h + 1 < len(halves):
-                inflight = dispatch(h + 1)
+            if i + 1 < len(order):
+                inflight = dispatch(order[i + 1])
             if rt.resend:
-                do_o, lse_rows, recv = got
+                do_o, lse_rows = got
+                recvs = [ex.wait() for ex in qkv[:h + 1]]
                 d_o_recv = do_o[:, :d]
                 o_srv = do_o[:, d:].reshape(-1, hq, d).index_select(0, L.srv_q_slots)
                 lse_srv = lse_rows.view(-1, hq).index_select(0, L.srv_q_slots).t().contiguous()
             else:
                 d_o_recv = got[0]
-                recv, o_srv, lse_srv = saved[3 * h:3 * h + 3]
-            d_recv = serve_backward(L, recv, o_srv, lse_srv, d_o_recv, hq, hkv, d, rt.scale)
-            returns.append(Exchange(d_recv, L.recv_splits, L.send_splits, rt.group,
-                                    async_op=True))
+                recvs = [saved[3 * j] for j in range(h + 1)]
+                o_srv, lse_srv = saved[3 * h + 1:3 * h + 3]
+            buf = torch.cat(recvs) if L.prior_rows else recvs[-1]
+            d_buf = serve_backward(L, buf, o_srv, lse_srv, d_o_recv, hq, hkv, d, rt.scale)
+            if L.prior_rows:  # hand the earlier halves their keys' gradients
+                parts = torch.split(d_buf, [r.shape[0] for r in recvs])
+                for j, part in enumerate(parts[:-1]):
+                    extra[j] = extra[j] + part if j in extra else part
+                d_recv = parts[-1]
+            else:
+                d_recv = d_buf
+            if h in extra:
+                d_recv = d_recv + extra.pop(h)
+            returns[h] = Exchange(d_recv.contiguous(), L.recv_splits, L.send_splits, rt.group,
+                                  async_op=True)
         d_pool = d_o.new_zeros((T * (hq + 2 * hkv), d))
-        for L, ex in zip(halves, returns):
-            d_pool.index_add_(0, L.send_rows, ex.wait())
+        for h in order:
+            d_pool.index_add_(0, halves[h].send_rows, returns[h].wait())
         dq, dk, dv = torch.split(d_pool, [T * hq, T * hkv, T * hkv])
         return dq.view(T, hq, d), dk.view(T, hkv, d), dv.view(T, hkv, d), None
