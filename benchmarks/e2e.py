@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 
 import numpy as np
 import torch
@@ -139,6 +140,10 @@ def _breakdown(step_fn) -> dict:
             "top_kernels_ms": [[n[:90], round(t / 1e3, 3)] for n, t in top]}
 
 
+def _flops(n_params: int, L: int, doc_lens, mcfg, hd: int) -> float:
+    return dense_flops(n_params, L) + attention_flops(doc_lens, mcfg, hd)
+
+
 def _measure(build, label: dict, flops_of, peak, args) -> tuple[dict, object]:
     gc.collect()
     torch.cuda.empty_cache()
@@ -237,8 +242,8 @@ def main():
             for policy in args.policies:
                 label = {"system": "distca", "documents": docs, "setting": f"recompute={policy}",
                          "seq_len": L, "num_docs": len(doc_lens), "layers": mcfg.layers}
-                row, step = _measure(lambda: _ours(mcfg, L, doc_lens, vocab, policy), label,
-                                     lambda n: dense_flops(n, L) + attention_flops(doc_lens, mcfg, hd),
+                row, step = _measure(partial(_ours, mcfg, L, doc_lens, vocab, policy), label,
+                                     partial(_flops, L=L, doc_lens=doc_lens, mcfg=mcfg, hd=hd),
                                      peak, args)
                 rows.append(row)
                 if "error" not in row and (best is None or row["tokens_per_s"] > best[0]):
@@ -255,8 +260,8 @@ def main():
                 label = {"system": "distca_hybrid", "documents": "packed documents",
                          "setting": f"recompute={policy}", "seq_len": L, "num_docs": len(packed),
                          "layers": hybrid_layers}
-                row, step = _measure(lambda: _ours(hyb, L, packed, vocab, policy), label,
-                                     lambda n: dense_flops(n, L) + attention_flops(packed, hyb, hd),
+                row, step = _measure(partial(_ours, hyb, L, packed, vocab, policy), label,
+                                     partial(_flops, L=L, doc_lens=packed, mcfg=hyb, hd=hd),
                                      peak, args)
                 rows.append(row)
                 del step
@@ -271,8 +276,8 @@ def main():
                     label = {"system": system, "documents": "one document",
                              "setting": "gradient checkpointing" if ckpt else "no checkpointing",
                              "seq_len": L, "num_docs": 1}
-                    row, step = _measure(lambda: _hf(mcfg, L, vocab, ckpt), label,
-                                         lambda n: dense_flops(n, L) + attention_flops([L], mcfg, hd),
+                    row, step = _measure(partial(_hf, mcfg, L, vocab, ckpt), label,
+                                         partial(_flops, L=L, doc_lens=[L], mcfg=mcfg, hd=hd),
                                          peak, args)
                     rows.append(row)
                     del step
@@ -305,6 +310,8 @@ def main():
            "comparisons": _comparisons(rows), "rows": rows, "breakdown": breakdowns, "cli": cli}
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)
+    if os.path.exists(args.out + ".partial"):  # the whole record is written: drop the fallback
+        os.remove(args.out + ".partial")
     print(json.dumps(out["comparisons"], indent=1))
 
 
