@@ -55,6 +55,12 @@ class CPLayout(Choice):
 PPSchedule = Choice("PPSchedule", [("1f1b", "1f1b"), ("interleaved", "interleaved")])
 
 
+class CADOverlap(Choice):
+    none = "none"            # one dispatch, one kernel, one return
+    halves = "halves"        # two halves of the tasks, one's all-to-all under the other's kernel
+    nanobatch = "nanobatch"  # two nano-batches of documents, comm under the other's layer work
+
+
 class CADBackward(Choice):
     stateful = "stateful"  # servers keep the received rows, o and LSE until the backward
     resend = "resend"      # servers keep nothing: origins keep o and LSE and resend q, k, v
@@ -70,6 +76,7 @@ class CADConfig:
     memory_cap: Optional[float] = None  # bytes a server may hold for attention tasks; null: no cap
     cost_table: str = "auto"    # auto (H100 table on CUDA, causal FLOPs on CPU) | h100 | none | a JSON path
     backward: CADBackward = CADBackward.stateful  # what servers keep between forward and backward
+    overlap: CADOverlap = CADOverlap.halves  # halves needs ping_pong=true (false: none)
 
 
 @dataclass

@@ -70,6 +70,13 @@ class ParallelPlan:
             raise ValueError(f"parallel.zero_stage={c.zero_stage} must be 0 (DDP) or 1, 2, 3 (ZeRO)")
         if self.cp_algo == CPAlgo.cad:
             check_cad_config(c.cad, d.dp * d.cp)
+            if c.cad.overlap == "nanobatch" and d.tp > 1:
+                raise ValueError("parallel.cad.overlap=nanobatch does not run with parallel.tp > 1 yet "
+                                 "(sequence parallelism wraps the whole mixer); use "
+                                 "parallel.cad.overlap=halves")
+            if c.cad.overlap == "nanobatch" and c.cad.backward == "resend":
+                raise ValueError("parallel.cad.overlap=nanobatch runs with parallel.cad.backward=stateful "
+                                 "only; use one of them")
 
     def _check_pipeline(self) -> None:
         c, d, m = self.cfg, self.dims, self.model

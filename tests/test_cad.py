@@ -199,6 +199,7 @@ def test_cad_without_process_group_matches_local():
     ({"servers": -1}, "servers"),
     ({"ping_pong": "yes"}, "ping_pong"),
     ({"backward": "keep"}, "backward"),
+    ({"overlap": "always"}, "overlap"),
     ({"memory_cap": 0}, "memory_cap"),
     ({"cost_table": "a100"}, "cost_table"),
 ])

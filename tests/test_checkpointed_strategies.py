@@ -35,26 +35,36 @@ CASES = {
         ("cad ping_pong=off", "SSS", 3, 1, "cad", 1, {**CAD_MOVING, "ping_pong": False}),
         ("cad defaults", "SSS", 1, 3, "cad", 1, {}),
         ("cad backward=resend", "SSS", 1, 3, "cad", 1, {**CAD_MOVING, "backward": "resend"}),
+        ("cad overlap=nanobatch", "SSS", 1, 3, "cad", 1, {**CAD_MOVING, "overlap": "nanobatch"}),
+        ("lasp2 + cad nanobatch (hybrid)", "LSL", 1, 3, "cad", 1,
+         {**CAD_MOVING, "overlap": "nanobatch"}),
         ("ring", "SSS", 1, 3, "ring", 1, {}),
         ("allgather", "SSS", 1, 3, "allgather", 1, {}),
         ("lasp2 + allgather", "LLL", 1, 3, "allgather", 1, {}),
         ("lasp2 + cad (hybrid)", "LSL", 1, 3, "cad", 1, {**CAD_MOVING})],
     4: [("cad dp=2 cp=2", "SSS", 2, 2, "cad", 1, {**CAD_MOVING}),
         ("ulysses (kv heads < degree)", "SSS", 1, 4, "ulysses", 1, {}),
-        ("usp cp=4 ulysses=2", "SSS", 1, 4, "usp", 2, {})],
+        ("usp cp=4 ulysses=2", "SSS", 1, 4, "usp", 2, {}),
+        ("cad nanobatch dp=2 cp=2", "SSS", 2, 2, "cad", 1, {**CAD_MOVING, "overlap": "nanobatch"})],
 }
 DOCS = [[19, 5, 30, 2, 8], [3, 61], [40, 24]]  # one micro-batch per DP rank, 64 tokens each
 
 
 class Counting:
-    """A strategy that counts its calls (and passes everything else through)."""
+    """A strategy that counts its calls (and passes everything else through); under CAD's
+    nano-batches a layer's call is its two phased nano-batches, counted once."""
 
     def __init__(self, inner):
-        self.inner, self.calls = inner, 0
+        self.inner, self.calls, self.nano_calls = inner, 0, 0
 
     def __call__(self, *args, **kwargs):
         self.calls += 1
         return self.inner(*args, **kwargs)
+
+    def start(self, q, k, v, shard, nano, scale):
+        self.calls += nano == 0
+        self.nano_calls += 1
+        return self.inner.start(q, k, v, shard, nano, scale)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -87,6 +97,15 @@ def _worker(rank, world, cases):
         ids, labels = shard.local(tokens), shard.local(next_token_labels(tokens, doc_lens))
         counters = [core, linear]
         plain, _, _ = _grads(model, "none", ids, labels, shard, counters)
+        if options.get("overlap") == "nanobatch":  # the phased path really ran, no plain call
+            assert core.nano_calls == 2 * layers.count("S"), (label, core.nano_calls)
+            # ... and gives the gradients of the one-call path (fp64)
+            core.inner.options.overlap = "halves"
+            one_call, _, _ = _grads(model, "none", ids, labels, shard, counters)
+            core.inner.options.overlap = "nanobatch"
+            for (name, _), a, b in zip(model.named_parameters(), plain, one_call):
+                err = (a - b).abs().max().item()
+                assert err <= 1e-12 * max(1.0, b.abs().max().item()), f"{label}: d{name} nano vs one call {err}"
         for mode, per_layer in (("full", 2), ("selective", 1)):
             got, calls, comm = _grads(model, mode, ids, labels, shard, counters)
             want = [per_layer * layers.count("S"), per_layer * layers.count("L")]

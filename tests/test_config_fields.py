@@ -120,6 +120,7 @@ def test_torchrun_prints_a_config_error_once(tmp_path):
 @pytest.mark.parametrize("override, choices", [
     ("parallel.cp_algo=rnig", "local, ring, allgather, ulysses, usp, cad"),
     ("parallel.cad.backward=keep", "stateful, resend"),
+    ("parallel.cad.overlap=always", "none, halves, nanobatch"),
     ("train.device=tpu", "auto, cpu, cuda"),
     ("model.linear_decay=alibi", "head, token, none"),
     ("logger.mode=dryrun", "online, offline"),
@@ -195,3 +196,12 @@ def test_deprecated_key_warns_once_and_trains(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stderr.count("model.checkpoint_activations is deprecated") == 1, r.stderr[-3000:]
     assert (tmp_path / "metrics.jsonl").exists()
+
+
+def test_cad_nanobatch_combinations():
+    cad = ["parallel.cp_algo=cad", "parallel.cad.overlap=nanobatch"]
+    msg = plan_error(*cad, "parallel.tp=2", "parallel.cp=2", world=4)
+    assert "parallel.cad.overlap=nanobatch" in msg and "parallel.tp" in msg and "halves" in msg
+    msg = plan_error(*cad, "parallel.cp=2", "parallel.cad.backward=resend", world=2)
+    assert "parallel.cad.overlap=nanobatch" in msg and "parallel.cad.backward" in msg
+    assert plan_for(*cad, "parallel.cp=2", world=2).cfg.cad.overlap == "nanobatch"

@@ -10,7 +10,8 @@ spawn per world size runs every layout:
 - 4 ranks: tp=4 (4 query and 4 KV heads: one of each per rank); tp=2 x cp=2 with ring,
   Ulysses and CAD (each TP rank's heads in its own CP / CAD group); dp=2 x tp=2; LLLS at
   tp=2 x cp=2 (all-gather + LASP-2); pp=4; tp=2 x pp=2 (selective recompute, tied); pp=2 x dp=2 with CAD
-  (resend backward; the CAD group is the DP ranks of a stage); pp=2 x cp=2 with ring and with CAD;
+  (resend backward; the CAD group is the DP ranks of a stage); pp=2 x cp=2 with CAD
+  nano-batches; pp=2 x cp=2 with ring and with CAD;
   ZeRO-1 (optimizer state partitioned over the DP group) with dp=2 x tp=2 and dp=2 x pp=2;
 - 8 ranks: dp=2 x tp=2 x pp=2.
 
@@ -55,6 +56,8 @@ RUNS = {
         ("tp=2 pp=2 selective recompute, tied", "sel_tied", ["parallel.tp=2", "parallel.pp=2"]),
         ("pp=2 cp=2 ring", "base", ["parallel.pp=2", *CP2, "parallel.cp_algo=ring"]),
         ("pp=2 cp=2 cad", "base", ["parallel.pp=2", *CP2, "parallel.cp_algo=cad"]),
+        ("pp=2 cp=2 cad nanobatch", "base", ["parallel.pp=2", *CP2, "parallel.cp_algo=cad",
+                                             "parallel.cad.overlap=nanobatch"]),
         ("pp=2 dp=2 cad resend", "base", ["parallel.pp=2", "parallel.dp=2", "parallel.cp_algo=cad",
                                           "parallel.cad.backward=resend"]),
         ("dp=2 pp=2 ZeRO-1", "base", ["parallel.dp=2", "parallel.pp=2", "parallel.zero_stage=1"])],

@@ -17,10 +17,19 @@ class SoftmaxAttention(nn.Module):
         self.core_attention = core_attention
 
     def forward(self, x: torch.Tensor, shard, rope) -> torch.Tensor:
-        t = x.shape[0]
+        q, k, v = self.project(x, rope)
+        return self.output(self.core_attention(q, k, v, shard, self.scale))
+
+    @property
+    def scale(self) -> float:
+        return self.head_dim ** -0.5
+
+    def project(self, x: torch.Tensor, rope):
+        """x [T, dim] -> q [T, Hq, D], k, v [T, Hkv, D], rotated."""
         cos, sin = rope
         # one kernel splits [q | k | v], rotates q and k and copies v, so the projection's
         # buffer is freed here instead of living on through a view of v
-        q, k, v = qkv_rope(self.qkv(x), cos, sin, self.heads, self.kv_heads, self.head_dim)
-        o = self.core_attention(q, k, v, shard, self.head_dim ** -0.5)
-        return self.out(o.reshape(t, self.heads * self.head_dim))
+        return qkv_rope(self.qkv(x), cos, sin, self.heads, self.kv_heads, self.head_dim)
+
+    def output(self, o: torch.Tensor) -> torch.Tensor:
+        return self.out(o.reshape(o.shape[0], self.heads * self.head_dim))

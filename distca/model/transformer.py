@@ -36,6 +36,9 @@ class Block(nn.Module):
         self.mlp = SwiGLU(dim, ffn)
 
     def forward(self, x, shard, rope, recompute_mlp: bool = False):
+        rows = self._nano_rows(x, shard)
+        if rows is not None:
+            return self._forward_nanobatches(x, shard, rope, recompute_mlp, rows)
         x = x + self.mixer(self.mixer_norm(x), shard, rope)
         if recompute_mlp:
             # selective recompute: the attention half above keeps its activations (no attention,
@@ -45,6 +48,33 @@ class Block(nn.Module):
 
     def _mlp_branch(self, x):
         return self.mlp(self.mlp_norm(x))
+
+    def _nano_rows(self, x, shard):
+        """Two nano-batches' rows when the mixer's strategy runs them in phases (CAD with
+        overlap=nanobatch), else None."""
+        split = getattr(getattr(self.mixer, "core_attention", None), "nano_rows", None)
+        return split(shard, x.device) if split is not None else None
+
+    def _forward_nanobatches(self, x, shard, rope, recompute_mlp, rows):
+        """Nano-batch ping-pong: each nano-batch's attention communication runs while the other
+        computes (parallel/cad/nanobatch.py has the schedule); rows are token-wise, so the
+        norms, projections and MLP of a nano-batch are those of its rows."""
+        mix, core = self.mixer, self.mixer.core_attention
+        xs = [x.index_select(0, r) for r in rows]
+        handles = []
+        for n, (xn, r) in enumerate(zip(xs, rows)):
+            q, k, v = mix.project(self.mixer_norm(xn), tuple(t.index_select(0, r) for t in rope))
+            handles.append(core.start(q, k, v, shard, n, mix.scale))
+        handles = [core.serve(h) for h in handles]
+        outs = []
+        for xn, h in zip(xs, handles):
+            xn = xn + mix.output(core.collect(h))
+            mlp = checkpoint(self._mlp_branch, xn, use_reentrant=False) if recompute_mlp else self._mlp_branch(xn)
+            outs.append(xn + mlp)
+        order = torch.cat(rows)
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        return torch.cat(outs).index_select(0, inverse)
 
 
 class HybridLM(nn.Module):

@@ -18,6 +18,9 @@ Options: `parallel.config.CADConfig` (`parallel.cad.*`), checked by `check_cad_c
               leaves nothing worth moving); "h100", "none" (FLOPs), or a JSON path
   backward    "stateful": servers keep what they received until the backward; "resend":
               servers keep nothing, origins resend it (parallel/cad/pingpong.py)
+  overlap     "halves" (with ping_pong): two halves of the tasks inside one call; "none";
+              "nanobatch": the model runs two nano-batches of documents in phases
+              (start / serve / collect, parallel/cad/nanobatch.py) around each other's work
 """
 from __future__ import annotations
 
@@ -26,10 +29,13 @@ import time
 import weakref
 
 import numpy as np
+import torch
 import torch.distributed as dist
 
 from parallel.cad.dispatch import build_layout, transfers
 from parallel.cad.metadata import gather_pieces
+from parallel.cad.nanobatch import (NanoCall, NanoCollect, NanoServe, NanoStart, nano_rows,
+                                    split_documents, sub_pieces)
 from parallel.cad.pingpong import CADFunction, StepRuntime
 from parallel.cad.planner import fitting_block, plan, server_memory, split_halves
 from parallel.cad.tasks import CostModel
@@ -54,6 +60,8 @@ def check_cad_config(c: CADConfig, group_size: int) -> None:
         raise ValueError(f"parallel.cad.ping_pong={c.ping_pong!r} must be true or false")
     if c.memory_cap is not None and (isinstance(c.memory_cap, bool) or not c.memory_cap > 0):
         raise ValueError(f"parallel.cad.memory_cap={c.memory_cap!r} must be > 0 bytes, or null for no cap")
+    if c.overlap not in ("none", "halves", "nanobatch"):
+        raise ValueError(f"parallel.cad.overlap={c.overlap!r} must be none, halves or nanobatch")
     if c.backward not in ("stateful", "resend"):
         raise ValueError(f"parallel.cad.backward={c.backward!r} must be stateful or resend")
     t = c.cost_table
@@ -136,6 +144,65 @@ class CADAttention(Strategy):
         return CADFunction.apply(q, k, v, StepRuntime(layouts, self.group, softmax_scale,
                                                       resend=self.options.backward == "resend"))
 
+    # ---- nano-batches (overlap=nanobatch): the model calls these instead of __call__ --------
+    def nano_rows(self, shard, device):
+        """(rows of nano-batch 0, rows of nano-batch 1) in this rank's local order, or None
+        when the model should make one ordinary call (overlap is not nanobatch, or a side
+        has no tokens anywhere in the group: one document)."""
+        if self.options.overlap != "nanobatch":
+            return None
+        return self._nano(shard, device)["rows"]
+
+    def start(self, q, k, v, shard, nano: int, softmax_scale: float):
+        """Post nano-batch `nano`'s q/k/v all-to-all; returns its handle for serve/collect."""
+        st = self._nano(shard, q.device)
+        key = (q.shape[1], k.shape[1], q.shape[2], str(q.device))
+        if key not in st["layouts"]:
+            st["layouts"][key] = self._plan_nano(st, q, k)
+        call = NanoCall(st["layouts"][key][nano], self.group, softmax_scale)
+        return (NanoStart.apply(q, k, v, call), call, q)
+
+    def serve(self, handle):
+        """Wait for the dispatch, run the kernel, post the o return."""
+        edge, call, q = handle
+        return (NanoServe.apply(edge, call), call, q)
+
+    def collect(self, handle):
+        """Wait for o: [T_nano, Hq, D]."""
+        edge, call, q = handle
+        return NanoCollect.apply(edge, q, call)
+
+    def _nano(self, shard, device) -> dict:
+        def build():  # collective (metadata all-gather): every rank reaches it at the same layer
+            pieces = gather_pieces(shard, self.dp_rank, self.group, device)
+            side = split_documents(pieces)
+            rows = None
+            if (side == 0).any() and (side == 1).any():
+                rows = tuple(torch.from_numpy(nano_rows(pieces, side == s, self.rank)).to(device)
+                             for s in (0, 1))
+            return {"pieces": pieces, "side": side, "rows": rows, "layouts": {}}
+        return shard.memo(("cad_nano", id(self)), build)
+
+    def _plan_nano(self, st, q, k) -> list:
+        o = self.options
+        table = {"auto": "h100" if q.is_cuda else None, "none": None}.get(o.cost_table, o.cost_table)
+        cm = CostModel(q.shape[1], k.shape[1], q.shape[2], q.element_size(), table=table)
+        layouts = []
+        for s in (0, 1):
+            sub, _ = sub_pieces(st["pieces"], st["side"] == s)
+            t0 = time.perf_counter()
+            tasks = sub.tasks()
+            block = fitting_block(tasks, o.servers or self.size, o.block, float(o.tolerance))
+            p = plan(tasks, self.size, cm, tolerance=float(o.tolerance), block=block,
+                     servers=o.servers, memory_cap=o.memory_cap)
+            tr = transfers(p.parts, p.server, sub)
+            mine = int(sub.length[sub.rank == self.rank].sum())
+            layouts.append(build_layout(tr, sub, self.rank, self.size, mine, q.shape[1], k.shape[1],
+                                        q.device))
+            self._since_step.append(_totals(p, [tr], cm, block, self.size, o, t0))
+        self.last_metrics = step_metrics(self._since_step[-2:])
+        return layouts
+
     # ---- planning (once per shard) ---------------------------------------------------------
     def _layouts(self, q, k, shard):
         step = next((st for st in self._steps if st.shard_ref() is shard), None)
@@ -164,25 +231,30 @@ class CADAttention(Strategy):
         block = fitting_block(tasks, o.servers or self.size, o.block, float(o.tolerance))
         p = plan(tasks, self.size, cm, tolerance=float(o.tolerance), block=block,
                  servers=o.servers, memory_cap=o.memory_cap)
-        if o.ping_pong:
+        if o.ping_pong and o.overlap == "halves":
             half = split_halves(p, cm, block)
             groups = [np.nonzero(half == h)[0] for h in (0, 1)]
         else:
             groups = [np.arange(len(p.parts))]
-        plan_ms = (time.perf_counter() - t0) * 1e3
         halves = []
         for g in groups:  # keys go to a server once per step: a later half skips what it holds
             halves.append(transfers(p.parts.take(g), p.server[g], pieces,
                                     held=halves[-1] if halves else None))
-        moved = p.server != p.parts.owner
-        after = p.load_after[p.servers]
-        totals = {"max_before": float(p.load_before.max(initial=0.0)),
-                  "mean_before": float(p.load_before.mean()) if p.load_before.size else 0.0,
-                  "max_after": float(after.max(initial=0.0)),
-                  "mean_after": float(after.mean()) if after.size else 0.0,
-                  "bytes": float(sum(tr.remote_bytes(cm, o.backward == "resend") for tr in halves)),
-                  "cost": float(p.cost.sum()), "moved_cost": float(p.cost[moved].sum()),
-                  "moved_queries": float(p.parts.q_len[moved].sum()), "block": block,
-                  "server_bytes": float(server_memory(p.parts, p.server, self.size, cm).max(initial=0.0)),
-                  "plan_ms": plan_ms}
+        totals = _totals(p, halves, cm, block, self.size, o, t0)
         return _Step(shard, pieces, halves, step_metrics([totals]), totals)
+
+
+def _totals(p, halves, cm, block, size, o, t0) -> dict:
+    """One plan's sums, what step metrics are built from."""
+    plan_ms = (time.perf_counter() - t0) * 1e3
+    moved = p.server != p.parts.owner
+    after = p.load_after[p.servers]
+    return {"max_before": float(p.load_before.max(initial=0.0)),
+            "mean_before": float(p.load_before.mean()) if p.load_before.size else 0.0,
+            "max_after": float(after.max(initial=0.0)),
+            "mean_after": float(after.mean()) if after.size else 0.0,
+            "bytes": float(sum(tr.remote_bytes(cm, o.backward == "resend") for tr in halves)),
+            "cost": float(p.cost.sum()), "moved_cost": float(p.cost[moved].sum()),
+            "moved_queries": float(p.parts.q_len[moved].sum()), "block": block,
+            "server_bytes": float(server_memory(p.parts, p.server, size, cm).max(initial=0.0)),
+            "plan_ms": plan_ms}

@@ -1,0 +1,144 @@
+"""Nano-batch ping-pong (`parallel.cad.overlap=nanobatch`, DistCA's schedule).
+
+A micro-batch's documents are split into two nano-batches (whole documents, so a nano-batch's
+queries only need its own keys), about equal in tokens on every rank. Each is planned from its
+own pieces and runs as three phases, each its own autograd Function, so the model can put
+the other nano-batch's work between them:
+
+    start(A)  pre(B)  start(B)  serve(A)  serve(B)  collect(A) post(A)  collect(B) post(B)
+    dispatch A in flight during B's projections; A's return in flight during B's kernel;
+    B's return in flight during A's output projection and MLP.
+
+start posts the q/k/v all-to-all, serve waits for it, runs the kernel and posts the o
+return, collect waits for o. The backward runs the phases' mirrors in autograd's order
+(the same on every rank, as the graphs are the same): collect posts dO, serve serves the
+backward and posts [dq|dk|dv], start waits for it. Phases hand each other a zero-size
+tensor (the autograd edge) and a `NanoCall` (the exchanges in flight); what the backward
+needs goes through `ctx.save_for_backward` (activation checkpointing frees and recomputes it).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from parallel.cad.dispatch import Exchange, Layout
+from parallel.cad.server import serve_backward, serve_forward
+from parallel.cad.tasks import PieceTable, expand_ranges
+
+
+def split_documents(pieces: PieceTable) -> np.ndarray:
+    """Nano-batch (0 or 1) of every piece: whole documents, largest first, each to the side
+    that leaves its ranks' token counts of the two nano-batches closest."""
+    docs, inv = np.unique(pieces.doc, return_inverse=True)
+    side = np.zeros(docs.size, dtype=np.int64)
+    n = int(pieces.rank.max()) + 1 if pieces.rank.size else 0
+    count = np.zeros((2, n), dtype=np.int64)
+    size = np.bincount(inv, pieces.length, minlength=docs.size)
+    for d in np.argsort(-size, kind="stable"):
+        m = inv == d
+        ranks, toks = pieces.rank[m], pieces.length[m]
+        gap = []
+        for s in (0, 1):
+            after = count.copy()
+            np.add.at(after[s], ranks, toks)
+            gap.append(int(np.abs(after[0] - after[1]).sum()))
+        s = 0 if (gap[0], count[0].sum()) <= (gap[1], count[1].sum()) else 1
+        side[d] = s
+        np.add.at(count[s], ranks, toks)
+    return side[inv]
+
+
+def sub_pieces(pieces: PieceTable, keep: np.ndarray) -> tuple[PieceTable, np.ndarray]:
+    """The pieces of one nano-batch, their local offsets counted within its rows, and for
+    every kept piece its old local offset (to find the rows in the micro-batch)."""
+    idx = np.nonzero(keep)[0]
+    idx = idx[np.lexsort((pieces.local[idx], pieces.rank[idx]))]
+    rank, length = pieces.rank[idx], pieces.length[idx]
+    first = np.r_[True, rank[1:] != rank[:-1]] if idx.size else np.zeros(0, dtype=bool)
+    csum = np.cumsum(length) - length
+    base = np.maximum.accumulate(np.where(first, csum, 0)) if idx.size else csum
+    local = csum - base
+    return PieceTable(rank, pieces.doc[idx], pieces.start[idx], length, local), pieces.local[idx]
+
+
+def nano_rows(pieces: PieceTable, keep: np.ndarray, me: int) -> np.ndarray:
+    """This rank's rows (micro-batch local order) of one nano-batch, in the nano-batch's order."""
+    sub, old_local = sub_pieces(pieces, keep)
+    mine = sub.rank == me
+    return expand_ranges(old_local[mine], sub.length[mine])
+
+
+class NanoCall:
+    """One nano-batch's attention in one layer: its layout and the exchanges in flight."""
+
+    def __init__(self, layout: Layout, group, scale: float):
+        self.L, self.group, self.scale = layout, group, scale
+        self.shape = None
+        self.inflight = None   # forward: dispatch, then return; backward: dO, then [dq|dk|dv]
+        self.d_pool = None
+
+
+class NanoStart(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, call: NanoCall):
+        T, hq, d = q.shape
+        call.shape = (T, hq, k.shape[1], d)
+        pool = torch.cat([q.reshape(-1, d), k.reshape(-1, d), v.reshape(-1, d)])
+        L = call.L
+        call.inflight = Exchange(pool.index_select(0, L.send_rows), L.send_splits, L.recv_splits,
+                                 call.group, async_op=True)
+        ctx.call = call
+        return q.new_empty(0)
+
+    @staticmethod
+    def backward(ctx, _):
+        call = ctx.call
+        T, hq, hkv, d = call.shape
+        d_pool = call.d_pool_template.new_zeros((T * (hq + 2 * hkv), d))
+        d_pool.index_add_(0, call.L.send_rows, call.inflight.wait())
+        call.inflight = None
+        dq, dk, dv = torch.split(d_pool, [T * hq, T * hkv, T * hkv])
+        return dq.view(T, hq, d), dk.view(T, hkv, d), dv.view(T, hkv, d), None
+
+
+class NanoServe(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, handle, call: NanoCall):
+        T, hq, hkv, d = call.shape
+        recv = call.inflight.wait()
+        o_rows, (o_srv, lse_srv) = serve_forward(call.L, recv, hq, hkv, d, call.scale)
+        call.inflight = Exchange(o_rows, call.L.q_recv_splits, call.L.q_send_splits, call.group,
+                                 async_op=True)
+        ctx.save_for_backward(recv, o_srv, lse_srv)
+        ctx.call = call
+        return handle.new_empty(0)
+
+    @staticmethod
+    def backward(ctx, _):
+        call, L = ctx.call, ctx.call.L
+        T, hq, hkv, d = call.shape
+        recv, o_srv, lse_srv = ctx.saved_tensors
+        d_o_recv = call.inflight.wait()
+        d_recv = serve_backward(L, recv, o_srv, lse_srv, d_o_recv, hq, hkv, d, call.scale)
+        call.d_pool_template = d_recv
+        call.inflight = Exchange(d_recv, L.recv_splits, L.send_splits, call.group, async_op=True)
+        return recv.new_empty(0), None
+
+
+class NanoCollect(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, handle, template, call: NanoCall):
+        T, hq, hkv, d = call.shape
+        o = template.new_zeros((T, hq, d))
+        o.index_copy_(0, call.L.q_tok, call.inflight.wait().view(-1, hq, d))
+        call.inflight = None
+        ctx.call = call
+        return o
+
+    @staticmethod
+    def backward(ctx, d_o):
+        call, L = ctx.call, ctx.call.L
+        d = call.shape[3]
+        rows = d_o.contiguous().index_select(0, L.q_tok).reshape(-1, d)
+        call.inflight = Exchange(rows, L.q_send_splits, L.q_recv_splits, call.group, async_op=True)
+        return d_o.new_empty(0), None, None
