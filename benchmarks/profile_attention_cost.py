@@ -15,7 +15,8 @@ and the JSON says so.
 The same run times one bf16 GEMM of the MLP's shape, so the CAD simulator's per-token
 linear-layer time is a measurement too.
 
-Usage (GPU): python benchmarks/profile_attention_cost.py --out $OUT/cost_table_h100.json
+Usage (GPU): python benchmarks/profile_attention_cost.py --out $OUT/cost_table_h200.json
+(parallel/cad/cost_table_h100.json was measured with the grid up to 128K keys.)
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ import torch
 
 HQ, HKV, D = 32, 8, 128
 Q_LENS = [64, 128, 256, 512, 1024, 2048, 4096, 8192]
-KV_LENS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072]
+# up to 512K keys: the simulator's longest documents (a 128K-only grid would extrapolate)
+KV_LENS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288]
 TARGET_PAIRS = 3e8          # work per timed call (about 5-10 ms of forward on an H100)
 MAX_KV_TOKENS = 1 << 20     # memory budget per call: 1M key tokens (k, v and their grads ~8 GB)
 
@@ -108,11 +110,19 @@ def time_gemm(tokens: int = 16384, hidden: int = 4096, ffn: int = 14336, reps: i
     return {"shape": [tokens, hidden, ffn], "ms": ms, "tflops": 2 * tokens * hidden * ffn / ms / 1e9}
 
 
+def _triton_version() -> str | None:
+    try:
+        import triton
+        return triton.__version__
+    except ImportError:
+        return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--budget-s", type=float, default=100.0,
+    ap.add_argument("--budget-s", type=float, default=150.0,
                     help="stop measuring after this long; missing points are null")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -148,7 +158,8 @@ def main() -> None:
         "q_lens": Q_LENS, "kv_lens": KV_LENS, "fwd_ms": fwd, "bwd_ms": bwd, "copies": copies,
         "method": "per-segment time inside one varlen call of `copies` identical segments; "
                   "median of reps; bwd = (fwd+bwd) - fwd",
-        "gemm_bf16": gemm, "torch": torch.__version__,
+        "gemm_bf16": gemm, "torch": torch.__version__, "triton": _triton_version(),
+        "cuda": torch.version.cuda, "deterministic": torch.are_deterministic_algorithms_enabled(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "measure_s": round(time.time() - t0, 1),
     }

@@ -10,11 +10,14 @@ copies of one weight, kept equal by summing their gradients (GradSync's `tied`).
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from distca.model.transformer import HybridLM
+from parallel.context.shard import empty_shard
 from parallel.pipeline.executor import PipelineExecutor
 from parallel.tensor.comm import rows_per_rank
 
@@ -47,8 +50,49 @@ class PipelineStage:
         # NCCL: a batched point-to-point call must not be the first call on its group unless
         # every rank of the group joins it; one collective first makes the ticks safe
         dist.barrier(group=state.pp_group)
+        self.joint = plan.joint_pipeline  # CAD pooled across stages: lock-step ticks
         self.executor = PipelineExecutor(state.pp_group, dims.pp, state.pp_rank,
-                                         len(plan.chunks) // dims.pp, micro_batches)
+                                         len(plan.chunks) // dims.pp, micro_batches, lockstep=self.joint)
+
+    def _joint_tick(self, forward, micro, param, amp):
+        """The tick hook of CAD pooled across stages: plan the tick over every stage's shard,
+        and on an idle stage run a dummy pass over no tokens that joins the tick's attention
+        rounds (DistCA's dummy ticks): a forward tick's forward, or a backward tick's backward
+        (after a silent forward that exchanges nothing, so that only the rounds its peers run
+        are run: with full recompute the recomputed forward's, then the backward's)."""
+        cad, device = self.plan.core_attention, param.device
+        chunk = self.mine[0]  # lock-step runs 1F1B: one chunk per rank
+        empty = SimpleNamespace(input_ids=torch.zeros(0, dtype=torch.long, device=device),
+                                labels=torch.zeros(0, dtype=torch.long, device=device),
+                                shard=empty_shard(self.plan.layout, self.plan.state.cp_rank,
+                                                  self.plan.dims.cp).to(device))
+
+        def tick(forward_tick: bool, action):
+            shard = micro[action.micro_batch].shard if action is not None else empty.shard
+            cad.begin_tick(shard, device, forward_tick)
+            if action is not None:
+                return
+            x = None if chunk == 0 else torch.zeros((0, self.model.cfg.hidden), dtype=param.dtype,
+                                                    device=device, requires_grad=True)
+            if forward_tick:
+                with torch.no_grad():
+                    self._run_chunk(chunk, empty, x, amp)
+                return
+            with cad.silent():
+                y = self._run_chunk(chunk, empty, x, amp)
+            if y.dim() == 0:
+                y.backward()
+            else:
+                torch.autograd.backward(y, torch.zeros_like(y))
+        return tick
+
+    def _run_chunk(self, chunk, mb, x, amp):
+        model = self.model
+        with amp:
+            if chunk == 0:
+                x = model.embed_tokens(mb.input_ids)
+            x = model.run_blocks(x, mb.shard, self.plan.chunks[chunk])
+            return model.head(x, mb.labels) if chunk == self.last_chunk else x
 
     def tied_copies(self) -> list:
         """This stage's copy of a weight tied across the first and last stage (call after
@@ -60,22 +104,22 @@ class PipelineStage:
     def forward_backward(self, micro, loss_scale: float, amp) -> tuple[torch.Tensor, dict]:
         """Run a step's micro-batches through this rank's chunks, forward and backward; returns
         (this rank's summed loss: non-zero on the last stage only, pipeline metrics)."""
-        model, chunks = self.model, self.plan.chunks
+        model = self.model
 
         def forward(chunk, m, x):
-            mb = micro[m]
-            with amp:
-                if chunk == 0:
-                    x = model.embed_tokens(mb.input_ids)
-                x = model.run_blocks(x, mb.shard, chunks[chunk])
-                return model.head(x, mb.labels) if chunk == self.last_chunk else x
+            return self._run_chunk(chunk, micro[m], x, amp)
 
         def act_shape(m):
             t = micro[m].shard.num_tokens
             return (rows_per_rank(t, self.tp) if self.tp > 1 else t, model.cfg.hidden)
 
         param = next(model.parameters())
-        run = self.executor.run(forward, act_shape, param.dtype, param.device, loss_scale)
+        tick = self._joint_tick(forward, micro, param, amp) if self.joint else None
+        try:
+            run = self.executor.run(forward, act_shape, param.dtype, param.device, loss_scale, tick)
+        finally:
+            if self.joint:
+                self.plan.core_attention.end_ticks()
         total = sum(run.losses.values(), torch.zeros((), device=param.device, dtype=torch.float32))
         times = torch.tensor([run.busy_s, run.wall_s], dtype=torch.float64, device=param.device)
         dist.all_reduce(times, group=self.plan.state.pp_group)  # every stage's, summed

@@ -21,6 +21,7 @@ from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_state
                                                      set_state_dict)
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from parallel.cad.pool import PoolEngine
 from parallel.tensor.checkpoint import layout_free, rename_tied
 from parallel.tensor.grads import GradSync, sum_over
 
@@ -41,6 +42,7 @@ class DDPEngine:
         self.grad_sync = grad_sync or GradSync(model.parameters())
         self.tp_group = self.grad_sync.tp_group
         self.group = state.dpcp_group
+        self.save_group = state.model_group  # None: the world; with a CAD pool, the model ranks
         self.group_size = dist.get_world_size(self.group) if self.group is not None else 1
         self.manual_average = wrap is False and self.group_size > 1
         if self.group_size > 1 and wrap:
@@ -94,11 +96,12 @@ class DDPEngine:
         return model_sd, optim_sd, views
 
     def save(self, ckpt_dir: str, tag: str) -> None:
-        dcp.save(self._state()[2], checkpoint_id=str(Path(ckpt_dir) / tag))
+        dcp.save(self._state()[2], checkpoint_id=str(Path(ckpt_dir) / tag), process_group=self.save_group)
 
     def load(self, ckpt_dir: str, tag: str) -> None:
         model_sd, optim_sd, views = self._state()
-        dcp.load(views, checkpoint_id=str(Path(ckpt_dir) / tag))  # in place, through the views
+        dcp.load(views, checkpoint_id=str(Path(ckpt_dir) / tag),  # in place, through the views
+                 process_group=self.save_group)
         set_state_dict(self.module, self.local_optimizer, model_state_dict=model_sd, optim_state_dict=optim_sd,
                        options=StateDictOptions(flatten_optimizer_state_dict=True))
 
@@ -162,7 +165,10 @@ def build_engine(model, state, make_optimizer, grad_clip: float, zero_stage: int
     the optimizer (the trainer's choice). With tensor and pipeline parallelism the gradients
     that data parallelism does not reduce are (GradSync), and the norm covers the whole model;
     `tied` are this stage's copies of weights tied across the first and last pipeline stage,
-    `tied_names` (alias, name) how checkpoints call such a weight (one entry whatever the stage)."""
+    `tied_names` (alias, name) how checkpoints call such a weight (one entry whatever the stage).
+    A rank of the CAD attention pool gets a `PoolEngine` (parallel/cad/pool.py)."""
+    if state.pool_index is not None:  # a CAD pool rank: no weights, nothing to reduce or step
+        return PoolEngine(model)
     tp_or_pp = state.dims.tp > 1 or state.dims.pp > 1
     if zero_stage == 0 or (zero_stage == 1 and tp_or_pp):
         pp = state.dims.pp > 1

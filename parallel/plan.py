@@ -19,7 +19,7 @@ import torch
 from parallel.cad.attention import check_cad_config
 from parallel.config import CPAlgo, CPLayout, ModelShape, ParallelConfig, PPSchedule
 from parallel.context.api import CORE_ATTENTION, LINEAR_ATTENTION
-from parallel.context.shard import Shard, build_shard
+from parallel.context.shard import Shard, build_shard, empty_shard
 from parallel.context.strategy import Strategy
 from parallel.context.ulysses import kv_replication
 from parallel.dims import ParallelDims, ParallelState
@@ -29,8 +29,9 @@ from parallel.pipeline.split import balanced_split, manual_split
 class ParallelPlan:
     def __init__(self, cfg: ParallelConfig, model: ModelShape, world_size: int):
         self.cfg, self.model = cfg, model
-        self.dims = ParallelDims.resolve(world_size, cfg.dp, cfg.tp, cfg.pp, cfg.cp)
         self.cp_algo = _choice(CPAlgo, cfg.cp_algo, "parallel.cp_algo")
+        pool = _check_pool(cfg, self.cp_algo)
+        self.dims = ParallelDims.resolve(world_size, cfg.dp, cfg.tp, cfg.pp, cfg.cp, pool)
         self._check()
         self.layout = self._resolve_layout()
         self.state: ParallelState | None = None
@@ -74,6 +75,8 @@ class ParallelPlan:
                 raise ValueError("parallel.cad.overlap=nanobatch does not run with parallel.tp > 1 yet "
                                  "(sequence parallelism wraps the whole mixer); use "
                                  "parallel.cad.overlap=halves")
+            if c.cad.pipeline == "joint":
+                self._check_joint_pipeline()
             if c.cad.overlap == "nanobatch" and c.cad.backward == "resend":
                 raise ValueError("parallel.cad.overlap=nanobatch runs with parallel.cad.backward=stateful "
                                  "only; use one of them")
@@ -103,6 +106,27 @@ class ParallelPlan:
         else:
             costs = list(m.layer_costs) or [1.0] * len(m.layers)
             self.chunks = balanced_split(costs, chunks, m.embed_cost, m.head_cost)
+
+    def _check_joint_pipeline(self) -> None:
+        """parallel.cad.pipeline=joint: one CAD group over DP x PP x CP, planned per tick of a
+        lock-step 1F1B (parallel/pipeline/schedule.py lockstep_timeline)."""
+        c, d = self.cfg, self.dims
+        field = "parallel.cad.pipeline=joint"
+        if d.pp < 2:
+            raise ValueError(f"{field} pools attention across pipeline stages and needs "
+                             f"parallel.pp > 1 (it is {d.pp}); drop it or set parallel.pp")
+        if c.cad.backward != "resend":
+            raise ValueError(f"{field} needs parallel.cad.backward=resend: a backward tick pairs "
+                             "micro-batches whose forwards ran in different ticks, so servers "
+                             "cannot keep state between them")
+        if c.pp_schedule != PPSchedule("1f1b"):
+            raise ValueError(f"{field} runs the lock-step 1F1B schedule; set parallel.pp_schedule=1f1b")
+        counts = [sum(self.model.layers[i] == "S" for i in chunk) for chunk in self.chunks]
+        if len(set(counts)) > 1:
+            raise ValueError(f"{field}: every stage must run the same number of softmax layers "
+                             f"(their attention is served in the same rounds), but the split "
+                             f"{[list(ch) for ch in self.chunks]} gives {counts}; set "
+                             "parallel.pp_split so that each stage holds as many S layers")
 
     def chunks_of(self, pp_rank: int) -> list[int]:
         """The global chunk indices pipeline rank pp_rank runs (c % pp == pp_rank)."""
@@ -139,7 +163,8 @@ class ParallelPlan:
         """Create every process group and the strategies. Collective: every rank, same order."""
         usp = self.core_algo == CPAlgo.usp
         st = ParallelState.create(self.dims, device, ulysses=self.cfg.ulysses if usp else None,
-                                  tied_embeddings=self.model.tied_embeddings)
+                                  tied_embeddings=self.model.tied_embeddings,
+                                  cad_across_pp=self.joint_pipeline)
         self.state = st
         self.core_attention = self._build_core(st)
         linear = "lasp2" if self.dims.cp > 1 else "local"
@@ -156,12 +181,29 @@ class ParallelPlan:
         if algo == CPAlgo.usp:
             return cls(st.cp_group, st.ulysses_group, st.ring_group, self.cfg.ulysses)
         if algo == CPAlgo.cad:
-            return cls(st.dpcp_group, st.dp_rank, self.cfg.cad)
+            # a pool rank has no micro-batch stream of its own: an id after the DP replicas'
+            stream = st.dp_rank if st.pool_index is None else self.dims.dp + st.pool_index
+            if self.joint_pipeline:  # every stage's micro-batch is a stream of its own
+                stream = st.pp_rank * self.dims.dp + st.dp_rank
+            return cls(st.cad_group, stream, self.cfg.cad)
         return cls(st.cp_group)  # ring, ulysses
 
     def build_shard(self, doc_lens: list[int]) -> Shard:
-        """This rank's shard of a micro-batch stream with these document lengths."""
+        """This rank's shard of a micro-batch stream with these document lengths (a pool
+        rank holds no tokens: an empty shard, so it runs every layer on nothing and serves)."""
+        if self.is_pool:
+            return empty_shard(self.layout)
         return build_shard(doc_lens, self._state().cp_rank, self.dims.cp, layout=self.layout)
+
+    @property
+    def joint_pipeline(self) -> bool:
+        """CAD pooled across pipeline stages (parallel.cad.pipeline=joint) is in effect."""
+        return self.core_algo == CPAlgo.cad and self.dims.pp > 1 and self.cfg.cad.pipeline == "joint"
+
+    @property
+    def is_pool(self) -> bool:
+        """This rank is in the dedicated CAD attention pool (parallel.cad.pool)."""
+        return self._state().pool_index is not None
 
     def step_metrics(self) -> dict[str, float]:
         """What the strategies measured since the last call (one optimizer step)."""
@@ -175,6 +217,26 @@ class ParallelPlan:
         if self.state is None:
             raise RuntimeError("ParallelPlan.setup(device) must run before the plan is used")
         return self.state
+
+
+def _check_pool(cfg: ParallelConfig, algo: CPAlgo) -> int:
+    """parallel.cad.pool's checks that need other fields; returns the pool size in effect."""
+    pool = cfg.cad.pool
+    if isinstance(pool, bool) or not isinstance(pool, int) or pool < 0:
+        raise ValueError(f"parallel.cad.pool={pool!r} must be an integer >= 0 (0: no dedicated pool)")
+    if not pool:
+        return 0
+    if algo != CPAlgo.cad:
+        raise ValueError(f"parallel.cad.pool={pool} serves core attention for CAD only; set "
+                         "parallel.cp_algo=cad, or parallel.cad.pool=0")
+    if cfg.pp > 1:
+        raise ValueError(f"parallel.cad.pool={pool} with parallel.pp={cfg.pp}: a pool serving every "
+                         "pipeline stage is not built yet; use parallel.pp=1 or parallel.cad.pool=0")
+    if cfg.zero_stage:
+        raise ValueError(f"parallel.cad.pool={pool} with parallel.zero_stage={cfg.zero_stage}: "
+                         "DeepSpeed's engine spans the whole world, pool ranks included; use "
+                         "parallel.zero_stage=0 (DDP) with a pool")
+    return pool
 
 
 def _choice(enum, value, field: str):

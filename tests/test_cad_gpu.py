@@ -70,3 +70,37 @@ def test_cad_under_activation_checkpointing_on_gpu():
     for (name, _), a, b in zip(model.named_parameters(), *grads):
         err = (a - b).abs().max().item()
         assert err <= 1e-5 * max(1.0, b.abs().max().item()), (name, err)
+
+
+@pytest.mark.parametrize("options", [dict(overlap="nanobatch"), dict(backward="resend"),
+                                     dict(overlap="none", backward="resend")],
+                         ids=["nanobatch", "halves-resend", "none-resend"])
+@pytest.mark.parametrize("recompute", ["none", "full"])
+def test_cad_modes_match_local_attention_in_a_model_on_gpu(options, recompute):
+    """Every CAD overlap / backward mode in a hybrid model (SLSS, the Triton kernels, bf16
+    autocast) on the GPU: loss and gradients of local attention, to bf16 rounding."""
+    from distca.config import compose_config, to_typed
+    from distca.loss import next_token_labels
+    from distca.model import build_model
+    from parallel.context.local import LocalLinearAttention
+    dev = torch.device("cuda")
+    mcfg = to_typed(compose_config(["experiment=tiny", "model.layers=SLSS",
+                                    f"model.recompute={recompute}"])).model
+    doc_lens = [900, 31, 1, 300, 2000, 200]
+    tokens = torch.randint(0, 256, (sum(doc_lens),), generator=torch.Generator().manual_seed(1))
+    shard = build_shard(doc_lens).to(dev)
+    ids, labels = tokens.to(dev), next_token_labels(tokens, doc_lens).to(dev)
+
+    def run(core):
+        model = build_model(mcfg, 256, core, LocalLinearAttention(), seed=0).to(dev)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(ids, shard, labels)
+        loss.backward()
+        return loss.item(), [p.grad.float() for p in model.parameters()]
+
+    ref_loss, ref = run(LocalCoreAttention())
+    loss, got = run(CADAttention(options=CADConfig(block=64, **options)))
+    assert abs(loss - ref_loss) <= 1e-2 * abs(ref_loss), (loss, ref_loss)
+    for a, b in zip(got, ref):
+        err = (a - b).abs().max().item()
+        assert err <= 3e-2 * max(1e-3, b.abs().max().item()), err

@@ -21,6 +21,8 @@ Options: `parallel.config.CADConfig` (`parallel.cad.*`), checked by `check_cad_c
   overlap     "halves" (with ping_pong): two halves of the tasks inside one call; "none";
               "nanobatch": the model runs two nano-batches of documents in phases
               (start / serve / collect, parallel/cad/nanobatch.py) around each other's work
+  pool        K > 0: the last K ranks of the group are a dedicated attention pool (no
+              weights, no tokens of their own: parallel/cad/pool.py) and the only servers
 """
 from __future__ import annotations
 
@@ -62,6 +64,14 @@ def check_cad_config(c: CADConfig, group_size: int) -> None:
         raise ValueError(f"parallel.cad.memory_cap={c.memory_cap!r} must be > 0 bytes, or null for no cap")
     if c.overlap not in ("none", "halves", "nanobatch"):
         raise ValueError(f"parallel.cad.overlap={c.overlap!r} must be none, halves or nanobatch")
+    p = c.pool
+    if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+        raise ValueError(f"parallel.cad.pool={p!r} must be an integer >= 0 (0: no dedicated pool)")
+    if p and s:
+        raise ValueError(f"parallel.cad.pool={p} and parallel.cad.servers={s}: the pool's ranks are "
+                         "the servers; set parallel.cad.servers=0 with a pool, or parallel.cad.pool=0")
+    if c.pipeline not in ("stage", "joint"):
+        raise ValueError(f"parallel.cad.pipeline={c.pipeline!r} must be stage or joint")
     if c.backward not in ("stateful", "resend"):
         raise ValueError(f"parallel.cad.backward={c.backward!r} must be stateful or resend")
     t = c.cost_table
@@ -117,7 +127,13 @@ class CADAttention(Strategy):
         self.rank = dist.get_rank(group) if group is not None else 0
         self.dp_rank = dp_rank  # which micro-batch stream this rank's shard belongs to
         self.options = options if options is not None else CADConfig()
-        check_cad_config(self.options, self.size)
+        check_cad_config(self.options, self.size - self.options.pool)
+        # who serves: the pool (the group's last ranks), or servers=K spread over the group
+        pool = self.options.pool
+        self.servers = np.arange(self.size - pool, self.size) if pool else self.options.servers
+        self.num_servers = pool or self.options.servers or self.size
+        self._tick: dict | None = None  # pipeline=joint: the current lock-step tick's plan
+        self._silent = False
         self.last_metrics: dict = {}   # the newest micro-batch's plan
         self._steps: list[_Step] = []
         self._since_step: list[dict] = []  # plans made since the last step_metrics()
@@ -140,9 +156,62 @@ class CADAttention(Strategy):
         if q.shape[0] != shard.num_tokens or k.shape[0] != shard.num_tokens:
             raise ValueError(f"CAD: q has {q.shape[0]} and k {k.shape[0]} tokens but the shard "
                              f"holds {shard.num_tokens}; pass tensors in the shard's local order")
+        if self._tick is not None:  # pooled across pipeline stages: the tick's plan, both ways
+            key = (q.shape[1], k.shape[1], q.shape[2], q.element_size(), q.is_cuda, str(q.device))
+            now = lambda: self._tick_layouts(key)  # noqa: E731  (resolved when the backward runs)
+            rt = StepRuntime(None if self._silent else now(), self.group, softmax_scale, resend=True,
+                             backward_layouts=now, silent=self._silent)
+            return CADFunction.apply(q, k, v, rt)
         layouts = self._layouts(q, k, shard)
         return CADFunction.apply(q, k, v, StepRuntime(layouts, self.group, softmax_scale,
                                                       resend=self.options.backward == "resend"))
+
+    # ---- pooled across pipeline stages (pipeline=joint): the stage drives the ticks -------
+    def begin_tick(self, shard, device, forward: bool) -> None:
+        """A lock-step tick starts: every rank of the group (all stages) shares the shard it
+        runs in this tick (an empty one when idle) and the tick is planned over all of them.
+        Collective. Forward ticks' plans feed the step metrics (backward ticks replan the same
+        micro-batches in other company; their planning time is counted)."""
+        self._tick = {"pieces": gather_pieces(shard, self.dp_rank, self.group, device),
+                      "tokens": shard.num_tokens, "layouts": {}, "plan": None, "forward": forward}
+
+    def end_ticks(self) -> None:
+        self._tick = None
+
+    def silent(self):
+        """An idle stage's dummy forward in a backward tick: CAD calls exchange nothing (their
+        backward, run by the tick's peers at the same time, serves the tick's tasks)."""
+        cad = self
+
+        class _Silent:
+            def __enter__(self):
+                cad._silent = True
+
+            def __exit__(self, *exc):
+                cad._silent = False
+        return _Silent()
+
+    def _tick_layouts(self, key) -> list:
+        tick = self._tick
+        if key not in tick["layouts"]:
+            hq, hkv, d, elem, cuda, device = key
+            if tick["plan"] is None:
+                tick["plan"] = self._plan_pieces(tick["pieces"], hq, hkv, d, elem, cuda)
+                cm, halves, totals = tick["plan"]
+                if tick["forward"]:
+                    self._since_step.append(totals)
+                else:  # only its planning time: the micro-batches were counted forward
+                    self._since_step.append({**{k: 0.0 for k in totals}, "block": totals["block"],
+                                             "plan_ms": totals["plan_ms"]})
+                self.last_metrics = step_metrics([totals])
+            _, halves, _ = tick["plan"]
+            layouts = []
+            for tr in halves:
+                layouts.append(build_layout(tr, tick["pieces"], self.rank, self.size, tick["tokens"],
+                                            hq, hkv, torch.device(device),
+                                            prior=layouts[-1] if layouts else None))
+            tick["layouts"][key] = layouts
+        return tick["layouts"][key]
 
     # ---- nano-batches (overlap=nanobatch): the model calls these instead of __call__ --------
     def nano_rows(self, shard, device):
@@ -192,9 +261,9 @@ class CADAttention(Strategy):
             sub, _ = sub_pieces(st["pieces"], st["side"] == s)
             t0 = time.perf_counter()
             tasks = sub.tasks()
-            block = fitting_block(tasks, o.servers or self.size, o.block, float(o.tolerance))
+            block = fitting_block(tasks, self.num_servers, o.block, float(o.tolerance))
             p = plan(tasks, self.size, cm, tolerance=float(o.tolerance), block=block,
-                     servers=o.servers, memory_cap=o.memory_cap)
+                     servers=self.servers, memory_cap=o.memory_cap)
             tr = transfers(p.parts, p.server, sub)
             mine = int(sub.length[sub.rank == self.rank].sum())
             layouts.append(build_layout(tr, sub, self.rank, self.size, mine, q.shape[1], k.shape[1],
@@ -222,15 +291,21 @@ class CADAttention(Strategy):
         return step.layouts[key]
 
     def _plan_step(self, q, k, shard) -> _Step:
-        o = self.options
         pieces = gather_pieces(shard, self.dp_rank, self.group, q.device)
-        table = {"auto": "h100" if q.is_cuda else None, "none": None}.get(o.cost_table, o.cost_table)
-        cm = CostModel(q.shape[1], k.shape[1], q.shape[2], q.element_size(), table=table)
+        cm, halves, totals = self._plan_pieces(pieces, q.shape[1], k.shape[1], q.shape[2],
+                                               q.element_size(), q.is_cuda)
+        return _Step(shard, pieces, halves, step_metrics([totals]), totals)
+
+    def _plan_pieces(self, pieces, hq: int, hkv: int, d: int, elem: int, cuda: bool):
+        """(cost model, Transfers per half, totals) of one plan over the group's pieces."""
+        o = self.options
+        table = {"auto": "h100" if cuda else None, "none": None}.get(o.cost_table, o.cost_table)
+        cm = CostModel(hq, hkv, d, elem, table=table)
         t0 = time.perf_counter()
         tasks = pieces.tasks()
-        block = fitting_block(tasks, o.servers or self.size, o.block, float(o.tolerance))
+        block = fitting_block(tasks, self.num_servers, o.block, float(o.tolerance))
         p = plan(tasks, self.size, cm, tolerance=float(o.tolerance), block=block,
-                 servers=o.servers, memory_cap=o.memory_cap)
+                 servers=self.servers, memory_cap=o.memory_cap)
         if o.ping_pong and o.overlap == "halves":
             half = split_halves(p, cm, block)
             groups = [np.nonzero(half == h)[0] for h in (0, 1)]
@@ -240,8 +315,7 @@ class CADAttention(Strategy):
         for g in groups:  # keys go to a server once per step: a later half skips what it holds
             halves.append(transfers(p.parts.take(g), p.server[g], pieces,
                                     held=halves[-1] if halves else None))
-        totals = _totals(p, halves, cm, block, self.size, o, t0)
-        return _Step(shard, pieces, halves, step_metrics([totals]), totals)
+        return cm, halves, _totals(p, halves, cm, block, self.size, o, t0)
 
 
 def _totals(p, halves, cm, block, size, o, t0) -> dict:
@@ -249,8 +323,9 @@ def _totals(p, halves, cm, block, size, o, t0) -> dict:
     plan_ms = (time.perf_counter() - t0) * 1e3
     moved = p.server != p.parts.owner
     after = p.load_after[p.servers]
-    return {"max_before": float(p.load_before.max(initial=0.0)),
-            "mean_before": float(p.load_before.mean()) if p.load_before.size else 0.0,
+    before = p.load_before[:size - o.pool]  # the ranks that own tokens (a pool owns none)
+    return {"max_before": float(before.max(initial=0.0)),
+            "mean_before": float(before.mean()) if before.size else 0.0,
             "max_after": float(after.max(initial=0.0)),
             "mean_after": float(after.mean()) if after.size else 0.0,
             "bytes": float(sum(tr.remote_bytes(cm, o.backward == "resend") for tr in halves)),

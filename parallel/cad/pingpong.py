@@ -36,10 +36,18 @@ from parallel.cad.server import serve_backward, serve_forward
 
 
 class StepRuntime:
-    """What one call needs: this rank's layouts (one per half), the group and the mode."""
+    """What one call needs: this rank's layouts (one per half), the group and the mode.
 
-    def __init__(self, layouts: list[Layout], group, softmax_scale: float, resend: bool = False):
+    CAD pooled across pipeline stages plans each lock-step tick anew, so a resend backward
+    runs with the plan of the tick it runs in: `backward_layouts()` returns that plan's
+    layouts (None: the forward's). `silent` is an idle stage's dummy forward in a backward
+    tick: no exchange (its peers are running backwards), only the node whose backward then
+    serves the tick's tasks with the others."""
+
+    def __init__(self, layouts: list[Layout] | None, group, softmax_scale: float, resend: bool = False,
+                 backward_layouts=None, silent: bool = False):
         self.layouts, self.group, self.scale, self.resend = layouts, group, softmax_scale, resend
+        self.backward_layouts, self.silent = backward_layouts, silent
 
 
 def _pool(q, k, v):
@@ -59,6 +67,11 @@ class CADFunction(torch.autograd.Function):
     def forward(ctx, q, k, v, rt: StepRuntime):
         T, hq, d = q.shape
         hkv = k.shape[1]
+        if rt.silent:  # (resend only) nothing sent: the backward resends what it needs
+            o = q.new_zeros(q.shape)
+            ctx.save_for_backward(q, k, v, o, q.new_zeros((T, hq), dtype=accumulator_dtype(q.dtype)))
+            ctx.rt, ctx.shape = rt, (T, hq, hkv, d)
+            return o
         pool = _pool(q, k, v)
         halves = rt.layouts
         lse_dtype = accumulator_dtype(q.dtype)
@@ -101,7 +114,8 @@ class CADFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, d_o):
         T, hq, hkv, d = ctx.shape
-        rt, halves = ctx.rt, ctx.rt.layouts
+        rt = ctx.rt
+        halves = rt.backward_layouts() if rt.backward_layouts is not None else rt.layouts
         saved = ctx.saved_tensors
         d_o = d_o.contiguous()
         # halves in reverse: a later half's gradient of keys an earlier half received is

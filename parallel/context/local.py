@@ -18,6 +18,8 @@ class LocalCoreAttention(Strategy):
 class LocalLinearAttention(Strategy):
 
     def __call__(self, q, k, v, shard, g_gamma=None, g=None, scale=None):
+        if shard.num_tokens == 0:  # a CAD pool rank runs every layer on no tokens
+            return v * 0  # empty, and still on the graph so its backward runs
         cu = shard.cu_seqlens.to(q.device)
         o, _ = chunk_lightning_attn(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0),
                                     g_gamma=g_gamma, g=None if g is None else g.unsqueeze(0),

@@ -235,6 +235,12 @@ def _check(doc_lens, cp_rank: int, cp_size: int, layout: str) -> None:
         raise ValueError(f"doc_lens must be >= 0, got {min(doc_lens)}; drop empty or broken documents")
 
 
+def empty_shard(layout: str = "contiguous", cp_rank: int = 0, cp_size: int = 1) -> Shard:
+    """A shard of no tokens: what a CAD pool rank, or an idle pipeline stage's dummy pass
+    (every CP rank of the stage alike), runs the layers on."""
+    return shard_from_index([], torch.zeros(0, dtype=torch.int64), layout, cp_rank, cp_size)
+
+
 def build_shard(doc_lens: list[int], cp_rank: int = 0, cp_size: int = 1,
                 layout: str = "contiguous") -> Shard:
     """The shard of rank `cp_rank` out of `cp_size` for a stream with these documents."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 
 from parallel import comm
-from parallel.pipeline.schedule import Action, bubble_fraction, owner, timeline
+from parallel.pipeline.schedule import Action, bubble_fraction, lockstep_timeline, owner, tick_kind, timeline
 
 
 @dataclass
@@ -29,21 +29,27 @@ class PipelineRun:
 
 
 class PipelineExecutor:
-    def __init__(self, group, pp: int, pp_rank: int, virtual: int, micro_batches: int):
+    def __init__(self, group, pp: int, pp_rank: int, virtual: int, micro_batches: int,
+                 lockstep: bool = False):
         self.group, self.pp, self.rank = group, pp, pp_rank
         self.chunks = pp * virtual
-        self.ticks = timeline(pp, virtual, micro_batches)
+        # lockstep (CAD pooled across stages): every tick all-forward or all-backward
+        self.ticks = lockstep_timeline(pp, micro_batches) if lockstep else timeline(pp, virtual, micro_batches)
 
-    def run(self, forward, act_shape, dtype, device, loss_scale: float) -> PipelineRun:
+    def run(self, forward, act_shape, dtype, device, loss_scale: float, tick=None) -> PipelineRun:
         """forward(chunk, micro_batch, x) -> the chunk's output (its input x is None on chunk
         0; the last chunk returns the loss); act_shape(micro_batch) -> the shape of the
-        activation between chunks."""
+        activation between chunks. tick(forward_tick, action or None), if given, runs on
+        every rank at the start of every tick (lock-step CAD plans the tick there, and an
+        idle rank runs its dummy pass)."""
         out = PipelineRun(schedule_bubble=bubble_fraction(self.ticks))
         inputs, outputs, grads = {}, {}, {}
         last = self.chunks - 1
         start = time.perf_counter()
         for row in self.ticks:
             a = row[self.rank]
+            if tick is not None:
+                tick(tick_kind(row), a)
             if a is not None:
                 t0 = time.perf_counter()
                 self._compute(a, forward, inputs, outputs, grads, out, loss_scale, last)

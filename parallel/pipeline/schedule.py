@@ -111,3 +111,25 @@ def bubble_fraction(ticks: list[list[Action | None]]) -> float:
     slots = len(ticks) * len(ticks[0]) if ticks else 0
     idle = sum(a is None for row in ticks for a in row)
     return idle / slots if slots else 0.0
+
+
+def lockstep_timeline(pp: int, micro_batches: int) -> list[list[Action | None]]:
+    """1F1B in lock-step for CAD pooled across stages (DistCA's schedule): every tick is a
+    forward tick (each rank runs a forward or idles) or a backward tick, alternating, so the
+    core attention of all stages in a tick can be planned and served together. Stage r runs
+    the forward of micro-batch j at forward tick j + r and its backward at backward tick
+    j + 2(pp - 1) - r: the last stage's backward follows its forward in the same tick pair,
+    and gradients climb one stage per pair. Ticks where every rank would idle are dropped."""
+    m = micro_batches
+    ticks: list[list[Action | None]] = []
+    for k in range(m + 2 * pp - 2):
+        fwd = [Action(True, r, k - r) if 0 <= k - r < m else None for r in range(pp)]
+        j = [k - 2 * (pp - 1) + r for r in range(pp)]
+        bwd = [Action(False, r, j[r]) if 0 <= j[r] < m else None for r in range(pp)]
+        ticks += [row for row in (fwd, bwd) if any(row)]
+    return ticks
+
+
+def tick_kind(row: list[Action | None]) -> bool:
+    """True for a forward tick (every action in a lock-step tick has the same kind)."""
+    return next(a for a in row if a is not None).forward

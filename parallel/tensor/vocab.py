@@ -83,6 +83,8 @@ class VocabParallelLMHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         h = gather_sequence(hidden, labels.shape[0], self.group)
+        if h.shape[0] == 0:  # no tokens (a CAD pool rank): a zero still on the graph, so the
+            return h.sum().float()  # backward reaches every layer's collectives
         total = h.new_zeros((), dtype=torch.promote_types(h.dtype, torch.float32))
         for s in range(0, h.shape[0], self.chunk):
             args = (h[s:s + self.chunk], self.weight, labels[s:s + self.chunk], self.start, self.group)
