@@ -1,21 +1,63 @@
-"""One interface for step metrics: metrics.jsonl, a console progress bar, and W&B.
+"""One interface for step metrics: metrics.jsonl, the console line / progress bar, and W&B.
 
-Only rank 0 logs. wandb is imported lazily so runs without it never pay for the import.
+Only rank 0 logs. metrics.jsonl gets every step (resume checks and reports read it); the
+console line and W&B get every `train.log_every`-th step, plus the first and the last.
+`mfu` is null where the device's peak is unknown (CPUs, unlisted GPUs). wandb is imported
+lazily so runs without it never pay for the import.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import sys
+import time
 from pathlib import Path
+
+from distca.console import clock, human, log_only
+
+
+def step_line(m: dict, total: int, elapsed: float, eta: float | None) -> str:
+    """One step in at most 80 columns: step, loss, throughput, MFU (or n/a), memory, time."""
+    mfu = "n/a" if m.get("mfu") is None else f"{m['mfu']:.0%}"
+    width = len(str(total))
+    eta_s = "" if eta is None else f" eta {clock(eta)}"
+    return (f"step {m['step']:>{width}}/{total} loss {m['loss']:.4f} {human(m['tokens_per_s'])} tok/s "
+            f"mfu {mfu} {m['max_mem_gib']:.{1 if m['max_mem_gib'] < 10 else 0}f}GiB {clock(elapsed)}{eta_s}")
+
+
+# W&B groups charts into panels by the key's prefix; metrics.jsonl keeps the plain keys (tests,
+# benchmarks and distca-report read them)
+_PANELS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
+           "eval_loss": "eval/loss", "eval_ppl": "eval/ppl"}
+_PERF = ("tokens", "tokens_per_s", "tflops_per_gpu", "mfu", "max_mem_gib", "step_time_s")
+
+
+def wandb_key(key: str) -> str:
+    """train/loss, eval/loss, perf/tokens_per_s, cad/imbalance_after, pipeline/bubble, ..."""
+    if key in _PANELS:
+        return _PANELS[key]
+    if key in _PERF:
+        return f"perf/{key}"
+    for prefix, panel in (("cad_", "cad"), ("pp_", "pipeline")):
+        if key.startswith(prefix):
+            return f"{panel}/{key[len(prefix):]}"
+    return f"other/{key}"
+
+
+def wandb_panels(m: dict) -> dict:
+    return {wandb_key(k): v for k, v in m.items() if k != "step" and v is not None}
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str, cfg_dict: dict, lcfg, total_steps: int, enabled: bool):
+    def __init__(self, run_dir: str, cfg_dict: dict, lcfg, total_steps: int, enabled: bool,
+                 log_every: int = 1, start_step: int = 0):
         self.enabled = enabled
-        self.total = total_steps
+        self.total, self.every, self.start = total_steps, max(1, log_every), start_step
+        self._t0 = time.perf_counter()
         self._wandb = None
         self._progress = None
+        self.wandb_where = None  # the run's URL, or its offline folder, for the banner
         if not enabled:
             return
         Path(run_dir).mkdir(parents=True, exist_ok=True)
@@ -23,37 +65,47 @@ class MetricsLogger:
         if lcfg.wandb and os.environ.get("WANDB_MODE", "") != "disabled":
             import wandb  # lazy: heavy import, optional service
 
+            mode = os.environ.get("WANDB_MODE", lcfg.mode)
             self._wandb = wandb.init(project=lcfg.project, entity=lcfg.entity, name=lcfg.name,
-                                     dir=run_dir, config=cfg_dict,
-                                     mode=os.environ.get("WANDB_MODE", lcfg.mode))
+                                     dir=run_dir, config=cfg_dict, mode=mode)
+            self.wandb_where = (getattr(self._wandb, "url", None) if mode == "online" else None) \
+                or f"offline, {getattr(self._wandb, 'dir', run_dir)} (wandb sync to upload)"
         if lcfg.progress:
             self._start_progress()
 
     def _start_progress(self):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-        console = Console(file=sys.stderr)
+        console = Console(file=sys.__stderr__)  # the terminal itself: bar codes stay out of train.log
         if not console.is_terminal:
-            return  # plain one line per step instead (CI logs, files)
-        self._progress = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
-                                  TimeRemainingColumn(), TextColumn("{task.fields[stats]}"),
-                                  console=console)
-        self._task = self._progress.add_task("train", total=self.total, stats="")
+            return  # plain lines instead (CI logs, files)
+        # the step line is <= 80 columns; a bar only where there is room for it beside the line
+        bar = [BarColumn(bar_width=20)] if console.width >= 100 else []
+        self._progress = Progress(*bar, TextColumn("step"), MofNCompleteColumn(),
+                                  TextColumn("{task.fields[stats]}"), console=console, transient=True)
+        self._task = self._progress.add_task("train", total=self.total, completed=self.start, stats="")
         self._progress.start()
 
     def log(self, m: dict) -> None:
         if not self.enabled:
             return
         self._file.write(json.dumps(m) + "\n")
-        if self._wandb is not None:
-            self._wandb.log({k: v for k, v in m.items() if k != "step"}, step=m["step"])
-        stats = (f"loss {m['loss']:.4f}  {m['tokens_per_s']:,.0f} tok/s  "
-                 f"{m['tflops_per_gpu']:.2f} TFLOP/s  mfu {m['mfu']:.1%}  mem {m['max_mem_gib']:.2f} GiB")
+        step = m["step"]
+        due = step % self.every == 0 or step == self.total or step == self.start + 1
+        if self._wandb is not None and (due or "eval_loss" in m):  # never skip an evaluation
+            self._wandb.log(wandb_panels(m), step=step)
+        if not due:
+            return
+        elapsed = time.perf_counter() - self._t0
+        done = step - self.start
+        eta = elapsed / done * (self.total - step) if done else None
+        line = step_line(m, self.total, elapsed, eta)
         if self._progress is not None:
-            self._progress.update(self._task, completed=m["step"], stats=stats)
+            self._progress.update(self._task, completed=step, stats=re.sub(r"^step\s+\d+/\d+ ", "", line))
+            log_only(line)
         else:
-            print(f"step {m['step']}/{self.total}  {stats}  lr {m['lr']:.2e}", file=sys.stderr, flush=True)
+            print(line, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if not self.enabled:

@@ -6,6 +6,10 @@ depend on the layout. Every error is a ValueError naming the field and the fix.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+
+from distca.evaluation import check_eval_config
 from distca.flops import layer_costs
 from distca.model.transformer import head_dim, validate_model_config
 from parallel.config import ModelShape
@@ -21,7 +25,15 @@ def build_plan(cfg, world_size: int, vocab: int | None = None) -> ParallelPlan:
     """The validated parallel plan for this config and world size (no process group yet);
     `vocab` (the padded vocabulary) prices the LM head for the pipeline split."""
     validate_model_config(cfg.model)
+    _check_fields(cfg)
     m = cfg.model
+    p = cfg.parallel
+    need = max(p.tp, 1) * max(p.pp, 1) * max(p.cp, 1) * max(p.dp, 1)
+    if world_size < need:
+        raise ValueError(
+            f"parallel.dp={p.dp} tp={p.tp} pp={p.pp} cp={p.cp} needs {need} processes but this run has "
+            f"{world_size}; start {need}: python -m launch.local --nproc {need} ... (or torchrun "
+            f"--nproc_per_node {need}), or lower the degrees")
     costs, embed_cost, head_cost = layer_costs(m, head_dim(m), cfg.data.seq_len,
                                                vocab or max(m.vocab_size, 0))
     shape = ModelShape(m.heads, m.kv_heads, m.layers, m.ffn_hidden, tuple(costs), embed_cost,
@@ -49,4 +61,44 @@ def build_plan(cfg, world_size: int, vocab: int | None = None) -> ParallelPlan:
         raise ValueError(f"train.collective_timeout_s={t.collective_timeout_s} must be > 0 seconds")
     if cfg.checkpoint.every < 0:
         raise ValueError(f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0 = only at the end)")
+    check_eval_config(cfg)
     return plan
+
+
+def _check_fields(cfg) -> None:
+    """Single-field rules Hydra's types cannot express."""
+    t, c, d = cfg.train, cfg.checkpoint, cfg.data
+    for name, val in (("lr", t.lr), ("weight_decay", t.weight_decay), ("grad_clip", t.grad_clip),
+                      ("warmup_steps", t.warmup_steps)):
+        if val < 0:
+            raise ValueError(f"train.{name}={val} must be >= 0")
+    if not 0 <= t.min_lr_ratio <= 1:
+        raise ValueError(f"train.min_lr_ratio={t.min_lr_ratio} must be in [0, 1] (the final lr / train.lr)")
+    for name, val in (("beta1", t.beta1), ("beta2", t.beta2)):
+        if not 0 <= val < 1:
+            raise ValueError(f"train.{name}={val} must be in [0, 1) (AdamW's moment decay)")
+    if t.log_every < 1:
+        raise ValueError(f"train.log_every={t.log_every} must be >= 1 (print every N steps)")
+    if c.keep < 0 or c.every_minutes < 0:
+        raise ValueError(f"checkpoint.keep={c.keep} and checkpoint.every_minutes={c.every_minutes} "
+                         "must be >= 0 (0: keep all / no time-based saves)")
+    if d.paths and d.source in ("stdlib", "synthetic"):
+        raise ValueError(f"data.paths is set but data.source={d.source} does not read files; add "
+                         "data=jsonl (or data=parquet, data=tokens) to train on them")
+
+
+def check_known_keys(raw, schema=None, prefix: str = "") -> None:
+    """Every key of the composed config is a schema field: `+parallel.cpp=2` (which Hydra lets
+    through, `+` adds keys) fails naming the key and the closest field."""
+    from distca.config.schema import RootConfig
+    schema = schema or RootConfig
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    for key in raw.keys():
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=3)
+            hint = f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
+            raise ValueError(f"unknown config key {prefix}{key} (the {prefix.rstrip('.') or 'top'} section "
+                             f"has: {', '.join(fields)}){hint}")
+        sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
+        if sub is not None and dataclasses.is_dataclass(sub) and hasattr(raw[key], "keys"):
+            check_known_keys(raw[key], sub, f"{prefix}{key}.")

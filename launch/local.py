@@ -1,6 +1,10 @@
-"""Launch training on this machine: one process per GPU, or N CPU processes (gloo).
+"""Launch training on this machine: one process per GPU, or as many CPU processes (gloo) as
+the parallel degrees need.
 
     python -m launch.local [--nproc N] [hydra overrides ...]
+
+Without --nproc: every visible GPU; on a CPU machine, dp x tp x pp x cp (+ CAD pool ranks)
+from the overrides (dp=-1 counts as 1). CPU ranks share the idle cores (OMP_NUM_THREADS).
 """
 from __future__ import annotations
 
@@ -9,19 +13,41 @@ import os
 import sys
 
 
+def degrees_world(overrides: list[str]) -> int:
+    """The smallest world the composed config's degrees need (1 if it does not compose: the
+    trainer then prints the config error)."""
+    try:
+        from distca.config import compose_config
+        p = compose_config([o for o in overrides if not o.startswith("-")]).parallel
+    except Exception:  # noqa: BLE001 - the trainer reports a bad config properly
+        return 1
+    return max(p.dp, 1) * p.tp * p.pp * p.cp + p.cad.pool * p.tp
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--nproc", type=int, default=0,
-                    help="processes to start (default: one per visible GPU, or 1 on a CPU machine)")
+                    help="processes to start (default: one per visible GPU, or what the parallel degrees need on a CPU)")
+    ap.add_argument("--max-restarts", type=int, default=0,
+                    help="restart the job this many times after a rank fails; it resumes from its newest checkpoint")
+    ap.add_argument("--dry-run", action="store_true", help="print the command and exit")
     args, overrides = ap.parse_known_args()
-    nproc = args.nproc
-    if nproc <= 0:
-        import torch
-        nproc = torch.cuda.device_count() or 1
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+    import torch
+
+    from distca.distributed import cpu_threads
+    gpus = torch.cuda.device_count()
+    nproc = args.nproc if args.nproc > 0 else (gpus or degrees_world(overrides))
+    env = dict(os.environ)
+    if not gpus and "OMP_NUM_THREADS" not in env:
+        env["OMP_NUM_THREADS"] = str(cpu_threads(nproc))
+    cmd = [sys.executable, "-m", "launch.torchrun", "--standalone", f"--nproc_per_node={nproc}",
+           *([f"--max-restarts={args.max_restarts}"] if args.max_restarts else []),
            "-m", "distca.train", *overrides]
-    print("+", " ".join(cmd), file=sys.stderr, flush=True)
-    os.execv(sys.executable, cmd)
+    threads = "" if gpus else f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']} "
+    print(f"+ {threads}{' '.join(cmd)}", file=sys.stderr, flush=True)
+    if args.dry_run:
+        return
+    os.execve(sys.executable, cmd, env)
 
 
 if __name__ == "__main__":

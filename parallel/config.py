@@ -66,6 +66,11 @@ class CADBackward(Choice):
     resend = "resend"      # servers keep nothing: origins keep o and LSE and resend q, k, v
 
 
+class CADPipeline(Choice):
+    stage = "stage"  # with pp > 1, each stage's DP x CP ranks form their own CAD group
+    joint = "joint"  # lock-step 1F1B ticks; every tick's attention balanced over DP x PP x CP
+
+
 @dataclass
 class CADConfig:
     tolerance: float = 0.1      # servers balanced to within (1 + tolerance) x the mean cost
@@ -77,23 +82,25 @@ class CADConfig:
     cost_table: str = "auto"    # auto (H100 table on CUDA, causal FLOPs on CPU) | h100 | none | a JSON path
     backward: CADBackward = CADBackward.stateful  # what servers keep between forward and backward
     overlap: CADOverlap = CADOverlap.halves  # halves needs ping_pong=true (false: none)
+    pipeline: CADPipeline = CADPipeline.stage  # joint: pool attention across pipeline stages (needs backward=resend)
+    pool: int = 0               # K > 0: K extra ranks per TP position that hold no weights and serve all attention
 
 
 @dataclass
 class ParallelConfig:
-    dp: int = -1                # -1: the rest of the world
-    tp: int = 1
-    pp: int = 1
-    cp: int = 1
-    cp_algo: CPAlgo = CPAlgo.local
+    dp: int = -1                # data-parallel degree (-1: the rest of the world)
+    tp: int = 1                 # tensor-parallel degree (Megatron-style, sequence parallel)
+    pp: int = 1                 # pipeline-parallel degree
+    cp: int = 1                 # context-parallel degree (needs a cp_algo other than local)
+    cp_algo: CPAlgo = CPAlgo.local  # how attention spans the CP group (cad: over DP x CP)
     cp_layout: CPLayout = CPLayout.auto  # which tokens each CP rank holds (parallel/context/shard.py)
     ulysses: int = 1            # ulysses degree inside usp (cp = ulysses x ring)
     kv_head_groups: int = 2     # allgather: K/V gathered in this many head groups (caps memory)
-    pp_schedule: PPSchedule = PPSchedule("1f1b")
+    pp_schedule: PPSchedule = PPSchedule("1f1b")  # pipeline schedule (interleaved needs pp_virtual > 1)
     pp_virtual: int = 1         # chunks (virtual stages) per pipeline rank; > 1 with interleaved
     pp_split: List[int] = field(default_factory=list)  # layers per chunk; empty: balanced by cost
     zero_stage: int = 0         # 0: torch DDP; 1-3: DeepSpeed ZeRO
-    cad: CADConfig = field(default_factory=CADConfig)
+    cad: CADConfig = field(default_factory=CADConfig)  # core attention disaggregation (cp_algo=cad)
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ its own format, so checkpointing never looks inside an engine.
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import torch
@@ -77,10 +78,11 @@ class DDPEngine:
             sum_over([p.grad for p in self.module.parameters() if p.grad is not None], self.group,
                      average=True)
         self.grad_sync.finalize()
-        norm = self.grad_sync.clip(self.grad_clip)
-        self.optimizer.step()
+        norm = float(self.grad_sync.clip(self.grad_clip))  # the whole model's: every rank agrees
+        if math.isfinite(norm):  # a NaN/inf gradient skips the update (the trainer counts it)
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(norm)
+        return norm
 
     def _state(self):
         """(model state, optimizer state, their layout-free views for DCP)."""
@@ -150,7 +152,9 @@ class DeepSpeedEngine:
             g["lr"] = lr
         self.model.step()
         norm = self.model.get_global_grad_norm()
-        return float(norm) if norm is not None else float("nan")
+        # None: DeepSpeed measured none this step (not a bad step). DeepSpeed applies the
+        # update itself, so a non-finite step is counted by the trainer but not skipped.
+        return float(norm) if norm is not None else None
 
     def save(self, ckpt_dir: str, tag: str) -> None:
         self.model.save_checkpoint(ckpt_dir, tag=tag, save_latest=False)

@@ -64,3 +64,47 @@ def test_missing_data_path(tmp_path):
     cfg = tiny_cfg(tmp_path, "data.source=jsonl", f"data.paths=[{tmp_path}/nope/*.jsonl]")
     with pytest.raises(ValueError, match="data.paths"):
         train(cfg)
+
+
+# --- issue 20, item 4: every case names the field and the fix, before any step -------------
+
+def test_unknown_key_rejected_even_with_plus(tmp_path):
+    from distca.train import ConfigError
+    with pytest.raises(ConfigError) as e:
+        train(tiny_cfg(tmp_path, "+parallel.cpp=2"))
+    assert "unknown config key parallel.cpp" in str(e.value) and "parallel.cp?" in str(e.value)
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize("override, says", [
+    ("model.kv_heads=0", "model.kv_heads=0"),
+    ("train.lr=-1", "train.lr=-1.0 must be >= 0"),
+    ("train.beta2=1.5", "train.beta2=1.5"),
+    ("train.log_every=0", "train.log_every=0"),
+    ("checkpoint.keep=-1", "checkpoint.keep=-1"),
+    ("data.paths=[/tmp/some.jsonl]", "data=jsonl"),           # stdlib source ignores paths
+    ("parallel.tp=2", "needs 2 processes but this run has 1; start 2: python -m launch.local --nproc 2"),
+])
+def test_single_field_errors_name_the_field_and_fix(tmp_path, override, says):
+    assert says in _err(tiny_cfg(tmp_path, override))
+
+
+def test_checkpoint_dir_not_writable_fails_before_step_1(tmp_path):
+    from distca.train import ConfigError
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    with pytest.raises(ConfigError, match=f"checkpoint.dir={blocker} is not a writable folder"):
+        train(tiny_cfg(tmp_path / "run", f"checkpoint.dir={blocker}"))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_cli_config_error_once_no_traceback_exit_2(tmp_path):
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
+    r = subprocess.run([sys.executable, "-m", "distca.train", "experiment=tiny", "train.lr=-1",
+                        f"run_dir={tmp_path}"], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert r.stderr.count("distca: config error: train.lr=-1.0 must be >= 0") == 1, r.stderr
+    assert "Traceback" not in r.stderr and r.stderr.strip().splitlines()[-1].startswith("distca: config error")

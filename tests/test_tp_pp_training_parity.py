@@ -27,7 +27,7 @@ import pytest
 
 from distca.train import train
 from tests.distributed_utils import run_distributed
-from tests.train_utils import assert_parity, losses, mixed_corpus, tiny_cfg
+from tests.train_utils import assert_parity, losses, mixed_corpus, rewind, tiny_cfg
 
 STEPS = ["train.steps=10", "train.dtype=fp32"]
 HYBRID = ["model.layers=LLLS", "model.linear_decay=token", "train.lr=1e-3"]
@@ -140,7 +140,7 @@ def test_checkpoint_resumes_at_another_layout(tmp_path):
     layouts = {"tp1pp1": [], "tp1pp2": ["parallel.pp=2"], "tp2pp2": ["parallel.tp=2", "parallel.pp=2"]}
     for name, layout in layouts.items():  # pretend the run died after step 4
         shutil.copytree(tmp_path / "ck", tmp_path / name)
-        (tmp_path / name / "latest").write_text("4")
+        rewind(tmp_path / name, 4)
         world = 1 + ("parallel.pp=2" in layout) + 2 * ("parallel.tp=2" in layout)
         if world == 1:
             _resume(0, 1, str(tmp_path), data, name, layout, full)
@@ -176,7 +176,7 @@ def test_zero1_checkpoint_resumes_with_and_without_partitioning(tmp_path):
     full = ast.literal_eval((tmp_path / "full.txt").read_text())
     for name, layout, world in (("same", ZERO1, 4), ("tp2_ddp", ["parallel.tp=2"], 2)):
         shutil.copytree(tmp_path / "zck", tmp_path / name)
-        (tmp_path / name / "latest").write_text("4")
+        rewind(tmp_path / name, 4)
         run_distributed(_resume_zero1, world, str(tmp_path), data, name, layout, full)
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from distca.train import train
 from tests.distributed_utils import run_distributed
-from tests.train_utils import TINY, losses, mixed_corpus, tiny_cfg
+from tests.train_utils import TINY, losses, mixed_corpus, rewind, tiny_cfg
 
 
 def _resume(rank, world, tmp, zero):
@@ -19,7 +19,7 @@ def _resume(rank, world, tmp, zero):
                                  "checkpoint.every=4", f"checkpoint.dir={tmp}/ckpt")))
     # pretend the run died after step 4: point `latest` back there and start again
     if rank == 0:
-        Path(f"{tmp}/ckpt/latest").write_text("4")
+        rewind(f"{tmp}/ckpt", 4)
     dist.barrier()
     resumed = losses(train(tiny_cfg(f"{tmp}/resumed", "train.steps=8", f"parallel.zero_stage={zero}",
                                     "checkpoint.every=4", f"checkpoint.dir={tmp}/ckpt")))
@@ -41,7 +41,7 @@ def _resume_cp(rank, world, tmp, data):
                   f"checkpoint.dir={tmp}/{algo}_ckpt", *data]
         full = train(tiny_cfg(f"{tmp}/{algo}_full", *common))
         if rank == 0:
-            Path(f"{tmp}/{algo}_ckpt/latest").write_text("4")
+            rewind(f"{tmp}/{algo}_ckpt", 4)
         dist.barrier()
         resumed = train(tiny_cfg(f"{tmp}/{algo}_resumed", *common))
         assert losses(resumed) == losses(full)[4:], (algo, losses(full), losses(resumed))
@@ -58,7 +58,7 @@ def test_resume_with_context_parallelism_equals_uninterrupted(tmp_path):
 def test_resume_single_process(tmp_path):
     full = losses(train(tiny_cfg(tmp_path / "a", "train.steps=6", "checkpoint.every=3",
                                  f"checkpoint.dir={tmp_path}/ck")))
-    (tmp_path / "ck" / "latest").write_text("3")
+    rewind(tmp_path / "ck", 3)
     resumed = losses(train(tiny_cfg(tmp_path / "b", "train.steps=6", f"checkpoint.dir={tmp_path}/ck")))
     assert resumed == full[3:]
 

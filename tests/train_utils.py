@@ -44,3 +44,12 @@ def mixed_corpus(path: Path) -> list[str]:
             text = " ".join(rng.choice(WORDS, size=n // 4 + 1))[:n]
             f.write(json.dumps({"text": text}) + "\n")
     return ["data=jsonl", f"data.paths=[{path}]", "data.max_documents=-1", "data.seq_len=64"]
+
+
+def rewind(ckpt_dir, step: int) -> None:
+    """Pretend the run died after saving `step`: later checkpoints never happened."""
+    import shutil
+    for d in Path(ckpt_dir).glob("step_*"):
+        if int(d.name.split("_")[1].split(".")[0]) > step:
+            shutil.rmtree(d)
+    (Path(ckpt_dir) / "latest").write_text(str(step))

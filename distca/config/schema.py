@@ -13,20 +13,20 @@ from parallel.config import Choice, ParallelConfig
 
 
 class Dtype(Choice):
-    fp32 = "fp32"
+    fp32 = "fp32"   # fp32 everywhere
     bf16 = "bf16"   # autocast; master weights stay fp32
 
 
 class Device(Choice):
     auto = "auto"   # cuda when a GPU is visible
-    cpu = "cpu"
-    cuda = "cuda"
+    cpu = "cpu"     # the CPU (gloo between processes)
+    cuda = "cuda"   # one GPU per process (NCCL); fails when none is visible
 
 
 class LinearDecay(Choice):
     head = "head"    # a constant log-decay per head (TransNormerLLM slopes)
     token = "token"  # data-dependent, per token
-    none = "none"
+    none = "none"    # no decay (plain linear attention)
 
 
 class Recompute(Choice):
@@ -36,78 +36,95 @@ class Recompute(Choice):
 
 
 class WandbMode(Choice):
-    online = "online"
-    offline = "offline"
+    online = "online"  # stream to the W&B server while training
+    offline = "offline"  # write under run_dir/wandb; upload later with `wandb sync`
 
 
 @dataclass
 class ModelConfig:
-    name: str = "tiny"
+    name: str = "tiny"          # the preset's name (run dir names)
     # one letter per layer: S = softmax attention, L = linear attention (e.g. LLLS = 3:1 hybrid)
     layers: str = "SSSS"
-    hidden: int = 128
-    heads: int = 4
-    kv_heads: int = 2
-    head_dim: int = -1          # -1: hidden // heads
-    ffn_hidden: int = 352
-    vocab_size: int = -1        # -1: the tokenizer's, padded to a multiple of 64
-    rope_theta: float = 500000.0
-    norm_eps: float = 1e-5
-    linear_decay: LinearDecay = LinearDecay.head
-    tie_embeddings: bool = False
-    init_std: float = 0.02
-    loss_chunk_tokens: int = 4096
-    recompute: Recompute = Recompute.none
+    hidden: int = 128           # model width (the residual stream)
+    heads: int = 4              # query heads
+    kv_heads: int = 2           # key/value heads (grouped-query attention); must divide heads
+    head_dim: int = -1          # per-head width (-1: hidden // heads)
+    ffn_hidden: int = 352       # SwiGLU inner width
+    vocab_size: int = -1        # embedding rows (-1: the tokenizer's, padded to a multiple of 64)
+    rope_theta: float = 500000.0  # RoPE base frequency
+    norm_eps: float = 1e-5      # RMSNorm epsilon
+    linear_decay: LinearDecay = LinearDecay.head  # linear-attention layers' decay
+    tie_embeddings: bool = False  # one weight for the embedding and the LM head
+    init_std: float = 0.02      # std of the normal weight init
+    loss_chunk_tokens: int = 4096  # tokens per chunk of the fused LM head + loss (bounds logits memory)
+    recompute: Recompute = Recompute.none  # activation recompute in backward (memory vs time)
     # deprecated: true = recompute full, false = none; kept working for one release
     checkpoint_activations: Optional[bool] = None
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 200
+    steps: int = 200            # optimizer steps to run
     global_batch_size: int = 8  # samples per optimizer step
     micro_batch_size: int = 1   # samples per forward/backward on one rank
-    dtype: Dtype = Dtype.fp32
-    seed: int = 0
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_steps: int = 10
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
-    device: Device = Device.auto
+    dtype: Dtype = Dtype.fp32   # compute precision
+    seed: int = 0               # weights and data order (the same model at every parallel layout)
+    lr: float = 3e-3            # peak learning rate (each model preset sets one suited to its size)
+    min_lr_ratio: float = 0.1   # the cosine decay ends at min_lr_ratio x lr
+    warmup_steps: int = 10      # linear warm-up steps before the cosine decay
+    weight_decay: float = 0.1   # AdamW weight decay
+    beta1: float = 0.9          # AdamW first-moment decay
+    beta2: float = 0.95         # AdamW second-moment decay
+    grad_clip: float = 1.0      # clip the global gradient norm to this (0: no clipping)
+    device: Device = Device.auto  # where to train
     # bitwise-reproducible GPU kernels (distca/determinism.py): the attention backward takes
     # its two-kernel path, torch its deterministic ops; off by default because it is slower
     deterministic: bool = False
-    log_every: int = 1
-    collective_timeout_s: int = 1800  # a collective waiting longer for a peer fails the run
+    log_every: int = 1          # console / train.log / W&B line every N steps (metrics.jsonl: every step)
+    collective_timeout_s: int = 300  # a collective waiting longer for a lost or stuck peer fails the run
+    hang_timeout_s: float = 1800.0  # no step progress this long: every rank dumps its stacks to <run_dir>/hang and exits 124 (0: off)
+    max_bad_steps: int = 5      # stop after this many steps in a row with a non-finite loss or gradient norm (skipped; 0: never stop)
 
 
 @dataclass
 class LoggerConfig:
-    wandb: bool = False
-    project: str = "distca"
-    entity: Optional[str] = None
-    name: Optional[str] = None
+    wandb: bool = False         # also log to Weights & Biases (rank 0)
+    project: str = "distca"     # W&B project
+    entity: Optional[str] = None  # W&B team or user (null: your default)
+    name: Optional[str] = None  # W&B run name (null: W&B picks one)
     mode: WandbMode = WandbMode.online  # W&B's own modes; the WANDB_MODE variable overrides
     progress: bool = True       # console progress bar (rank 0)
+
+
+class Resume(Choice):
+    auto = "auto"    # continue from this run's newest checkpoint (checkpoint.dir), if any
+    never = "never"  # always start at step 1; refuses a checkpoint.dir that already holds checkpoints
 
 
 @dataclass
 class CheckpointConfig:
     dir: str = ""               # "" : <run_dir>/checkpoints
-    every: int = 0              # save every N optimizer steps (0: only on SIGTERM / at the end)
-    save_final: bool = True
-    resume: bool = True         # continue from the newest checkpoint in dir, if any
+    every: int = 0              # save every N optimizer steps (0: by time only, see every_minutes)
+    every_minutes: float = 30.0  # also save when this many minutes passed since the last save (0: off)
+    keep: int = 3               # keep the newest K checkpoints, delete older ones (0: keep all)
+    save_final: bool = True     # save after the last step
+    resume: Resume = Resume.auto  # auto: continue this run's own checkpoints; never: start fresh
+    load: str = ""              # start from another run: its run dir, checkpoints dir or step_N folder
+
+
+@dataclass
+class EvalConfig:
+    every: int = 0              # evaluate every N optimizer steps and after the last (0: off)
+    batches: int = 4            # global batches (train.global_batch_size samples) per evaluation (0: off)
 
 
 @dataclass
 class RootConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    parallel: ParallelConfig = field(default_factory=ParallelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    logger: LoggerConfig = field(default_factory=LoggerConfig)
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    run_dir: str = "runs/default"
+    model: ModelConfig = field(default_factory=ModelConfig)  # the network: widths, heads, layer pattern
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)  # dp x tp x pp x cp, CP algorithm, CAD
+    data: DataConfig = field(default_factory=DataConfig)  # documents, tokenizer, packing
+    train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, schedule, batch sizes, precision
+    logger: LoggerConfig = field(default_factory=LoggerConfig)  # metrics.jsonl, console, W&B
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # saving and resuming
+    eval: EvalConfig = field(default_factory=EvalConfig)  # held-out evaluation: eval_loss, eval_ppl
+    run_dir: str = "runs/default"  # set by distca-train: runs/<experiment or model>-<time>; reuse one to resume

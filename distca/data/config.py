@@ -17,11 +17,11 @@ from parallel.config import Choice
 
 
 class Source(Choice):
-    stdlib = "stdlib"
-    jsonl = "jsonl"
-    parquet = "parquet"
-    tokens = "tokens"
-    synthetic = "synthetic"
+    stdlib = "stdlib"       # the Python standard library's .py files, one document each (no download)
+    jsonl = "jsonl"         # text files with one JSON object per line; the text is data.text_field
+    parquet = "parquet"     # parquet files; the text is the string column data.text_field
+    tokens = "tokens"       # pre-tokenized arrays (.bin raw or .npy), documents split by data.token_eos_id
+    synthetic = "synthetic" # a small learnable language, document lengths from data.synthetic_dist
 
 
 class TokenDtype(Choice):
@@ -30,13 +30,13 @@ class TokenDtype(Choice):
 
 
 class TokenizerKind(Choice):
-    byte = "byte"
-    bpe = "bpe"
+    byte = "byte"           # 256 bytes + EOS + PAD
+    bpe = "bpe"             # trained locally on the whole corpus and cached (distca/data/bpe.py)
 
 
 class SyntheticDist(Choice):
-    pretrain = "pretrain"
-    longctx = "longctx"
+    pretrain = "pretrain"   # pretraining-like: most documents short, a heavy tail to 128K
+    longctx = "longctx"     # long-context mix: many long documents
 
 
 SOURCES = Source.names()
@@ -47,38 +47,34 @@ SYNTHETIC_DISTS = SyntheticDist.names()
 
 @dataclass
 class DataConfig:
-    # Where documents come from:
-    #   stdlib    the Python standard library's .py files, one document each (no download)
-    #   jsonl     text files with one JSON object per line; the text is `text_field`
-    #   parquet   parquet files; the text is the string column `text_field`
-    #   tokens    pre-tokenized flat arrays (.bin raw or .npy) of `token_dtype`, documents
-    #             separated by `token_eos_id` (see distca/data/token_files.py)
-    #   synthetic random token ids, document lengths drawn from `synthetic_dist`
-    source: Source = Source.stdlib
-    # Files, directories or glob patterns (`**` allowed) for jsonl / parquet / tokens.
-    paths: List[str] = field(default_factory=list)
-    text_field: str = "text"
-    token_dtype: TokenDtype = TokenDtype.uint16
+    source: Source = Source.stdlib  # where documents come from (stdlib needs no download)
+    paths: List[str] = field(default_factory=list)  # files, folders, globs (** too): jsonl/parquet/tokens
+    text_field: str = "text"        # jsonl key / parquet column holding the text
+    preflight: bool = True          # scan every jsonl line before step 1 (errors give path:line)
+    token_dtype: TokenDtype = TokenDtype.uint16  # element type of pre-tokenized (tokens) files
     # Pre-tokenized data was made by a tokenizer we do not have: the trainer needs its
     # vocabulary size and end-of-document id from the config.
-    token_vocab_size: int = -1
-    token_eos_id: int = -1
-    # Tokens per packed sample (the context length).
-    seq_len: int = 512
+    token_vocab_size: int = -1      # tokens source: vocabulary size of the tokenizer that made the files
+    token_eos_id: int = -1          # tokens source: the end-of-document id separating documents
+    seq_len: int = 512              # tokens per packed sample (the context length)
     # Text sources only: "byte" (256 bytes + EOS + PAD) or "bpe" (trained locally on the
     # whole corpus, before max_documents, and cached; see distca/data/bpe.py). A corpus with
     # few distinct words may yield fewer merges: the tokenizer's vocab_size is authoritative.
-    tokenizer: TokenizerKind = TokenizerKind.byte
-    bpe_vocab_size: int = 4096
+    tokenizer: TokenizerKind = TokenizerKind.byte  # text sources: byte-level or a locally trained BPE
+    bpe_vocab_size: int = 4096      # bpe: target vocabulary size (a small corpus may give fewer merges)
     # Synthetic source: document-length distribution (distca/data/distributions.py),
     # vocabulary size, corpus size in tokens (one epoch), longest document (-1: the
     # distribution's own default).
-    synthetic_dist: SyntheticDist = SyntheticDist.pretrain
-    synthetic_vocab: int = 32000
-    synthetic_tokens: int = 1 << 24
-    synthetic_max_doc_len: int = -1
-    # Use only the first N documents in the corpus' canonical order (-1: all).
-    max_documents: int = -1
+    synthetic_dist: SyntheticDist = SyntheticDist.pretrain  # synthetic: document-length distribution
+    synthetic_vocab: int = 32000    # synthetic: vocabulary size (the last id is EOS)
+    synthetic_tokens: int = 1 << 24  # synthetic: corpus size in tokens (one epoch)
+    synthetic_max_doc_len: int = -1  # synthetic: longest document (-1: the distribution's default)
+    max_documents: int = -1         # use only the first N documents in canonical order (-1: all)
+    # Evaluation (eval.every) reads documents training never sees: file and stdlib sources
+    # keep the last ceil(holdout x N) of their documents (after max_documents) out of the
+    # training stream; synthetic data ignores it and evaluates on another stream of the same
+    # language.
+    holdout: float = 0.0            # share of documents kept out of training for eval (0: none)
 
 
 def _fail(name: str, problem: str, fix: str) -> None:
@@ -99,6 +95,9 @@ def validate_data_config(cfg: DataConfig) -> None:
     _choice(cfg, "synthetic_dist", SYNTHETIC_DISTS)
     if not isinstance(cfg.seq_len, int) or cfg.seq_len < 1:
         _fail("seq_len", f"must be a positive integer, got {cfg.seq_len!r}", "e.g. data.seq_len=4096")
+    if not 0.0 <= cfg.holdout < 1.0:
+        _fail("holdout", f"got {cfg.holdout}",
+              "use a share in [0, 1), e.g. data.holdout=0.01 (1% of the documents)")
     if cfg.max_documents == 0 or cfg.max_documents < -1:
         _fail("max_documents", f"got {cfg.max_documents}", "use -1 for all documents or a positive cap")
     if cfg.source in ("jsonl", "parquet", "tokens") and not cfg.paths:

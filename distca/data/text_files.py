@@ -33,6 +33,11 @@ class _MultiFileIndex:
         return file_no, index - self.starts[file_no]
 
 
+def _line_number(mapped, offset: int) -> int:
+    """1-based line of a byte offset (errors name lines, which editors show, not bytes)."""
+    return mapped[:offset].count(b"\n") + 1
+
+
 class JsonlCorpus:
     """One JSON object per non-blank line; the document is the string under `text_field`."""
 
@@ -81,17 +86,17 @@ class JsonlCorpus:
         file_no, line = self._index.locate(index)
         start, end = int(self._line_starts[file_no][line]), int(self._line_ends[file_no][line])
         text = self._maps[file_no][start:end]
+        where = lambda: f"{self.paths[file_no]}:{_line_number(self._maps[file_no], start)}"  # noqa: E731
         try:
             record = json.loads(text)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{self.paths[file_no]}: line at byte {start} is not valid JSON ({e}). "
-                             f"Fix: one JSON object per line") from None
+            raise ValueError(f"{where()}: not valid JSON ({e}). Fix: one JSON object per line") from None
         if not isinstance(record, dict) or self.text_field not in record:
-            raise ValueError(f"data.text_field: {self.paths[file_no]} line at byte {start} has no "
-                             f"key {self.text_field!r}. Fix: set data.text_field to the key holding the text")
+            raise ValueError(f"data.text_field: {where()} has no key {self.text_field!r}. "
+                             "Fix: set data.text_field to the key holding the text")
         value = record[self.text_field]
         if not isinstance(value, str):
-            raise ValueError(f"data.text_field: {self.paths[file_no]} key {self.text_field!r} is "
+            raise ValueError(f"data.text_field: {where()}: key {self.text_field!r} is "
                              f"{type(value).__name__}, not text. Fix: name a string field")
         return value
 
