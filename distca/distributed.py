@@ -21,6 +21,8 @@ def init_distributed(device_pref: str = "auto", timeout_s: float = 1800) -> torc
         raise ValueError("train.device=cuda but no GPU is visible; use train.device=auto or cpu")
     want_cuda = torch.cuda.is_available() and device_pref != "cpu"
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    if want_cuda:  # before NCCL starts: its communicators bind to the current device
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if not dist.is_initialized() and world > 1:
         timeout = datetime.timedelta(seconds=timeout_s)
         backend = "nccl" if want_cuda else "gloo"

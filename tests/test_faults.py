@@ -133,7 +133,7 @@ def test_a_skipped_update_leaves_weights_and_optimizer_alone():
 
 def test_hang_dumps_every_ranks_stack_and_exits(tmp_path):
     rc, out, took = _cli([sys.executable, "-m", "launch.local", "--nproc", "2", *ARGS,
-                          "train.global_batch_size=4", "train.hang_timeout_s=4", f"run_dir={tmp_path}"],
+                          "train.global_batch_size=4", "train.hang_timeout_s=8", f"run_dir={tmp_path}"],
                          faults="hang@0:2", timeout=180)
     assert rc != 0 and took < 150, out[-3000:]
     dumps = {p.name: p.read_text() for p in (tmp_path / "hang").glob("rank*.txt")}

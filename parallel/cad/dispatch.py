@@ -19,6 +19,7 @@ Every rank computes every layout from the same global plan; only its own slices 
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -254,6 +255,13 @@ def build_layout(tr: Transfers, pieces: PieceTable, me: int, num_ranks: int,
         prior_rows_total=earlier)
 
 
+# Overlap measurement only (benchmarks/multigpu_overlap.py): with DISTCA_CAD_CUT_PAYLOAD=1 every
+# Exchange sends one element per peer instead of its payload and receives zeros, so a step
+# keeps its collectives' count, order and latency but moves ~no bytes. Results are WRONG then:
+# only time such a run. Read once, at import; tests flip the module attribute.
+CUT_PAYLOAD = os.environ.get("DISTCA_CAD_CUT_PAYLOAD", "0") == "1"
+
+
 class Exchange:
     """One all-to-all in flight (or done). `wait()` returns the received buffer.
 
@@ -267,8 +275,16 @@ class Exchange:
         if group is None or dist.get_world_size(group) == 1:
             self.recv = send
             return
+        if CUT_PAYLOAD:  # zeros, not garbage: NaNs could change the kernels' speed
+            self.recv.zero_()
+            peers = dist.get_world_size(group)
+            send, send_splits = send.new_zeros(peers), [1] * peers
+            self._cut = send.new_empty(peers)
+            recv_splits, recv = send_splits, self._cut
+        else:
+            recv = self.recv
         self._send = send  # keep alive until the collective finishes
-        self.work = comm.all_to_all_single(self.recv, send, recv_splits, send_splits, group,
+        self.work = comm.all_to_all_single(recv, send, recv_splits, send_splits, group,
                                            async_op=async_op)
 
     def wait(self) -> torch.Tensor:

@@ -29,7 +29,8 @@ def attend_block(q, k, v, plan: BlockPlan, scale: float):
 
 def merge_into(o: torch.Tensor, lse: torch.Tensor, rows, o_b: torch.Tensor, lse_b: torch.Tensor) -> None:
     """Fold a partial result into the running (o [T,H,D], lse [H,T]) accumulators in place."""
-    o_new, lse_new = merge_attention_partials([_rows(o, rows), o_b], [_rows(lse, rows, 1), lse_b])
+    # a kernel run under autocast on CPU (the torch reference) returns a bf16 lse; merge in the accumulator's
+    o_new, lse_new = merge_attention_partials([_rows(o, rows), o_b], [_rows(lse, rows, 1), lse_b.to(lse.dtype)])
     if rows is None:
         o.copy_(o_new)
         lse.copy_(lse_new)

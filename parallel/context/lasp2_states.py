@@ -118,6 +118,8 @@ def cross_grads(plan, q, k, v, do, gl, carried, suffix, a_own, scale, need_g: bo
     dk = torch.zeros(k.shape, device=k.device, dtype=acc)
     dv = torch.zeros(v.shape, device=v.device, dtype=acc)
     dg = torch.zeros(gl.shape, device=gl.device, dtype=acc) if need_g else None
+    # the states may come back in bf16 when the forward ran under autocast (CAD nano-batches)
+    carried, suffix = carried.to(acc), suffix.to(acc)
     for i, s in enumerate(plan.segments):
         if s.first_end > s.lo:  # first piece read P
             f = slice(s.lo, s.first_end)

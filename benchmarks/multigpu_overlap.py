@@ -1,0 +1,246 @@
+"""How much communication each CP strategy hides under compute, and the pipeline bubble
+measured against the schedule's theory (issue 22, part 3).
+
+    torchrun --standalone --nproc_per_node 8 benchmarks/multigpu_overlap.py --out $OUT/overlap.json
+    python -m torch.distributed.run --standalone --nproc_per_node 2 \
+        benchmarks/multigpu_overlap.py --dry-run --out /tmp/o.json      # CPU, gloo, tiny
+
+Attention step = forward + backward of one core-attention call on this rank's shard (CP group
+= all N ranks, strategy from `ParallelPlan.setup`), bf16, documents from
+`--docs` (pretrain-like mix by default). Times are medians over --iters after --warmup, each
+iteration ending with a device synchronize and a barrier (so the slowest rank counts).
+
+    t_full        the step as it runs in training
+    t_cut         the same step with DISTCA_CAD_CUT_PAYLOAD=1 (parallel/cad/dispatch.py
+                  Exchange sends one element per peer and receives zeros): same kernels,
+                  same collectives' count and latency, ~no bytes. CAD only: the switch lives
+                  in CAD's Exchange alone, so ring/allgather have no t_cut.
+    t_comm_alone  every collective the full step issued (recorded through parallel.comm's
+                  observer: op, group, payload, splits), replayed back to back with no
+                  compute between them: the communication's own time.
+    exposed       t_full - t_cut: the communication time the step waits for
+    hidden        1 - exposed / t_comm_alone, clipped to [0, 1] (raw value kept):
+                  1 = communication fully under compute, 0 = fully serial.
+For ring and allgather (no cut switch), `comm_share_upper` = t_comm_alone / t_full is
+reported instead: the share of the step communication would take if none of it were hidden.
+Values: results are only timed, and the cut run's outputs are wrong by design.
+
+Pipeline bubble: `train()` at pp=N (1F1B, tiny-but-not-trivial model, --pp-steps steps) and
+the same model on one process (rank 0 before the process group exists, as in
+multigpu_correctness.py). measured = 1 - (t_one / N) / t_pp, with t the median step time
+after the first two steps: the share of the pipeline's rank-time not spent on the one-process
+work (it includes the p2p sends, which the theory does not). theory = the trainer's
+`pp_bubble` metric, i.e. `parallel/pipeline/schedule.py bubble_fraction` of the timeline it
+ran ((pp-1)/(M+pp-1) for 1F1B with M micro-batches).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.distributed as dist  # noqa: E402
+
+from benchmarks.multigpu_common import header  # noqa: E402
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    dist.barrier()
+
+
+def _median_time(fn, device, warmup, iters):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _doc_lens(tokens: int, mix: str, seed: int) -> list[int]:
+    """A pretrain-like mix (many short, few long) or one long document per sample."""
+    if mix == "long":
+        return [tokens]
+    rng = np.random.default_rng(seed)
+    lens = []
+    while sum(lens) < tokens:
+        lens.append(int(min(rng.lognormal(np.log(max(tokens // 64, 4)), 1.2) + 1, tokens)))
+    lens[-1] -= sum(lens) - tokens
+    return [x for x in lens if x > 0]
+
+
+def _strategy_step(algo: str, n: int, device, args):
+    """(step function, plan) for one attention forward + backward on this rank's shard."""
+    from parallel.config import CADConfig, ModelShape, ParallelConfig
+    from parallel.plan import ParallelPlan
+    cad = CADConfig(cost_table="none" if args.dry_run else "auto")
+    cfg = ParallelConfig(cp=n, dp=1, cp_algo=algo, cad=cad)
+    plan = ParallelPlan(cfg, ModelShape(heads=args.heads, kv_heads=args.kv_heads, layers="S"), n)
+    plan.setup(device)
+    shard = plan.build_shard(_doc_lens(args.tokens, args.docs, 0))
+    t, d = shard.num_tokens, args.head_dim
+    g = torch.Generator().manual_seed(dist.get_rank())
+    q, k, v, do = (torch.randn(t, h, d, generator=g).to(device, torch.bfloat16)
+                   for h in (args.heads, args.kv_heads, args.kv_heads, args.heads))
+    leaves = [x.requires_grad_() for x in (q, k, v)]
+
+    def step():
+        o = plan.core_attention(*leaves, shard, d ** -0.5)
+        torch.autograd.grad(o, leaves, do)
+    return step
+
+
+def _record(step):
+    """Every collective one step issues, as (op, group, payload clone, splits)."""
+    from parallel import comm
+    events = []
+    with comm.observe(lambda e: events.append(e) if e.op != "wait" else None):
+        step()
+    return [(e.op, e.group, e.send.detach().clone() if e.send is not None else None, e.splits) for e in events]
+
+
+def _replay(events):
+    """The recorded collectives, back to back, with the same payloads (received sizes are
+    exchanged first, once, outside the timed region)."""
+    plans = []
+    for op, group, send, splits in events:
+        n = dist.get_world_size(group)
+        if op == "all_to_all_single":
+            sizes = torch.tensor(splits, dtype=torch.int64, device=send.device)
+            recv_sizes = torch.empty_like(sizes)
+            dist.all_to_all_single(recv_sizes, sizes, group=group)
+            out = send.new_empty((int(recv_sizes.sum()),) + tuple(send.shape[1:]))
+            plans.append(lambda o=out, s=send, r=recv_sizes.tolist(), i=splits, g=group:
+                         dist.all_to_all_single(o, s, r, i, group=g))
+        elif op in ("all_gather_into_tensor", "all_gather"):
+            out = send.new_empty((n * send.shape[0],) + tuple(send.shape[1:]))
+            plans.append(lambda o=out, s=send, g=group: dist.all_gather_into_tensor(o, s.contiguous(), group=g))
+        elif op == "reduce_scatter_tensor":
+            out = send.new_empty((send.shape[0] // n,) + tuple(send.shape[1:]))
+            plans.append(lambda o=out, s=send, g=group: dist.reduce_scatter_tensor(o, s, group=g))
+        elif op == "all_reduce":
+            plans.append(lambda s=send.clone(), g=group: dist.all_reduce(s, group=g))
+        elif op == "isend":  # ring neighbours: send to next, receive from previous
+            me, size = dist.get_rank(group), n
+            buf = torch.empty_like(send)
+            plans.append(lambda s=send, b=buf, g=group, me=me, size=size: [
+                r.wait() for r in dist.batch_isend_irecv([
+                    dist.P2POp(dist.isend, s, group=g, group_peer=(me + 1) % size),
+                    dist.P2POp(dist.irecv, b, group=g, group_peer=(me - 1) % size)])])
+    return lambda: [p() for p in plans]
+
+
+def attention_overlap(n, device, args) -> list[dict]:
+    from parallel.cad import dispatch
+    rows = []
+    for algo in args.algos:
+        step = _strategy_step(algo, n, device, args)
+        t_full = _median_time(step, device, args.warmup, args.iters)
+        events = _record(step)
+        replay = _replay(events)
+        t_comm = _median_time(replay, device, 1, args.iters)
+        row = {"algo": algo, "ranks": n, "tokens": args.tokens, "docs": args.docs, "t_full_s": t_full,
+               "t_comm_alone_s": t_comm, "collectives_per_step": len(events),
+               "bytes_sent_per_rank": sum(e[2].numel() * e[2].element_size() for e in events if e[2] is not None)}
+        if algo == "cad":
+            dispatch.CUT_PAYLOAD = True  # the module attribute the env variable sets at import
+            try:
+                t_cut = _median_time(step, device, args.warmup, args.iters)
+            finally:
+                dispatch.CUT_PAYLOAD = False
+            raw = 1 - (t_full - t_cut) / t_comm if t_comm > 0 else float("nan")
+            row.update(t_cut_s=t_cut, exposed_s=t_full - t_cut, hidden_fraction_raw=raw,
+                       hidden_fraction=min(1.0, max(0.0, raw)))
+        else:
+            row["comm_share_upper"] = t_comm / t_full if t_full > 0 else float("nan")
+        rows.append(row)
+    return rows
+
+
+def _train_cfg(args, run_dir, *over):
+    from distca.config import compose_config
+    m = ["model.layers=" + "S" * max(args.pp_layers, 2)] + ([] if args.dry_run else
+                                                            ["model.hidden=1024", "model.heads=16",
+                                                             "model.kv_heads=4", "model.ffn_hidden=2816"])
+    return compose_config(["experiment=tiny", f"data.seq_len={args.pp_seq_len}", "train.global_batch_size=8",
+                           "logger.progress=false", "checkpoint.save_final=false", "train.warmup_steps=1",
+                           f"train.steps={args.pp_steps}", "train.dtype=bf16", f"run_dir={run_dir}",
+                           *(["train.device=cpu"] if args.dry_run else []), *m, *over])
+
+
+def _median_step(history) -> float:
+    times = [h["step_time_s"] for h in history[2:]] or [h["step_time_s"] for h in history]
+    return statistics.median(times)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--algos", nargs="+", default=["cad", "ring", "allgather"])
+    ap.add_argument("--tokens", type=int, default=131072, help="tokens per sample (whole CP group)")
+    ap.add_argument("--docs", choices=("pretrain", "long"), default="pretrain")
+    ap.add_argument("--heads", type=int, default=32)
+    ap.add_argument("--kv-heads", type=int, default=8)
+    ap.add_argument("--head-dim", type=int, default=128)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--pp-layers", type=int, default=16)
+    ap.add_argument("--pp-seq-len", type=int, default=4096)
+    ap.add_argument("--pp-steps", type=int, default=8)
+    ap.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "distca_multigpu_overlap"))
+    ap.add_argument("--dry-run", "--cpu-smoke", dest="dry_run", action="store_true")
+    args = ap.parse_args()
+    if args.dry_run:
+        args.tokens, args.heads, args.kv_heads, args.head_dim = 256, 4, 2, 16
+        args.warmup, args.iters, args.pp_layers, args.pp_seq_len, args.pp_steps = 1, 2, 4, 64, 3
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    n, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    from distca.train import train
+    one = None
+    if rank == 0 and n > 1:  # the one-process pipeline reference, before the group exists
+        os.environ["WORLD_SIZE"] = "1"
+        try:
+            one = _median_step(train(_train_cfg(args, f"{args.workdir}/pp1")))
+        finally:
+            os.environ["WORLD_SIZE"] = str(n)
+    from distca.distributed import init_distributed
+    device = init_distributed("cpu" if args.dry_run else "auto")
+    out = {**header(n), "dry_run": args.dry_run, "attention": [], "pipeline": None, "skipped": []}
+    if n < 2:
+        out["skipped"].append({"what": "everything", "reason": "overlap and bubble need >= 2 ranks"})
+    else:
+        out["attention"] = attention_overlap(n, device, args)
+        h = train(_train_cfg(args, f"{args.workdir}/pp{n}", f"parallel.pp={n}"))
+        t_pp = _median_step(h)
+        out["pipeline"] = {"pp": n, "t_one_process_s": one, "t_pp_s": t_pp,
+                           "bubble_measured": 1 - (one / n) / t_pp if one else None,
+                           "bubble_theory": h[0].get("pp_bubble"), "layers": args.pp_layers,
+                           "seq_len": args.pp_seq_len}
+        out["skipped"].append({"what": "tp overlap", "reason": "no cut switch for TP collectives yet "
+                               "(only CAD's Exchange may change in this issue)"})
+    if rank == 0:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=1))
+        print(json.dumps({k: out[k] for k in ("attention", "pipeline")}, indent=1))
+    if dist.is_initialized():
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
