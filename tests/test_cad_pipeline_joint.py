@@ -19,7 +19,8 @@ from parallel.dims import ParallelDims, _groups_along
 from parallel.pipeline.schedule import Action, lockstep_timeline, tick_kind, timeline
 from parallel.plan import ParallelPlan
 from tests.distributed_utils import run_distributed
-from tests.train_utils import assert_parity, losses, mixed_corpus, tiny_cfg
+from tests.train_utils import (assert_grad_norm, assert_parity, losses, mixed_corpus,
+                               single_process_refs, tiny_cfg)
 
 STEPS = ["train.steps=3", "train.dtype=fp32"]
 JOINT = ["parallel.cp_algo=cad", "parallel.cad.pipeline=joint", "parallel.cad.backward=resend",
@@ -95,7 +96,9 @@ def _joint_runs(rank, world, refs, tmp, data):
     for i, (label, model, over) in enumerate(RUNS[world]):
         history = train(tiny_cfg(f"{tmp}/w{world}_{i}", *STEPS, *data, *JOINT, *model, *over))
         dist.barrier()
-        assert_parity(refs[tuple(model)], losses(history), label=label)
+        ref_losses, ref_norm = refs[tuple(model)]
+        assert_parity(ref_losses, losses(history), label=label)
+        assert_grad_norm(ref_norm, history, label)  # gradients over every stage, before any update
         # tolerance 0 on imbalanced documents: every step moves attention between ranks
         assert all(0 < m["cad_moved_work"] < 1 for m in history), label
         assert all(m["cad_imbalance_after"] < m["cad_imbalance_before"] for m in history), label
@@ -105,8 +108,5 @@ def _joint_runs(rank, world, refs, tmp, data):
 @pytest.mark.parametrize("world", sorted(RUNS))
 def test_joint_pipeline_training_matches_single_process(tmp_path, world):
     data = mixed_corpus(tmp_path / "docs.jsonl")
-    refs = {}
-    for _, model, _ in RUNS[world]:
-        if tuple(model) not in refs:
-            refs[tuple(model)] = losses(train(tiny_cfg(tmp_path / f"ref{len(refs)}", *STEPS, *data, *model)))
+    refs = single_process_refs(tmp_path, RUNS[world], *STEPS, *data)
     run_distributed(_joint_runs, world, refs, str(tmp_path), data)

@@ -53,3 +53,21 @@ def rewind(ckpt_dir, step: int) -> None:
         if int(d.name.split("_")[1].split(".")[0]) > step:
             shutil.rmtree(d)
     (Path(ckpt_dir) / "latest").write_text(str(step))
+
+
+def single_process_refs(tmp_path, runs, *overrides) -> dict:
+    """For each distinct model override list in `runs` ((label, model, layout) triples), the
+    one-process run's (losses, step-1 whole-model gradient norm): what parity suites compare."""
+    from distca.train import train
+    refs = {}
+    for _, model, _ in runs:
+        if tuple(model) not in refs:
+            h = train(tiny_cfg(Path(tmp_path) / f"ref{len(refs)}", *overrides, *model))
+            refs[tuple(model)] = (losses(h), h[0]["grad_norm"])
+    return refs
+
+
+def assert_grad_norm(ref_norm: float, history, label="") -> None:
+    """The whole model's gradient norm at step 1 (before any update) equals one process's."""
+    got = history[0]["grad_norm"]
+    assert abs(got - ref_norm) <= 1e-5 * ref_norm, (label, got, ref_norm)
