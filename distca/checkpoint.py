@@ -34,6 +34,7 @@ from torch.distributed.checkpoint.api import CheckpointException
 
 from distca import fault_injection
 from distca.checkpoint_manifest import verify, write_manifest
+from distca.distributed import max_over_ranks
 
 
 def _barrier():
@@ -86,12 +87,8 @@ def latest_step(ckpt_dir: str) -> int | None:
 
 
 def _all_ok(ok: bool) -> bool:
-    if not dist.is_initialized():
-        return ok
-    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-    t = torch.tensor([int(ok)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)  # every rank learns whether any rank failed
-    return bool(t.item())
+    """Whether every rank is ok (one all-reduce): a failure anywhere fails the save everywhere."""
+    return max_over_ranks(int(not ok))[0] == 0
 
 
 def save(ckpt_dir: str, step: int, engine, trainer_state: dict) -> None:

@@ -55,3 +55,14 @@ def cpu_threads(local_ranks: int) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     idle = cores - os.getloadavg()[0] if hasattr(os, "getloadavg") else cores
     return max(1, min(cores, int(idle + 0.5)) // max(1, local_ranks))
+
+
+def max_over_ranks(*values: int) -> tuple[int, ...]:
+    """Each value's maximum over every rank, in one all-reduce (the values unchanged in one
+    process); on the backend's device, so it works under NCCL and gloo alike."""
+    if not dist.is_initialized():
+        return values
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor(values, dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(int(x) for x in t.tolist())

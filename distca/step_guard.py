@@ -3,7 +3,7 @@
 The engine already skips the optimizer update when the whole model's gradient norm is not
 finite (parallel/data_parallel.py; every rank sees the same norm, so all skip together);
 this counts such steps, and the trainer neither saves a checkpoint on one nor goes on past
-`train.max_bad_steps` of them in a row: the run stops with `TooManyBadSteps`, its newest
+`train.max_bad_steps` of them in a row (`exhausted`): the run stops with `failure(...)`, its newest
 checkpoint being the last good state.
 """
 from __future__ import annotations
@@ -33,12 +33,16 @@ class StepGuard:
         self.in_a_row = self.in_a_row + 1 if bad else 0
         return bad
 
-    def check(self, step: int, checkpoint: int | None, ckpt_dir: str) -> None:
-        if self.max_bad_steps and self.in_a_row >= self.max_bad_steps:
-            last = (f"the newest checkpoint, step {checkpoint} in {ckpt_dir}, is the last good state"
-                    if checkpoint is not None else "no checkpoint was saved")
-            raise TooManyBadSteps(
-                f"{self.in_a_row} steps in a row (up to step {step}) had a non-finite loss or "
-                f"gradient norm and were skipped (train.max_bad_steps={self.max_bad_steps}); "
-                f"{last}. Lower train.lr or raise train.warmup_steps, check the data, then resume "
-                "with the same run_dir")
+    @property
+    def exhausted(self) -> bool:
+        """train.max_bad_steps bad steps in a row: the run must stop."""
+        return bool(self.max_bad_steps) and self.in_a_row >= self.max_bad_steps
+
+    def failure(self, step: int, checkpoint: int | None, ckpt_dir: str) -> TooManyBadSteps:
+        last = (f"the newest checkpoint, step {checkpoint} in {ckpt_dir}, is the last good state"
+                if checkpoint is not None else "no checkpoint was saved")
+        return TooManyBadSteps(
+            f"{self.in_a_row} steps in a row (up to step {step}) had a non-finite loss or "
+            f"gradient norm and were skipped (train.max_bad_steps={self.max_bad_steps}); "
+            f"{last}. Lower train.lr or raise train.warmup_steps, check the data, then resume "
+            "with the same run_dir")

@@ -22,7 +22,7 @@ from distca.console import (cpu_run_warning, end_summary, git_commit, mirror, qu
                             start_banner, versions)
 from distca.data import build_dataset
 from distca.determinism import deterministic_kernels
-from distca.distributed import init_distributed
+from distca.distributed import init_distributed, max_over_ranks
 from distca import fault_injection
 from distca.evaluation import evaluate
 from distca.flops import attention_flops, dense_flops, device_peak_tflops, layer_costs
@@ -39,14 +39,6 @@ from distca.watchdog import Watchdog
 from distca.stopping import Stopped, StopSignals
 from distca.validate import build_plan, check_known_keys, micro_batches_per_step
 from parallel.data_parallel import build_engine
-
-
-def _any_rank(flag: bool, device) -> bool:
-    if not dist.is_initialized():
-        return flag
-    t = torch.tensor([int(flag)], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item())
 
 
 def _max_mem_gib(device) -> float:
@@ -112,7 +104,7 @@ def _start(cfg, device, plan, vocab):
     run_dir = agree(cfg.run_dir)
     ckpt_dir = cfg.checkpoint.dir or os.path.join(run_dir, "checkpoints")
     problem = ckpt.check_writable(ckpt_dir)
-    if _any_rank(problem is not None, device):
+    if max_over_ranks(int(problem is not None))[0]:
         raise ValueError(f"checkpoint.dir={ckpt_dir} is not a writable folder ({problem or 'on another rank'}); "
                          "set checkpoint.dir (or run_dir) to a folder every rank can write")
     start = decide_start(cfg.checkpoint, ckpt_dir, cfg.train.steps)
@@ -195,7 +187,7 @@ def _run(cfg, device, plan, vocab, packer, run_dir, ckpt_dir, start, stop, rank)
         print(start_banner(cfg, plan, device, run_dir, ckpt_dir, start, n_params, vocab, peak,
                            logger.wandb_where), file=sys.stderr, flush=True)
     history: list[dict] = []
-    early, _ = _any_rank_pair(stop.signum or 0, 0, device)  # stopped while setting up
+    (early,) = max_over_ranks(stop.signum or 0)  # stopped while setting up
     if early:
         logger.close()
         say(f"stopped before step {start.step + 1}: nothing new to save", loud)
@@ -257,7 +249,7 @@ def _run(cfg, device, plan, vocab, packer, run_dir, ckpt_dir, start, stop, rank)
             logger.log(m)
             # rank 0's clock decides time-based saves; one collective carries both flags
             due = bool(loud and c.every_minutes and time.monotonic() - last_save >= 60 * c.every_minutes)
-            stop_sig, due = _any_rank_pair(stop.signum or 0, int(due), device)
+            stop_sig, due = max_over_ranks(stop.signum or 0, int(due))
             stopping = stop_sig > 0
             saving = due or (c.every and step % c.every == 0)
             if not bad and (saving or stopping or (step == t.steps and c.save_final)):
@@ -267,7 +259,8 @@ def _run(cfg, device, plan, vocab, packer, run_dir, ckpt_dir, start, stop, rank)
                 last_save = time.monotonic()
             if stopping:
                 break
-            guard.check(step, ckpt.latest_step(ckpt_dir), ckpt_dir)
+            if guard.exhausted:  # the last good checkpoint is looked up only then
+                raise guard.failure(step, ckpt.latest_step(ckpt_dir), ckpt_dir)
     finally:
         watchdog.stop()
         logger.close()
@@ -278,15 +271,6 @@ def _run(cfg, device, plan, vocab, packer, run_dir, ckpt_dir, start, stop, rank)
     if stopping:
         raise Stopped(stop_sig, step)
     return history
-
-
-def _any_rank_pair(a: int, b: int, device) -> tuple[int, int]:
-    """The largest value of each over all ranks (one all-reduce)."""
-    if not dist.is_initialized():
-        return a, b
-    t = torch.tensor([a, b], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t[0].item()), int(t[1].item())
 
 
 def _report_to_torchrun(e: Exception, what: str) -> None:

@@ -253,22 +253,15 @@ class CADAttention(Strategy):
         return shard.memo(("cad_nano", id(self)), build)
 
     def _plan_nano(self, st, q, k) -> list:
-        o = self.options
-        table = {"auto": "h100" if q.is_cuda else None, "none": None}.get(o.cost_table, o.cost_table)
-        cm = CostModel(q.shape[1], k.shape[1], q.shape[2], q.element_size(), table=table)
         layouts = []
         for s in (0, 1):
             sub, _ = sub_pieces(st["pieces"], st["side"] == s)
-            t0 = time.perf_counter()
-            tasks = sub.tasks()
-            block = fitting_block(tasks, self.num_servers, o.block, float(o.tolerance))
-            p = plan(tasks, self.size, cm, tolerance=float(o.tolerance), block=block,
-                     servers=self.servers, memory_cap=o.memory_cap)
-            tr = transfers(p.parts, p.server, sub)
+            _, (tr,), totals = self._plan_pieces(sub, q.shape[1], k.shape[1], q.shape[2], q.element_size(),
+                                                 q.is_cuda, halves=False)
             mine = int(sub.length[sub.rank == self.rank].sum())
             layouts.append(build_layout(tr, sub, self.rank, self.size, mine, q.shape[1], k.shape[1],
                                         q.device))
-            self._since_step.append(_totals(p, [tr], cm, block, self.size, o, t0))
+            self._since_step.append(totals)
         self.last_metrics = step_metrics(self._since_step[-2:])
         return layouts
 
@@ -296,8 +289,9 @@ class CADAttention(Strategy):
                                                q.element_size(), q.is_cuda)
         return _Step(shard, pieces, halves, step_metrics([totals]), totals)
 
-    def _plan_pieces(self, pieces, hq: int, hkv: int, d: int, elem: int, cuda: bool):
-        """(cost model, Transfers per half, totals) of one plan over the group's pieces."""
+    def _plan_pieces(self, pieces, hq: int, hkv: int, d: int, elem: int, cuda: bool, halves: bool = True):
+        """(cost model, Transfers per half, totals) of one plan over the group's pieces (one
+        part unless halves and overlap=halves with ping_pong)."""
         o = self.options
         table = {"auto": "h100" if cuda else None, "none": None}.get(o.cost_table, o.cost_table)
         cm = CostModel(hq, hkv, d, elem, table=table)
@@ -306,16 +300,16 @@ class CADAttention(Strategy):
         block = fitting_block(tasks, self.num_servers, o.block, float(o.tolerance))
         p = plan(tasks, self.size, cm, tolerance=float(o.tolerance), block=block,
                  servers=self.servers, memory_cap=o.memory_cap)
-        if o.ping_pong and o.overlap == "halves":
+        if halves and o.ping_pong and o.overlap == "halves":
             half = split_halves(p, cm, block)
             groups = [np.nonzero(half == h)[0] for h in (0, 1)]
         else:
             groups = [np.arange(len(p.parts))]
-        halves = []
+        parts = []
         for g in groups:  # keys go to a server once per step: a later half skips what it holds
-            halves.append(transfers(p.parts.take(g), p.server[g], pieces,
-                                    held=halves[-1] if halves else None))
-        return cm, halves, _totals(p, halves, cm, block, self.size, o, t0)
+            parts.append(transfers(p.parts.take(g), p.server[g], pieces,
+                                   held=parts[-1] if parts else None))
+        return cm, parts, _totals(p, parts, cm, block, self.size, o, t0)
 
 
 def _totals(p, halves, cm, block, size, o, t0) -> dict:
