@@ -15,7 +15,7 @@ import numpy as np
 
 from benchmarks.cad_sim_model import GpuCosts
 from parallel.cad.dispatch import transfers
-from parallel.cad.planner import plan
+from parallel.cad.planner import fitting_block, plan
 from parallel.cad.tasks import contiguous_pieces
 
 
@@ -33,13 +33,17 @@ def plan_tick(streams: list, gc: GpuCosts, tolerance: float, block: int) -> dict
     """Plan the pooled attention of one tick; streams[r] = document lengths rank r holds."""
     n = len(streams)
     pieces = contiguous_pieces(streams)
-    p = plan(pieces.tasks(), n, gc.cm, tolerance=tolerance, block=block)
+    tasks = pieces.tasks()
+    # the block the trainer would cut at (CADAttention: the largest that fits the tolerance)
+    block = fitting_block(tasks, n, block, tolerance)
+    p = plan(tasks, n, gc.cm, tolerance=tolerance, block=block)
     fwd_part = gc.cm_fwd.task_cost(p.parts)
     return {"n": n, "tokens": np.array([float(np.sum(s)) for s in streams]),
             "attn_F": np.bincount(p.server, fwd_part, minlength=n),
             "attn_B": np.bincount(p.server, p.cost - fwd_part, minlength=n),
             "tr": transfers(p.parts, p.server, pieces), "plan_ms": p.plan_ms,
-            "imbalance_before": p.imbalance_before, "imbalance_after": p.imbalance_after}
+            "imbalance_before": p.imbalance_before, "imbalance_after": p.imbalance_after,
+            "block": block}
 
 
 def tick_layer_time(pt: dict, direction: str, gc: GpuCosts, bw: float, resend: bool) -> dict:
@@ -74,7 +78,7 @@ def cad_step(samples: list, p: int, gc: GpuCosts, bw: float, tolerance: float, b
     D, m = len(samples), len(samples[0])
     layers = gc.shape.layers / p
     total = balanced = exposed = 0.0
-    plans, plan_ms, imb_b, imb_a, byts = {}, [], [], [], []
+    plans, plan_ms, imb_b, imb_a, byts, blocks = {}, [], [], [], [], []
     empty = np.zeros(0, dtype=np.int64)
     for direction, active in lockstep_ticks(p, m):
         key = tuple(active)
@@ -88,6 +92,7 @@ def cad_step(samples: list, p: int, gc: GpuCosts, bw: float, tolerance: float, b
             plan_ms.append(pt["plan_ms"])
             imb_b.append(pt["imbalance_before"])
             imb_a.append(pt["imbalance_after"])
+            blocks.append(pt["block"])
         t = tick_layer_time(plans[key], direction, gc, bw, resend=p > 1)
         total += layers * t["time"]
         balanced += layers * t["balanced_time"]
@@ -98,4 +103,4 @@ def cad_step(samples: list, p: int, gc: GpuCosts, bw: float, tolerance: float, b
             "plan_ms_median": float(np.median(plan_ms)),
             "imbalance_before_mean": float(np.mean(imb_b)),
             "imbalance_after_max": float(max(imb_a)),
-            "bytes_per_rank_layer_max": float(max(byts))}
+            "bytes_per_rank_layer_max": float(max(byts)), "block_min": float(min(blocks))}

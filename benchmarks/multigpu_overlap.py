@@ -25,6 +25,10 @@ For ring and allgather (no cut switch), `comm_share_upper` = t_comm_alone / t_fu
 reported instead: the share of the step communication would take if none of it were hidden.
 Values: results are only timed, and the cut run's outputs are wrong by design.
 
+CAD in training (`cad_in_training`): whole training steps at cp=N with each overlap mode
+(none, halves, nanobatch), pretraining-like documents, as trained and with payloads cut: the
+exposed share of the step per mode (t_comm_alone is not replayed here).
+
 Pipeline bubble: `train()` at pp=N (1F1B, tiny-but-not-trivial model, --pp-steps steps) and
 the same model on one process (rank 0 before the process group exists, as in
 multigpu_correctness.py). measured = 1 - (t_one / N) / t_pp, with t the median step time
@@ -172,6 +176,30 @@ def attention_overlap(n, device, args) -> list[dict]:
     return rows
 
 
+def cad_modes_in_training(n, args) -> list[dict]:
+    """CAD's overlap modes inside whole training steps (cp = N, documents from the
+    pretraining-like mix, so micro-batches split into nano-batches): the median step as
+    trained and with CAD's payloads cut; exposed = the difference. Only the nano-batch mode
+    can hide traffic under the projections and MLP, so this is what decides between them."""
+    from distca.train import train
+    from parallel.cad import dispatch
+    rows = []
+    for overlap in ("none", "halves", "nanobatch"):
+        over = [f"parallel.cp={n}", "parallel.cp_algo=cad", f"parallel.cad.overlap={overlap}",
+                "data=synthetic_pretrain", f"data.seq_len={args.pp_seq_len * n}"]
+        t = {}
+        for cut in (False, True):
+            dispatch.CUT_PAYLOAD = cut
+            try:
+                t[cut] = _median_step(train(_train_cfg(args, f"{args.workdir}/cad_{overlap}_{cut}", *over)))
+            finally:
+                dispatch.CUT_PAYLOAD = False
+        rows.append({"overlap": overlap, "cp": n, "seq_len": args.pp_seq_len * n, "t_full_s": t[False],
+                     "t_cut_s": t[True], "exposed_s": t[False] - t[True],
+                     "exposed_share": (t[False] - t[True]) / t[False] if t[False] > 0 else None})
+    return rows
+
+
 def _train_cfg(args, run_dir, *over):
     from distca.config import compose_config
     m = ["model.layers=" + "S" * max(args.pp_layers, 2)] + ([] if args.dry_run else
@@ -220,11 +248,13 @@ def main() -> int:
             os.environ["WORLD_SIZE"] = str(n)
     from distca.distributed import init_distributed
     device = init_distributed("cpu" if args.dry_run else "auto")
-    out = {**header(n), "dry_run": args.dry_run, "attention": [], "pipeline": None, "skipped": []}
+    out = {**header(n), "dry_run": args.dry_run, "attention": [], "cad_in_training": [], "pipeline": None,
+           "skipped": []}
     if n < 2:
         out["skipped"].append({"what": "everything", "reason": "overlap and bubble need >= 2 ranks"})
     else:
         out["attention"] = attention_overlap(n, device, args)
+        out["cad_in_training"] = cad_modes_in_training(n, args)
         h = train(_train_cfg(args, f"{args.workdir}/pp{n}", f"parallel.pp={n}"))
         t_pp = _median_step(h)
         out["pipeline"] = {"pp": n, "t_one_process_s": one, "t_pp_s": t_pp,
@@ -236,7 +266,7 @@ def main() -> int:
     if rank == 0:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))
-        print(json.dumps({k: out[k] for k in ("attention", "pipeline")}, indent=1))
+        print(json.dumps({k: out[k] for k in ("attention", "cad_in_training", "pipeline")}, indent=1))
     if dist.is_initialized():
         dist.destroy_process_group()
     return 0

@@ -26,6 +26,7 @@ from distca.model.linear_attention import LinearAttention
 from distca.model.softmax_attention import SoftmaxAttention
 from distca.model.transformer import Block, HybridLM
 from parallel.tensor.layers import TPSlice, sequence_parallel, shard_buffer, shard_parameter
+from parallel.tensor.reshard import NanoSequenceParallel
 from parallel.tensor.vocab import VocabParallelEmbedding, VocabParallelLMHead
 
 
@@ -64,6 +65,7 @@ def apply_tensor_parallel(model: HybridLM, group) -> HybridLM:
         if tp > 1:
             sequence_parallel(mix, group, tokens_from=lambda args: args[1].num_tokens)
             sequence_parallel(blk.mlp, group)
+            blk.nano_sp = NanoSequenceParallel(group)  # CAD's nano-batches shard their own rows
 
     # the embedding and LM head; a pipeline stage may hold one of them, or neither
     embed, head = model.embed, model.lm_head

@@ -73,15 +73,17 @@ class CADPipeline(Choice):
 
 @dataclass
 class CADConfig:
-    tolerance: float = 0.1      # servers balanced to within (1 + tolerance) x the mean cost
+    tolerance: float = 0.02     # servers balanced to within (1 + tolerance) x the mean cost
     servers: int = 0            # 0: every rank serves in place; K > 0: K dedicated servers
     block: int = 128            # cuts on multiples of this (the kernel's tile); halved per step
                                 # while pieces are too short to balance at it (metric cad_block)
     ping_pong: bool = True      # two halves, one's all-to-all overlapping the other's kernel
     memory_cap: Optional[float] = None  # bytes a server may hold for attention tasks; null: no cap
-    cost_table: str = "auto"    # auto (H100 table on CUDA, causal FLOPs on CPU) | h100 | none | a JSON path
+    cost_table: str = "auto"    # auto (the GPU's measured table: h200 on H200s, else h100; causal FLOPs
+                                # on CPU) | h100 | h200 | none | a JSON path
     backward: CADBackward = CADBackward.stateful  # what servers keep between forward and backward
-    overlap: CADOverlap = CADOverlap.halves  # halves needs ping_pong=true (false: none)
+    overlap: CADOverlap = CADOverlap.nanobatch  # nanobatch (DistCA's ping-pong) | halves | none; halves
+                                                # needs ping_pong=true (false: none); joint pipelines: halves
     pipeline: CADPipeline = CADPipeline.stage  # joint: pool attention across pipeline stages (needs backward=resend)
     pool: int = 0               # K > 0: K extra ranks per TP position that hold no weights and serve all attention
 

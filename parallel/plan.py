@@ -71,15 +71,8 @@ class ParallelPlan:
             raise ValueError(f"parallel.zero_stage={c.zero_stage} must be 0 (DDP) or 1, 2, 3 (ZeRO)")
         if self.cp_algo == CPAlgo.cad:
             check_cad_config(c.cad, d.dp * d.cp)
-            if c.cad.overlap == "nanobatch" and d.tp > 1:
-                raise ValueError("parallel.cad.overlap=nanobatch does not run with parallel.tp > 1 yet "
-                                 "(sequence parallelism wraps the whole mixer); use "
-                                 "parallel.cad.overlap=halves")
             if c.cad.pipeline == "joint":
                 self._check_joint_pipeline()
-            if c.cad.overlap == "nanobatch" and c.cad.backward == "resend":
-                raise ValueError("parallel.cad.overlap=nanobatch runs with parallel.cad.backward=stateful "
-                                 "only; use one of them")
 
     def _check_pipeline(self) -> None:
         c, d, m = self.cfg, self.dims, self.model
@@ -121,6 +114,10 @@ class ParallelPlan:
                              "cannot keep state between them")
         if c.pp_schedule != PPSchedule("1f1b"):
             raise ValueError(f"{field} runs the lock-step 1F1B schedule; set parallel.pp_schedule=1f1b")
+        if c.cad.overlap == "nanobatch":
+            raise ValueError(f"{field} runs one CAD call per layer and tick (a backward tick replans "
+                             "micro-batches in other stages' company, which two nano-batches per "
+                             "micro-batch do not follow); set parallel.cad.overlap=halves")
         counts = [sum(self.model.layers[i] == "S" for i in chunk) for chunk in self.chunks]
         if len(set(counts)) > 1:
             raise ValueError(f"{field}: every stage must run the same number of softmax layers "

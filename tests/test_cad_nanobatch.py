@@ -4,7 +4,8 @@ One softmax layer at cp=2 over a micro-batch of several documents, recorded as a
 of collectives posted, waits, projections and MLPs. The schedule must be (per rank):
 nano-batch 0's q/k/v all-to-all is posted before nano-batch 1's projections and waited for
 after them; nano-batch 1's o return is posted before nano-batch 0's MLP and waited for after
-it. So each nano-batch's communication is in flight while the other computes. The planner
+it. So each nano-batch's communication is in flight while the other computes; with the
+resend backward too (the LSE returns beside o, and the backward resends q/k/v, o and LSE). The planner
 splits whole documents, equal tokens per rank where the documents allow, and each
 nano-batch is planned from its own pieces. (Gradients: tests/test_checkpointed_strategies.py;
 training parity: tests/test_checkpointed_training_parity.py.)
@@ -28,9 +29,10 @@ from tests.distributed_utils import run_distributed
 DOCS = [9, 14, 5, 20, 7, 11, 30]  # 96 tokens, 48 per rank
 
 
-def _timeline(rank, world):
+def _timeline(rank, world, backward):
     mcfg = to_typed(compose_config(["experiment=tiny", "model.layers=S"])).model
-    pcfg = ParallelConfig(cp=world, cp_algo="cad", cad=CADConfig(overlap="nanobatch", cost_table="none"))
+    pcfg = ParallelConfig(cp=world, cp_algo="cad", cad=CADConfig(overlap="nanobatch", cost_table="none",
+                                                                 backward=backward))
     plan = ParallelPlan(pcfg, ModelShape(mcfg.heads, mcfg.kv_heads, "S"), world)
     plan.setup()
     model = build_model(mcfg, 64, plan.core_attention, plan.linear_attention, seed=0).double()
@@ -49,16 +51,23 @@ def _timeline(rank, world):
     waits = [i for i, e in enumerate(fwd) if e == "wait"]
     proj = [i for i, e in enumerate(fwd) if e == "project"]
     mlp = [i for i, e in enumerate(fwd) if e == "mlp"]
-    # posts: dispatch 0, dispatch 1, return 0, return 1; waited in the same order
-    assert len(a2a) == 4 and len(waits) == 4 and len(proj) == 2 and len(mlp) == 2, fwd
+    # posts: dispatch 0, dispatch 1, return 0, return 1 (with resend each return is o and the
+    # LSE); waited in the same order
+    per_return = 2 if backward == "resend" else 1
+    n = 2 + 2 * per_return
+    assert len(a2a) == n and len(waits) == n and len(proj) == 2 and len(mlp) == 2, fwd
     assert a2a[0] < proj[1] < waits[0], f"dispatch 0 is not in flight during projections 1: {fwd}"
-    assert a2a[3] < mlp[0] < waits[3], f"return 1 is not in flight during MLP 0: {fwd}"
-    assert waits[3] < mlp[1], fwd
+    assert a2a[-1] < mlp[0] < waits[-1], f"return 1 is not in flight during MLP 0: {fwd}"
+    assert waits[-1] < mlp[1], fwd
+    # backward, per nano-batch: dO out and [dq|dk|dv] back; resend also sends q/k/v, o and LSE
+    # again (the servers kept nothing)
+    total = events.count("all_to_all_single")
+    assert total - n == (8 if backward == "resend" else 4), (backward, total)
 
 
-@pytest.mark.parametrize("world_size", [2])
-def test_each_nano_batch_communicates_while_the_other_computes(world_size):
-    run_distributed(_timeline, world_size)
+@pytest.mark.parametrize("backward", ["stateful", "resend"])
+def test_each_nano_batch_communicates_while_the_other_computes(backward):
+    run_distributed(_timeline, 2, backward)
 
 
 def test_documents_split_whole_and_balanced_per_rank():

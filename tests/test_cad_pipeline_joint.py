@@ -24,7 +24,7 @@ from tests.train_utils import (assert_grad_norm, assert_parity, losses, mixed_co
 
 STEPS = ["train.steps=3", "train.dtype=fp32"]
 JOINT = ["parallel.cp_algo=cad", "parallel.cad.pipeline=joint", "parallel.cad.backward=resend",
-         "parallel.cad.block=8", "parallel.cad.tolerance=0.0"]
+         "parallel.cad.overlap=halves", "parallel.cad.block=8", "parallel.cad.tolerance=0.0"]
 RUNS = {
     2: [("pp=2", [], ["parallel.pp=2"])],
     3: [("pp=3", ["model.layers=SSSSSS", "train.global_batch_size=5"], ["parallel.pp=3"])],
@@ -65,9 +65,9 @@ def test_joint_cad_group_spans_the_stages():
 
 
 def _plan(world, layers="SSSS", **over):
-    cad = {k: over.pop(k) for k in list(over) if k in ("backward", "pipeline")}
+    cad = {k: over.pop(k) for k in list(over) if k in ("backward", "pipeline", "overlap")}
     cfg = ParallelConfig(cp_algo="cad", **over)
-    for k, v in {"pipeline": "joint", "backward": "resend", **cad}.items():
+    for k, v in {"pipeline": "joint", "backward": "resend", "overlap": "halves", **cad}.items():
         setattr(cfg.cad, k, v)
     return ParallelPlan(cfg, ModelShape(heads=4, kv_heads=2, layers=layers), world)
 
@@ -75,6 +75,7 @@ def _plan(world, layers="SSSS", **over):
 @pytest.mark.parametrize("world, layers, over, words", [
     (1, "SSSS", {}, ["parallel.cad.pipeline=joint", "parallel.pp > 1"]),
     (2, "SSSS", dict(pp=2, backward="stateful"), ["parallel.cad.backward=resend"]),
+    (2, "SSSS", dict(pp=2, overlap="nanobatch"), ["parallel.cad.overlap=halves"]),
     (2, "SSSS", dict(pp=2, pp_schedule="interleaved", pp_virtual=2), ["parallel.pp_schedule=1f1b"]),
     (2, "SSSL", dict(pp=2, pp_split=[2, 2]), ["same number of softmax layers", "parallel.pp_split"]),
 ])

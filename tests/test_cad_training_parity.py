@@ -16,7 +16,8 @@ from tests.distributed_utils import run_distributed
 from tests.train_utils import assert_parity, losses, mixed_corpus, tiny_cfg
 
 STEPS = ["train.steps=10", "train.dtype=fp32"]
-CAD = ["parallel.cp_algo=cad", "parallel.cad.block=8", "parallel.cad.tolerance=0.0"]
+CAD = ["parallel.cp_algo=cad", "parallel.cad.block=8", "parallel.cad.tolerance=0.0",
+       "parallel.cad.overlap=halves"]  # the plan spy below sees whole-micro-batch plans
 LAYOUTS = [(1, 4), (2, 2), (4, 1)]
 MEMORY_CAP = 60000  # bytes per server: below the uncapped peaks at these sizes, above in-place
 

@@ -30,19 +30,21 @@ VOCAB = 64
 CAD_MOVING = {"tolerance": 0.0, "block": 2, "cost_table": "none"}  # tiny sizes: force moves
 # (label, layers, dp, cp, cp_algo, ulysses, CAD options)
 CASES = {
-    3: [("cad", "SSS", 1, 3, "cad", 1, {**CAD_MOVING}),
-        ("cad servers=1", "SSS", 1, 3, "cad", 1, {**CAD_MOVING, "servers": 1}),
-        ("cad ping_pong=off", "SSS", 3, 1, "cad", 1, {**CAD_MOVING, "ping_pong": False}),
+    3: [("cad halves", "SSS", 1, 3, "cad", 1, {**CAD_MOVING, "overlap": "halves"}),
+        ("cad servers=1", "SSS", 1, 3, "cad", 1, {**CAD_MOVING, "servers": 1, "overlap": "halves"}),
+        ("cad ping_pong=off", "SSS", 3, 1, "cad", 1, {**CAD_MOVING, "ping_pong": False, "overlap": "halves"}),
         ("cad defaults", "SSS", 1, 3, "cad", 1, {}),
-        ("cad backward=resend", "SSS", 1, 3, "cad", 1, {**CAD_MOVING, "backward": "resend"}),
+        ("cad nanobatch backward=resend", "SSS", 1, 3, "cad", 1, {**CAD_MOVING, "backward": "resend"}),
+        ("cad halves backward=resend", "SSS", 1, 3, "cad", 1,
+         {**CAD_MOVING, "backward": "resend", "overlap": "halves"}),
         ("cad overlap=nanobatch", "SSS", 1, 3, "cad", 1, {**CAD_MOVING, "overlap": "nanobatch"}),
         ("lasp2 + cad nanobatch (hybrid)", "LSL", 1, 3, "cad", 1,
          {**CAD_MOVING, "overlap": "nanobatch"}),
         ("ring", "SSS", 1, 3, "ring", 1, {}),
         ("allgather", "SSS", 1, 3, "allgather", 1, {}),
         ("lasp2 + allgather", "LLL", 1, 3, "allgather", 1, {}),
-        ("lasp2 + cad (hybrid)", "LSL", 1, 3, "cad", 1, {**CAD_MOVING})],
-    4: [("cad dp=2 cp=2", "SSS", 2, 2, "cad", 1, {**CAD_MOVING}),
+        ("lasp2 + cad halves (hybrid)", "LSL", 1, 3, "cad", 1, {**CAD_MOVING, "overlap": "halves"})],
+    4: [("cad halves dp=2 cp=2", "SSS", 2, 2, "cad", 1, {**CAD_MOVING, "overlap": "halves"}),
         ("ulysses (kv heads < degree)", "SSS", 1, 4, "ulysses", 1, {}),
         ("usp cp=4 ulysses=2", "SSS", 1, 4, "usp", 2, {}),
         ("cad nanobatch dp=2 cp=2", "SSS", 2, 2, "cad", 1, {**CAD_MOVING, "overlap": "nanobatch"})],
@@ -97,7 +99,7 @@ def _worker(rank, world, cases):
         ids, labels = shard.local(tokens), shard.local(next_token_labels(tokens, doc_lens))
         counters = [core, linear]
         plain, _, _ = _grads(model, "none", ids, labels, shard, counters)
-        if options.get("overlap") == "nanobatch":  # the phased path really ran, no plain call
+        if algo == "cad" and options.get("overlap", "nanobatch") == "nanobatch":  # phased (the default)
             assert core.nano_calls == 2 * layers.count("S"), (label, core.nano_calls)
             # ... and gives the gradients of the one-call path (fp64)
             core.inner.options.overlap = "halves"

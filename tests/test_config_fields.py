@@ -199,9 +199,13 @@ def test_deprecated_key_warns_once_and_trains(tmp_path):
 
 
 def test_cad_nanobatch_combinations():
-    cad = ["parallel.cp_algo=cad", "parallel.cad.overlap=nanobatch"]
-    msg = plan_error(*cad, "parallel.tp=2", "parallel.cp=2", world=4)
-    assert "parallel.cad.overlap=nanobatch" in msg and "parallel.tp" in msg and "halves" in msg
-    msg = plan_error(*cad, "parallel.cp=2", "parallel.cad.backward=resend", world=2)
-    assert "parallel.cad.overlap=nanobatch" in msg and "parallel.cad.backward" in msg
+    """Nano-batches are CAD's default overlap; they run with TP and the resend backward, not
+    with the joint pipeline (whose error names the fix)."""
+    cad = ["parallel.cp_algo=cad"]
     assert plan_for(*cad, "parallel.cp=2", world=2).cfg.cad.overlap == "nanobatch"
+    assert plan_for(*cad, "parallel.tp=2", "parallel.cp=2", world=4).cfg.cad.overlap == "nanobatch"
+    assert plan_for(*cad, "parallel.cp=2", "parallel.cad.backward=resend", world=2).cfg.cad.backward == "resend"
+    joint = [*cad, "parallel.pp=2", "parallel.cad.pipeline=joint", "parallel.cad.backward=resend"]
+    msg = plan_error(*joint, world=2)
+    assert "parallel.cad.pipeline=joint" in msg and "parallel.cad.overlap=halves" in msg
+    assert plan_for(*joint, "parallel.cad.overlap=halves", world=2).joint_pipeline

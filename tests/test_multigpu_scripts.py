@@ -79,6 +79,9 @@ def test_overlap_script_dry_run(tmp_path, nproc):
     if nproc == 2:
         cad = next(r for r in d["attention"] if r["algo"] == "cad")
         assert cad["t_cut_s"] > 0 and 0 <= cad["hidden_fraction"] <= 1
+        modes = d["cad_in_training"]
+        assert [r["overlap"] for r in modes] == ["none", "halves", "nanobatch"], modes
+        assert all(r["t_full_s"] > 0 and r["t_cut_s"] > 0 for r in modes), modes
         assert d["pipeline"]["bubble_theory"] > 0
     assert dispatch.CUT_PAYLOAD is False
 

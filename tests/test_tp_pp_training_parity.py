@@ -8,10 +8,11 @@ spawn per world size runs every layout:
   (token decay) at tp=2; pp=2 (1F1B) with 4 and with 5 micro-batches; interleaved pp=2 x 2
   virtual stages; pp=2 with tied embeddings and full, and selective, recompute;
 - 4 ranks: tp=4 (4 query and 4 KV heads: one of each per rank); tp=2 x cp=2 with ring,
-  Ulysses and CAD (each TP rank's heads in its own CP / CAD group); dp=2 x tp=2; LLLS at
-  tp=2 x cp=2 (all-gather + LASP-2); pp=4; tp=2 x pp=2 (selective recompute, tied); pp=2 x dp=2 with CAD
-  (resend backward; the CAD group is the DP ranks of a stage); pp=2 x cp=2 with CAD
-  nano-batches; pp=2 x cp=2 with ring and with CAD;
+  Ulysses and CAD (each TP rank's heads in its own CP / CAD group; CAD's default nano-batches,
+  whose stream moves to each nano-batch's own sequence-parallel rows, with full recompute and
+  tied embeddings); dp=2 x tp=2; LLLS at tp=2 x cp=2 (all-gather + LASP-2); pp=4; tp=2 x pp=2
+  (selective recompute, tied); pp=2 x dp=2 with CAD (nano-batches, resend backward; the CAD
+  group is the DP ranks of a stage); pp=2 x cp=2 with CAD halves; pp=2 x cp=2 with ring and with CAD;
   ZeRO-1 (optimizer state partitioned over the DP group) with dp=2 x tp=2 and dp=2 x pp=2;
 - 8 ranks: dp=2 x tp=2 x pp=2.
 
@@ -48,7 +49,8 @@ RUNS = {
     4: [("tp=4", "kv4", ["parallel.tp=4"]),
         ("tp=2 cp=2 ring", "base", ["parallel.tp=2", *CP2, "parallel.cp_algo=ring"]),
         ("tp=2 cp=2 ulysses", "base", ["parallel.tp=2", *CP2, "parallel.cp_algo=ulysses"]),
-        ("tp=2 cp=2 cad", "base", ["parallel.tp=2", *CP2, "parallel.cp_algo=cad"]),
+        ("tp=2 cp=2 cad (nano-batches), checkpointing, tied", "ckpt_tied",
+         ["parallel.tp=2", *CP2, "parallel.cp_algo=cad"]),
         ("dp=2 tp=2", "base", ["parallel.dp=2", "parallel.tp=2"]),
         ("dp=2 tp=2 ZeRO-1", "base", ["parallel.dp=2", "parallel.tp=2", "parallel.zero_stage=1"]),
         ("LLLS tp=2 cp=2 allgather", "hybrid", ["parallel.tp=2", *CP2, "parallel.cp_algo=allgather"]),
@@ -56,9 +58,9 @@ RUNS = {
         ("tp=2 pp=2 selective recompute, tied", "sel_tied", ["parallel.tp=2", "parallel.pp=2"]),
         ("pp=2 cp=2 ring", "base", ["parallel.pp=2", *CP2, "parallel.cp_algo=ring"]),
         ("pp=2 cp=2 cad", "base", ["parallel.pp=2", *CP2, "parallel.cp_algo=cad"]),
-        ("pp=2 cp=2 cad nanobatch", "base", ["parallel.pp=2", *CP2, "parallel.cp_algo=cad",
-                                             "parallel.cad.overlap=nanobatch"]),
-        ("pp=2 dp=2 cad resend", "base", ["parallel.pp=2", "parallel.dp=2", "parallel.cp_algo=cad",
+        ("pp=2 cp=2 cad halves", "base", ["parallel.pp=2", *CP2, "parallel.cp_algo=cad",
+                                          "parallel.cad.overlap=halves"]),
+        ("pp=2 dp=2 cad resend (nano-batches)", "base", ["parallel.pp=2", "parallel.dp=2", "parallel.cp_algo=cad",
                                           "parallel.cad.backward=resend"]),
         ("dp=2 pp=2 ZeRO-1", "base", ["parallel.dp=2", "parallel.pp=2", "parallel.zero_stage=1"])],
     8: [("dp=2 tp=2 pp=2", "base", ["parallel.dp=2", "parallel.tp=2", "parallel.pp=2"])],

@@ -34,6 +34,9 @@ class Block(nn.Module):
         self.mixer = mixer
         self.mlp_norm = RMSNorm(dim, eps)
         self.mlp = SwiGLU(dim, ffn)
+        # set by tensor parallelism (tp > 1, parallel/tensor/reshard.py: NanoSequenceParallel):
+        # the residual stream is row-sharded; nano-batches move and gather their own rows
+        self.nano_sp = None
 
     def forward(self, x, shard, rope, recompute_mlp: bool = False):
         rows = self._nano_rows(x, shard)
@@ -58,19 +61,27 @@ class Block(nn.Module):
     def _forward_nanobatches(self, x, shard, rope, recompute_mlp, rows):
         """Nano-batch ping-pong: each nano-batch's attention communication runs while the other
         computes (parallel/cad/nanobatch.py has the schedule); rows are token-wise, so the
-        norms, projections and MLP of a nano-batch are those of its rows."""
-        mix, core = self.mixer, self.mixer.core_attention
-        xs = [x.index_select(0, r) for r in rows]
+        norms, projections and MLP of a nano-batch are those of its rows. Under sequence
+        parallelism the stream is first moved to each nano-batch sharded on its own
+        (parallel/tensor/reshard.py), so a nano-batch's gathers and scatters need no other rows."""
+        mix, core, sp = self.mixer, self.mixer.core_attention, self.nano_sp
+        xs = [x.index_select(0, r) for r in rows] if sp is None else sp.split(x, shard, rows)
         handles = []
         for n, (xn, r) in enumerate(zip(xs, rows)):
-            q, k, v = mix.project(self.mixer_norm(xn), tuple(t.index_select(0, r) for t in rope))
+            h = self.mixer_norm(xn)
+            if sp is not None:
+                h = sp.gather(h, r.numel())
+            q, k, v = mix.project(h, tuple(t.index_select(0, r) for t in rope))
             handles.append(core.start(q, k, v, shard, n, mix.scale))
         handles = [core.serve(h) for h in handles]
         outs = []
         for xn, h in zip(xs, handles):
-            xn = xn + mix.output(core.collect(h))
+            a = mix.output(core.collect(h))
+            xn = xn + (a if sp is None else sp.scatter(a))
             mlp = checkpoint(self._mlp_branch, xn, use_reentrant=False) if recompute_mlp else self._mlp_branch(xn)
             outs.append(xn + mlp)
+        if sp is not None:
+            return sp.merge(outs, shard)
         order = torch.cat(rows)
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)

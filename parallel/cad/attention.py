@@ -40,18 +40,18 @@ from parallel.cad.nanobatch import (NanoCall, NanoCollect, NanoServe, NanoStart,
                                     split_documents, sub_pieces)
 from parallel.cad.pingpong import CADFunction, StepRuntime
 from parallel.cad.planner import fitting_block, plan, server_memory, split_halves
-from parallel.cad.tasks import CostModel
+from parallel.cad.tasks import CostModel, table_for_device
 from parallel.config import CADConfig
 from parallel.context.strategy import Strategy
 
-COST_TABLES = ("auto", "h100", "none")
+COST_TABLES = ("auto", "h100", "h200", "none")
 
 
 def check_cad_config(c: CADConfig, group_size: int) -> None:
     """Errors name the field (parallel.cad.*) and the fix; the plan calls this at config time."""
     if isinstance(c.tolerance, bool) or not isinstance(c.tolerance, (int, float)) or c.tolerance < 0:
         raise ValueError(f"parallel.cad.tolerance={c.tolerance!r} must be a number >= 0 "
-                         "(0.1: servers within 10% of the mean)")
+                         "(0.02: servers within 2% of the mean)")
     if isinstance(c.block, bool) or not isinstance(c.block, int) or c.block < 1:
         raise ValueError(f"parallel.cad.block={c.block!r} must be a positive integer (e.g. 128)")
     s = c.servers
@@ -228,18 +228,19 @@ class CADAttention(Strategy):
         key = (q.shape[1], k.shape[1], q.shape[2], str(q.device))
         if key not in st["layouts"]:
             st["layouts"][key] = self._plan_nano(st, q, k)
-        call = NanoCall(st["layouts"][key][nano], self.group, softmax_scale)
-        return (NanoStart.apply(q, k, v, call), call, q)
+        call = NanoCall(st["layouts"][key][nano], self.group, softmax_scale,
+                        resend=self.options.backward == "resend")
+        return (NanoStart.apply(q, k, v, call), call, (q, k, v))
 
     def serve(self, handle):
         """Wait for the dispatch, run the kernel, post the o return."""
-        edge, call, q = handle
-        return (NanoServe.apply(edge, call), call, q)
+        edge, call, qkv = handle
+        return (NanoServe.apply(edge, call), call, qkv)
 
     def collect(self, handle):
         """Wait for o: [T_nano, Hq, D]."""
-        edge, call, q = handle
-        return NanoCollect.apply(edge, q, call)
+        edge, call, qkv = handle
+        return NanoCollect.apply(edge, *qkv, call)
 
     def _nano(self, shard, device) -> dict:
         def build():  # collective (metadata all-gather): every rank reaches it at the same layer
@@ -291,16 +292,18 @@ class CADAttention(Strategy):
 
     def _plan_pieces(self, pieces, hq: int, hkv: int, d: int, elem: int, cuda: bool, halves: bool = True):
         """(cost model, Transfers per half, totals) of one plan over the group's pieces (one
-        part unless halves and overlap=halves with ping_pong)."""
+        part unless halves and ping_pong, overlap not none)."""
         o = self.options
-        table = {"auto": "h100" if cuda else None, "none": None}.get(o.cost_table, o.cost_table)
+        auto = table_for_device(torch.cuda.get_device_name()) if cuda else None
+        table = {"auto": auto, "none": None}.get(o.cost_table, o.cost_table)
         cm = CostModel(hq, hkv, d, elem, table=table)
         t0 = time.perf_counter()
         tasks = pieces.tasks()
         block = fitting_block(tasks, self.num_servers, o.block, float(o.tolerance))
         p = plan(tasks, self.size, cm, tolerance=float(o.tolerance), block=block,
                  servers=self.servers, memory_cap=o.memory_cap)
-        if halves and o.ping_pong and o.overlap == "halves":
+        # nanobatch's plain calls (a micro-batch that is one document) still split in halves
+        if halves and o.ping_pong and o.overlap != "none":
             half = split_halves(p, cm, block)
             groups = [np.nonzero(half == h)[0] for h in (0, 1)]
         else:

@@ -15,13 +15,19 @@ return, collect waits for o. The backward runs the phases' mirrors in autograd's
 backward and posts [dq|dk|dv], start waits for it. Phases hand each other a zero-size
 tensor (the autograd edge) and a `NanoCall` (the exchanges in flight); what the backward
 needs goes through `ctx.save_for_backward` (activation checkpointing frees and recomputes it).
+
+With `backward=resend` the server keeps nothing: serve returns the LSE beside o, collect keeps
+the origin's q, k, v, o and LSE, and collect's backward resends q/k/v (the forward's dispatch
+rows) with [dO | o] and the LSE; serve's backward rebuilds its rows from them.
 """
 from __future__ import annotations
 
 import numpy as np
 import torch
 
+from kernels.precision import accumulator_dtype
 from parallel.cad.dispatch import Exchange, Layout
+from parallel.cad.pingpong import lse_rows
 from parallel.cad.server import serve_backward, serve_forward
 from parallel.cad.tasks import PieceTable, expand_ranges
 
@@ -71,11 +77,20 @@ def nano_rows(pieces: PieceTable, keep: np.ndarray, me: int) -> np.ndarray:
 class NanoCall:
     """One nano-batch's attention in one layer: its layout and the exchanges in flight."""
 
-    def __init__(self, layout: Layout, group, scale: float):
-        self.L, self.group, self.scale = layout, group, scale
+    def __init__(self, layout: Layout, group, scale: float, resend: bool = False):
+        self.L, self.group, self.scale, self.resend = layout, group, scale, resend
         self.shape = None
-        self.inflight = None   # forward: dispatch, then return; backward: dO, then [dq|dk|dv]
-        self.d_pool = None
+        # forward: dispatch, then the return (o; o and LSE with resend); backward: dO (with
+        # resend: q/k/v, [dO | o], LSE), then [dq|dk|dv]
+        self.inflight = None
+        self.d_pool_template = None
+
+
+def _dispatch(call: NanoCall, q, k, v) -> Exchange:
+    d = q.shape[-1]
+    pool = torch.cat([q.reshape(-1, d), k.reshape(-1, d), v.reshape(-1, d)])
+    return Exchange(pool.index_select(0, call.L.send_rows), call.L.send_splits, call.L.recv_splits,
+                    call.group, async_op=True)
 
 
 class NanoStart(torch.autograd.Function):
@@ -83,10 +98,7 @@ class NanoStart(torch.autograd.Function):
     def forward(ctx, q, k, v, call: NanoCall):
         T, hq, d = q.shape
         call.shape = (T, hq, k.shape[1], d)
-        pool = torch.cat([q.reshape(-1, d), k.reshape(-1, d), v.reshape(-1, d)])
-        L = call.L
-        call.inflight = Exchange(pool.index_select(0, L.send_rows), L.send_splits, L.recv_splits,
-                                 call.group, async_op=True)
+        call.inflight = _dispatch(call, q, k, v)
         ctx.call = call
         return q.new_empty(0)
 
@@ -105,11 +117,16 @@ class NanoServe(torch.autograd.Function):
     @staticmethod
     def forward(ctx, handle, call: NanoCall):
         T, hq, hkv, d = call.shape
+        L = call.L
         recv = call.inflight.wait()
-        o_rows, (o_srv, lse_srv) = serve_forward(call.L, recv, hq, hkv, d, call.scale)
-        call.inflight = Exchange(o_rows, call.L.q_recv_splits, call.L.q_send_splits, call.group,
-                                 async_op=True)
-        ctx.save_for_backward(recv, o_srv, lse_srv)
+        o_rows, (o_srv, lse_srv) = serve_forward(L, recv, hq, hkv, d, call.scale)
+        call.inflight = [Exchange(o_rows, L.q_recv_splits, L.q_send_splits, call.group, async_op=True)]
+        if call.resend:
+            lse = lse_rows(L, lse_srv, accumulator_dtype(recv.dtype))
+            call.inflight.append(Exchange(lse, L.q_recv_splits, L.q_send_splits, call.group,
+                                          async_op=True))
+        else:
+            ctx.save_for_backward(recv, o_srv, lse_srv)
         ctx.call = call
         return handle.new_empty(0)
 
@@ -117,8 +134,14 @@ class NanoServe(torch.autograd.Function):
     def backward(ctx, _):
         call, L = ctx.call, ctx.call.L
         T, hq, hkv, d = call.shape
-        recv, o_srv, lse_srv = ctx.saved_tensors
-        d_o_recv = call.inflight.wait()
+        if call.resend:
+            recv, do_o, lse = [ex.wait() for ex in call.inflight]
+            d_o_recv = do_o[:, :d]
+            o_srv = do_o[:, d:].reshape(-1, hq, d).index_select(0, L.srv_q_slots)
+            lse_srv = lse.view(-1, hq).index_select(0, L.srv_q_slots).t().contiguous()
+        else:
+            recv, o_srv, lse_srv = ctx.saved_tensors
+            d_o_recv = call.inflight.wait()
         d_recv = serve_backward(L, recv, o_srv, lse_srv, d_o_recv, hq, hkv, d, call.scale)
         call.d_pool_template = d_recv
         call.inflight = Exchange(d_recv, L.recv_splits, L.send_splits, call.group, async_op=True)
@@ -127,11 +150,17 @@ class NanoServe(torch.autograd.Function):
 
 class NanoCollect(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, handle, template, call: NanoCall):
+    def forward(ctx, handle, q, k, v, call: NanoCall):
         T, hq, hkv, d = call.shape
-        o = template.new_zeros((T, hq, d))
-        o.index_copy_(0, call.L.q_tok, call.inflight.wait().view(-1, hq, d))
+        L = call.L
+        back = [ex.wait() for ex in call.inflight]
         call.inflight = None
+        o = q.new_zeros((T, hq, d))
+        o.index_copy_(0, L.q_tok, back[0].view(-1, hq, d))
+        if call.resend:  # the origin keeps what the server needs again; o as a copy (the caller owns o)
+            lse = q.new_zeros((T, hq), dtype=accumulator_dtype(q.dtype))
+            lse.index_copy_(0, L.q_tok, back[1].view(-1, hq))
+            ctx.save_for_backward(q, k, v, o.clone(), lse)
         ctx.call = call
         return o
 
@@ -140,5 +169,13 @@ class NanoCollect(torch.autograd.Function):
         call, L = ctx.call, ctx.call.L
         d = call.shape[3]
         rows = d_o.contiguous().index_select(0, L.q_tok).reshape(-1, d)
-        call.inflight = Exchange(rows, L.q_send_splits, L.q_recv_splits, call.group, async_op=True)
-        return d_o.new_empty(0), None, None
+        if not call.resend:
+            call.inflight = Exchange(rows, L.q_send_splits, L.q_recv_splits, call.group, async_op=True)
+            return d_o.new_empty(0), None, None, None, None
+        q, k, v, o, lse = ctx.saved_tensors
+        do_o = torch.cat([rows, o.index_select(0, L.q_tok).reshape(-1, d)], dim=1)
+        call.inflight = [_dispatch(call, q, k, v),
+                         Exchange(do_o, L.q_send_splits, L.q_recv_splits, call.group, async_op=True),
+                         Exchange(lse.index_select(0, L.q_tok).reshape(-1), L.q_send_splits,
+                                  L.q_recv_splits, call.group, async_op=True)]
+        return d_o.new_empty(0), None, None, None, None

@@ -55,7 +55,7 @@ def _pool(q, k, v):
     return torch.cat([q.reshape(-1, d), k.reshape(-1, d), v.reshape(-1, d)])
 
 
-def _lse_rows(L: Layout, lse_srv: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def lse_rows(L: Layout, lse_srv: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The server's LSE [hq, kernel queries] as rows in arrival order, one per (token, head),
     the order of the o rows it returns. One dtype on every rank (the all-to-all's buffers
     must agree, also on ranks that served nothing)."""
@@ -92,7 +92,7 @@ class CADFunction(torch.autograd.Function):
             o_rows, (o_srv, lse_srv) = serve_forward(L, buf, hq, hkv, d, rt.scale)
             back = [Exchange(o_rows, L.q_recv_splits, L.q_send_splits, rt.group, async_op=True)]
             if rt.resend:
-                back.append(Exchange(_lse_rows(L, lse_srv, lse_dtype), L.q_recv_splits, L.q_send_splits,
+                back.append(Exchange(lse_rows(L, lse_srv, lse_dtype), L.q_recv_splits, L.q_send_splits,
                                      rt.group, async_op=True))
             else:
                 saved += [recv, o_srv, lse_srv]
@@ -147,11 +147,11 @@ class CADFunction(torch.autograd.Function):
             if i + 1 < len(order):
                 inflight = dispatch(order[i + 1])
             if rt.resend:
-                do_o, lse_rows = got
+                do_o, lse_got = got
                 recvs = [ex.wait() for ex in qkv[:h + 1]]
                 d_o_recv = do_o[:, :d]
                 o_srv = do_o[:, d:].reshape(-1, hq, d).index_select(0, L.srv_q_slots)
-                lse_srv = lse_rows.view(-1, hq).index_select(0, L.srv_q_slots).t().contiguous()
+                lse_srv = lse_got.view(-1, hq).index_select(0, L.srv_q_slots).t().contiguous()
             else:
                 d_o_recv = got[0]
                 recvs = [saved[3 * j] for j in range(h + 1)]

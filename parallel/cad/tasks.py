@@ -23,6 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 
 DEFAULT_TABLE = os.path.join(os.path.dirname(__file__), "cost_table_h100.json")
+TABLES = {"h100": DEFAULT_TABLE, "h200": os.path.join(os.path.dirname(__file__), "cost_table_h200.json")}
+
+
+def table_for_device(device_name: str) -> str:
+    """The committed table measured on this kind of GPU ("h200" when it exists), else "h100"."""
+    if "H200" in device_name.upper() and os.path.exists(TABLES["h200"]):
+        return "h200"
+    return "h100"
 # FA2-style backward does 5 matmuls to the forward's 2: about 2.5x the forward FLOPs.
 BACKWARD_FLOP_RATIO = 2.5
 
@@ -96,7 +104,7 @@ class CostModel:
     """Compute time (seconds, forward + backward) and traffic (bytes) of attention tasks.
 
     `table`: a dict as written by benchmarks/profile_attention_cost.py, a path to one, "h100"
-    for the committed H100 table (falls back to FLOPs if it is missing), or None for FLOPs.
+    or "h200" for a committed table (falls back to FLOPs if it is missing), or None for FLOPs.
     The table's times are scaled by (heads x head_dim) relative to the profiled shape, since
     attention work is linear in both.
     """
@@ -113,7 +121,7 @@ class CostModel:
         self.hq, self.hkv, self.d, self.eb = num_heads_q, num_heads_kv, head_dim, element_bytes
         self.nominal_flops = nominal_tflops * 1e12
         if isinstance(table, str):
-            table = load_cost_table(DEFAULT_TABLE if table == "h100" else table)
+            table = load_cost_table(TABLES.get(table, table))
         self.table = table
         if table is not None:
             self._prepare_table(table)
