@@ -65,6 +65,8 @@ def main() -> None:
     hd = mcfg.hidden // mcfg.heads
     peak = device_peak_tflops(torch.device("cuda"))
     rows = []
+    command = ("python benchmarks/cad_overlap_one_gpu.py --seq-lens " + " ".join(map(str, args.seq_lens))
+               + " --policies " + " ".join(args.policies) + f" --steps {args.steps}")
     for L in args.seq_lens:
         docs = sample_doc_lengths("pretrain", L, np.random.default_rng(0), max_len=L)
         for policy in args.policies:
@@ -75,20 +77,29 @@ def main() -> None:
                                      peak, args)
                 rows.append(row)
                 del step
-    ok = {(r["seq_len"], r["recompute"], r["attention"]): r for r in rows if "error" not in r}
-    overhead = [{"seq_len": L, "recompute": p, "attention": m,
-                 "step_over_local": ok[(L, p, m)]["step_s"] / ok[(L, p, "local")]["step_s"]}
-                for (L, p, m) in ok if m != "local" and (L, p, "local") in ok]
-    out = {"benchmark": "cad_overlap_one_gpu", "model": args.model,
-           "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-           "command": "python benchmarks/cad_overlap_one_gpu.py " + " ".join(
-               f"--seq-lens {' '.join(map(str, args.seq_lens))} --policies {' '.join(args.policies)}".split()),
-           "rows": rows, "overhead": overhead}
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    for o in overhead:
+                write(args.out, rows, args.model, command)  # a run cut short keeps what it measured
+    for o in overhead(rows):
         print(json.dumps(o))
+
+
+def overhead(rows: list[dict]) -> list[dict]:
+    """Each CAD mode's step time over local attention's, same length and recompute policy."""
+    ok = {(r["seq_len"], r["recompute"], r["attention"]): r for r in rows if "error" not in r}
+    return [{"seq_len": L, "recompute": p, "attention": m,
+             "step_over_local": ok[(L, p, m)]["step_s"] / ok[(L, p, "local")]["step_s"]}
+            for (L, p, m) in ok if m != "local" and (L, p, "local") in ok]
+
+
+def write(path: str, rows: list[dict], model: str, command: str, note: str | None = None) -> None:
+    out = {"benchmark": "cad_overlap_one_gpu", "model": model,
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+           "torch": torch.__version__,
+           "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "command": command, "rows": rows, "overhead": overhead(rows)}
+    if note:
+        out["note"] = note
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

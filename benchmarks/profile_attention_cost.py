@@ -33,6 +33,8 @@ Q_LENS = [64, 128, 256, 512, 1024, 2048, 4096, 8192]
 KV_LENS = [128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768, 65536, 131072, 262144, 524288]
 TARGET_PAIRS = 3e8          # work per timed call (about 5-10 ms of forward on an H100)
 MAX_KV_TOKENS = 1 << 20     # memory budget per call: 1M key tokens (k, v and their grads ~8 GB)
+MAX_Q_TOKENS = 1 << 18      # and 256K query tokens: the backward's fp32 dq accumulator is 4 GiB
+                            # (1M query tokens ran an 80 GB H100 out of memory)
 
 
 def causal_pairs(q: int, kv: int) -> int:
@@ -62,7 +64,19 @@ def make_kernel(name: str):
 
 def time_point(run, q_len: int, kv_len: int, reps: int) -> dict:
     pairs = causal_pairs(q_len, kv_len)
-    b = int(max(1, min(TARGET_PAIRS // pairs, MAX_KV_TOKENS // kv_len)))
+    b = int(max(1, min(TARGET_PAIRS // pairs, MAX_KV_TOKENS // kv_len, MAX_Q_TOKENS // q_len)))
+    while True:  # fewer copies where the card is smaller than the budget assumes
+        try:
+            return _time_copies(run, q_len, kv_len, reps, b)
+        except torch.OutOfMemoryError:
+            if b == 1:
+                raise
+        # outside the except block: the traceback (and the tensors it holds) is gone
+        torch.cuda.empty_cache()
+        b //= 2
+
+
+def _time_copies(run, q_len: int, kv_len: int, reps: int, b: int) -> dict:
     dev = torch.device("cuda")
     q = torch.randn(b * q_len, HQ, D, device=dev, dtype=torch.bfloat16, requires_grad=True)
     k = torch.randn(b * kv_len, HKV, D, device=dev, dtype=torch.bfloat16, requires_grad=True)

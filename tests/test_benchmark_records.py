@@ -46,3 +46,22 @@ def test_baseline_swap_puts_back_the_current_kernels():
     with Swap(None, old_fused):  # a baseline with only the backward file keeps the current forward
         assert current() == (before[0], old_fused)
     assert current() == before
+
+
+def test_cost_profiler_retries_with_fewer_copies_when_out_of_memory(monkeypatch):
+    """benchmarks/profile_attention_cost.py sizes a call for an H200; on a smaller card a grid
+    point must halve its copies and still be measured, not end the whole profile (it once ran
+    an H100 out of memory at its first points)."""
+    import benchmarks.profile_attention_cost as prof
+    tried = []
+
+    def fake(run, q_len, kv_len, reps, b):
+        tried.append(b)
+        if b > 5:
+            raise torch.OutOfMemoryError("simulated")
+        return {"fwd": 1.0, "fwd_bwd": 3.0, "copies": b}
+
+    monkeypatch.setattr(prof, "_time_copies", fake)
+    got = prof.time_point(None, 128, 128, 1)
+    assert tried[0] == prof.MAX_Q_TOKENS // 128  # the query-token cap bounds the first try
+    assert tried == [tried[0] >> i for i in range(len(tried))] and got["copies"] == tried[-1] <= 5

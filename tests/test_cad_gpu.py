@@ -72,9 +72,10 @@ def test_cad_under_activation_checkpointing_on_gpu():
         assert err <= 1e-5 * max(1.0, b.abs().max().item()), (name, err)
 
 
-@pytest.mark.parametrize("options", [dict(overlap="nanobatch"), dict(backward="resend"),
+@pytest.mark.parametrize("options", [dict(overlap="nanobatch"), dict(overlap="nanobatch", backward="resend"),
+                                     dict(overlap="halves", backward="resend"),
                                      dict(overlap="none", backward="resend")],
-                         ids=["nanobatch", "halves-resend", "none-resend"])
+                         ids=["nanobatch", "nanobatch-resend", "halves-resend", "none-resend"])
 @pytest.mark.parametrize("recompute", ["none", "full"])
 def test_cad_modes_match_local_attention_in_a_model_on_gpu(options, recompute):
     """Every CAD overlap / backward mode in a hybrid model (SLSS, the Triton kernels, bf16
