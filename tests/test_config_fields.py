@@ -64,6 +64,11 @@ def test_cad_memory_cap_and_cost_table(tmp_path):
         assert plan_for(*cad, f"parallel.cad.cost_table={ok}").cfg.cad.cost_table == ok
     msg = plan_error(*cad, "parallel.cad.cost_table=a100")
     assert "parallel.cad.cost_table='a100'" in msg and "profile_attention_cost" in msg
+    # a named table that is not committed is an error, not a silent fall back to FLOPs
+    from parallel.cad.tasks import TABLES
+    if not os.path.exists(TABLES["h200"]):
+        msg = plan_error(*cad, "parallel.cad.cost_table=h200")
+        assert "parallel.cad.cost_table=h200" in msg and "cost_table_h200.json" in msg and "auto" in msg
 
 
 def test_collective_timeout():

@@ -40,7 +40,7 @@ from parallel.cad.nanobatch import (NanoCall, NanoCollect, NanoServe, NanoStart,
                                     split_documents, sub_pieces)
 from parallel.cad.pingpong import CADFunction, StepRuntime
 from parallel.cad.planner import fitting_block, plan, server_memory, split_halves
-from parallel.cad.tasks import CostModel, table_for_device
+from parallel.cad.tasks import TABLES, CostModel, table_for_device
 from parallel.config import CADConfig
 from parallel.context.strategy import Strategy
 
@@ -78,6 +78,10 @@ def check_cad_config(c: CADConfig, group_size: int) -> None:
     if not isinstance(t, str) or (t not in COST_TABLES and not os.path.isfile(t)):
         raise ValueError(f"parallel.cad.cost_table={t!r} must be one of {COST_TABLES} or the path of a "
                          "JSON table written by benchmarks/profile_attention_cost.py")
+    if t in TABLES and not os.path.isfile(TABLES[t]):  # else the plan would silently use FLOPs
+        raise ValueError(f"parallel.cad.cost_table={t}: {os.path.relpath(TABLES[t])} is not committed "
+                         "yet; measure it with benchmarks/profile_attention_cost.py on that GPU, or "
+                         "use auto")
 
 
 # Plans kept per strategy: the current micro-batch and those before it that a schedule may
