@@ -20,36 +20,20 @@ from functools import partial
 import numpy as np
 import torch
 
-from benchmarks.e2e import _flops, _measure
+from benchmarks.e2e import _flops, _measure, _ours
 from distca.config import compose_config, to_typed
 from distca.data.distributions import sample_doc_lengths
 from distca.flops import device_peak_tflops
-from distca.model import build_model
 from parallel.cad.attention import CADAttention
 from parallel.config import CADConfig
-from parallel.context.local import LocalCoreAttention, LocalLinearAttention
-from parallel.context.shard import build_shard
 
 MODES = ("local", "none", "halves", "nanobatch")
 
 
 def _build(mcfg, seq_len, doc_lens, vocab, recompute, mode):
-    mcfg.recompute, mcfg.checkpoint_activations = recompute, None
-    core = LocalCoreAttention() if mode == "local" else CADAttention(
+    core = None if mode == "local" else CADAttention(
         options=CADConfig(overlap=mode, ping_pong=mode != "none"))
-    model = build_model(mcfg, vocab, core, LocalLinearAttention(), seed=0).cuda()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    shard = build_shard(doc_lens).to("cuda")
-    ids = torch.randint(0, vocab, (seq_len,), device="cuda")
-    labels = torch.roll(ids, -1)
-
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = model(ids, shard, labels) / seq_len
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-    return model, step, model.num_params()
+    return _ours(mcfg, seq_len, doc_lens, vocab, recompute, core)
 
 
 def main() -> None:

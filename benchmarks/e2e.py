@@ -61,9 +61,11 @@ def _time_steps(step_fn, warmup: int, steps: int) -> float:
     return float(np.median(times))
 
 
-def _ours(mcfg, seq_len, doc_lens, vocab, recompute):
+def _ours(mcfg, seq_len, doc_lens, vocab, recompute, core=None):
+    """distca's model and one training step (core: the core-attention strategy, local by default)."""
     mcfg.recompute, mcfg.checkpoint_activations = recompute, None
-    model = build_model(mcfg, vocab, LocalCoreAttention(), LocalLinearAttention(), seed=0).cuda()
+    core = LocalCoreAttention() if core is None else core
+    model = build_model(mcfg, vocab, core, LocalLinearAttention(), seed=0).cuda()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
     shard = build_shard(doc_lens).to("cuda")
     ids = torch.randint(0, vocab, (seq_len,), device="cuda")

@@ -141,6 +141,7 @@ class CADAttention(Strategy):
         self.last_metrics: dict = {}   # the newest micro-batch's plan
         self._steps: list[_Step] = []
         self._since_step: list[dict] = []  # plans made since the last step_metrics()
+        self._cost_models: dict = {}
 
     def step_metrics(self) -> dict:
         """CAD metrics of every micro-batch planned since the last call (one optimizer step),
@@ -294,13 +295,22 @@ class CADAttention(Strategy):
                                                q.element_size(), q.is_cuda)
         return _Step(shard, pieces, halves, step_metrics([totals]), totals)
 
+    def _cost_model(self, hq: int, hkv: int, d: int, elem: int, cuda: bool) -> CostModel:
+        """Built once per shape: the table is read from disk and prepared only then, not in
+        every micro-batch's plan."""
+        key = (hq, hkv, d, elem, cuda)
+        if key not in self._cost_models:
+            o = self.options
+            auto = table_for_device(torch.cuda.get_device_name()) if cuda else None
+            table = {"auto": auto, "none": None}.get(o.cost_table, o.cost_table)
+            self._cost_models[key] = CostModel(hq, hkv, d, elem, table=table)
+        return self._cost_models[key]
+
     def _plan_pieces(self, pieces, hq: int, hkv: int, d: int, elem: int, cuda: bool, halves: bool = True):
         """(cost model, Transfers per half, totals) of one plan over the group's pieces (one
         part unless halves and ping_pong, overlap not none)."""
         o = self.options
-        auto = table_for_device(torch.cuda.get_device_name()) if cuda else None
-        table = {"auto": auto, "none": None}.get(o.cost_table, o.cost_table)
-        cm = CostModel(hq, hkv, d, elem, table=table)
+        cm = self._cost_model(hq, hkv, d, elem, cuda)
         t0 = time.perf_counter()
         tasks = pieces.tasks()
         block = fitting_block(tasks, self.num_servers, o.block, float(o.tolerance))

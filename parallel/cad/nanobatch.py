@@ -27,7 +27,7 @@ import torch
 
 from kernels.precision import accumulator_dtype
 from parallel.cad.dispatch import Exchange, Layout
-from parallel.cad.pingpong import lse_rows
+from parallel.cad.pingpong import lse_rows, pool_rows
 from parallel.cad.server import serve_backward, serve_forward
 from parallel.cad.tasks import PieceTable, expand_ranges
 
@@ -87,9 +87,8 @@ class NanoCall:
 
 
 def _dispatch(call: NanoCall, q, k, v) -> Exchange:
-    d = q.shape[-1]
-    pool = torch.cat([q.reshape(-1, d), k.reshape(-1, d), v.reshape(-1, d)])
-    return Exchange(pool.index_select(0, call.L.send_rows), call.L.send_splits, call.L.recv_splits,
+    L = call.L
+    return Exchange(pool_rows(q, k, v).index_select(0, L.send_rows), L.send_splits, L.recv_splits,
                     call.group, async_op=True)
 
 

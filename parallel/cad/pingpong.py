@@ -50,7 +50,8 @@ class StepRuntime:
         self.backward_layouts, self.silent = backward_layouts, silent
 
 
-def _pool(q, k, v):
+def pool_rows(q, k, v):
+    """q, k, v as one [rows, head_dim] buffer, the rows every layout's send_rows index."""
     d = q.shape[-1]
     return torch.cat([q.reshape(-1, d), k.reshape(-1, d), v.reshape(-1, d)])
 
@@ -72,7 +73,7 @@ class CADFunction(torch.autograd.Function):
             ctx.save_for_backward(q, k, v, o, q.new_zeros((T, hq), dtype=accumulator_dtype(q.dtype)))
             ctx.rt, ctx.shape = rt, (T, hq, hkv, d)
             return o
-        pool = _pool(q, k, v)
+        pool = pool_rows(q, k, v)
         halves = rt.layouts
         lse_dtype = accumulator_dtype(q.dtype)
 
@@ -123,7 +124,7 @@ class CADFunction(torch.autograd.Function):
         order = list(range(len(halves)))[::-1]
         if rt.resend:
             q, k, v, o, lse = saved
-            pool = _pool(q, k, v)
+            pool = pool_rows(q, k, v)
             # every half's q/k/v up front: a later half's server also reads earlier halves' keys
             qkv = [Exchange(pool.index_select(0, L.send_rows), L.send_splits, L.recv_splits,
                             rt.group, async_op=True) for L in halves]

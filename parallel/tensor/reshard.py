@@ -99,7 +99,8 @@ class NanoSequenceParallel:
         self.group = group
         self.tp, self.rank = dist.get_world_size(group), dist.get_rank(group)
 
-    def _move(self, shard, rows, device):
+    def _move(self, shard, rows=None, device=None):
+        """The shard's move (built by `split`, once per micro-batch; `merge` finds it)."""
         return shard.memo(("nano_sequence_parallel", id(self.group)), lambda: nano_layout(
             [r.cpu().numpy() for r in rows], shard.num_tokens, self.tp, self.rank, device))
 
@@ -114,5 +115,5 @@ class NanoSequenceParallel:
         return scatter_sequence(a, self.group)
 
     def merge(self, outs, shard):
-        move, _ = shard.memo(("nano_sequence_parallel", id(self.group)), None)
+        move, _ = self._move(shard)
         return move_rows(torch.cat(outs), move.reversed(), self.group)
