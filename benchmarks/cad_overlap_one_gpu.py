@@ -23,7 +23,7 @@ import torch
 from benchmarks.e2e import _flops, _measure, _ours
 from distca.config import compose_config, to_typed
 from distca.data.distributions import sample_doc_lengths
-from distca.flops import device_peak_tflops
+from distca.observe.flops import device_peak_tflops
 from parallel.cad.attention import CADAttention
 from parallel.config import CADConfig
 

@@ -59,7 +59,7 @@ def _rank(rank: int, n: int, port: int, seqs: list[int], out_path: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=n)
     from parallel.config import ModelShape, ParallelConfig
-    from benchmarks.comm_counter import CommCounter
+    from parallel.comm_counter import CommCounter
     from parallel.plan import ParallelPlan
 
     rows = []

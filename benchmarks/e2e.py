@@ -40,7 +40,7 @@ import torch
 
 from distca.config import compose_config, to_typed
 from distca.data.distributions import sample_doc_lengths
-from distca.flops import attention_flops, dense_flops, device_peak_tflops
+from distca.observe.flops import attention_flops, dense_flops, device_peak_tflops
 from distca.model import build_model
 from parallel.context.local import LocalCoreAttention, LocalLinearAttention
 from parallel.context.shard import build_shard

@@ -358,7 +358,7 @@ def main() -> int:
             finally:
                 if world_env is not None:
                     os.environ["WORLD_SIZE"] = world_env
-    from distca.distributed import init_distributed
+    from distca.lifecycle.process_group import init_distributed
     device = init_distributed("cpu" if args.dry_run else "auto")
     attn, attn_skipped = attention_checks(n, device, args.attn_tokens, args.head_dim) if n > 1 else ([], [])
     train_rows, train_skipped = training_checks(args, n, refs, attn, attn_skipped) if run_training else ([], [])

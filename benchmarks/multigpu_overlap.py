@@ -34,7 +34,7 @@ the same model on one process (rank 0 before the process group exists, as in
 multigpu_correctness.py). measured = 1 - (t_one / N) / t_pp, with t the median step time
 after the first two steps: the share of the pipeline's rank-time not spent on the one-process
 work (it includes the p2p sends, which the theory does not). theory = the trainer's
-`pp_bubble` metric, i.e. `parallel/pipeline/schedule.py bubble_fraction` of the timeline it
+`pp_bubble` metric, i.e. `parallel/pipeline/timeline.py bubble_fraction` of the timeline it
 ran ((pp-1)/(M+pp-1) for 1F1B with M micro-batches).
 """
 from __future__ import annotations
@@ -246,7 +246,7 @@ def main() -> int:
             one = _median_step(train(_train_cfg(args, f"{args.workdir}/pp1")))
         finally:
             os.environ["WORLD_SIZE"] = str(n)
-    from distca.distributed import init_distributed
+    from distca.lifecycle.process_group import init_distributed
     device = init_distributed("cpu" if args.dry_run else "auto")
     out = {**header(n), "dry_run": args.dry_run, "attention": [], "cad_in_training": [], "pipeline": None,
            "skipped": []}

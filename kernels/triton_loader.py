@@ -7,18 +7,20 @@ wrong, so CPU bf16 is left out); everything else, fp64 included, takes the op's 
 reference.
 
 Loading (`load_kernels`): `@triton.jit` decides at decoration time whether it builds a GPU
-kernel or an interpreter function, from TRITON_INTERPRET as it is *then*. A test suite
-imports triton and this package long before a test sets the variable, so instead of relying
-on import order the kernel files are executed here, once per mode, as private module copies,
-with the variable set to the wanted mode while they are decorated (kernel files load their
-own helper files the same way, with `interpreter_requested()`, which then reports the mode
-being built). The copies are cached for the process. Triton's own jit helpers (tl.zeros,
+kernel or an interpreter function, from triton's `interpret` knob (TRITON_INTERPRET unless
+set in code) as it is *then*. A test suite imports triton and this package long before a
+test sets the variable, so instead of relying on import order the kernel files are executed
+here, once per mode, as private module copies, with the knob set to the wanted mode while
+they are decorated, and put back after; the environment is left as it was (kernel files load
+their own helper files the same way, with `interpreter_requested()`, which then reports the
+mode being built). The copies are cached for the process. Triton's own jit helpers (tl.zeros,
 tl.cdiv, ...) are built when triton is imported, in the mode of that moment: interpreting
 therefore needs TRITON_INTERPRET=1 before triton's first import (tests run the interpreter in
 a fresh process started that way: tests/test_triton_interpreter.py).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import threading
@@ -33,7 +35,15 @@ _lock = threading.RLock()  # re-entrant: kernel files load their helpers while b
 INTERPRETER_DTYPES = (torch.float16, torch.float32)
 
 
+_building = threading.local()  # the mode of the kernel file being decorated on this thread
+
+
 def interpreter_requested() -> bool:
+    """The interpreter is wanted: the mode being built while a kernel file is decorated,
+    else TRITON_INTERPRET=1 as set by the user."""
+    mode = getattr(_building, "interpret", None)
+    if mode is not None:
+        return mode
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -65,13 +75,36 @@ def _exec_module(module: str, path: Path, interpret: bool) -> ModuleType:
     mode = "interpreted" if interpret else "compiled"
     spec = importlib.util.spec_from_file_location(f"{module}__{mode}", path)
     copy = importlib.util.module_from_spec(spec)
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+    outer = getattr(_building, "interpret", None)
+    _building.interpret = interpret
     try:
-        spec.loader.exec_module(copy)
+        with _jit_mode(interpret):
+            spec.loader.exec_module(copy)
     finally:
-        if previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
+        _building.interpret = outer
     return copy
+
+
+@contextlib.contextmanager
+def _jit_mode(interpret: bool):
+    """triton.jit builds interpreter functions iff `interpret`, for the duration: triton's
+    runtime knob, set and put back, and TRITON_INTERPRET, which setting the knob also writes,
+    restored to what it was (under the loader's lock, so only this thread loads meanwhile)."""
+    import triton
+
+    runtime = triton.knobs.runtime
+    missing = object()
+    knob = runtime.__dict__.get("interpret", missing)  # an explicit setting, else env-driven
+    env = os.environ.get("TRITON_INTERPRET")
+    runtime.interpret = interpret
+    try:
+        yield
+    finally:
+        if knob is missing:
+            del runtime.interpret
+        else:
+            runtime.interpret = knob
+        if env is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = env

@@ -34,7 +34,7 @@ def main() -> None:
     args, overrides = ap.parse_known_args()
     import torch
 
-    from distca.distributed import cpu_threads
+    from distca.lifecycle.process_group import cpu_threads
     gpus = torch.cuda.device_count()
     nproc = args.nproc if args.nproc > 0 else (gpus or degrees_world(overrides))
     env = dict(os.environ)

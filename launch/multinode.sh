@@ -16,7 +16,7 @@ NPROC_PER_NODE=${NPROC_PER_NODE:-$(python3 -c 'import torch; print(torch.cuda.de
 RUN_DIR=()
 if [ -n "${RUN_ID:-}" ]; then RUN_DIR=("run_dir=runs/$RUN_ID"); fi
 if [ -z "${OMP_NUM_THREADS:-}" ]; then  # CPU ranks share the node's idle cores
-  OMP_NUM_THREADS=$(python3 -c "import torch; from distca.distributed import cpu_threads; print(1 if torch.cuda.is_available() else cpu_threads($NPROC_PER_NODE))")
+  OMP_NUM_THREADS=$(python3 -c "import torch; from distca.lifecycle.process_group import cpu_threads; print(1 if torch.cuda.is_available() else cpu_threads($NPROC_PER_NODE))")
   export OMP_NUM_THREADS
 fi
 # the rendezvous id only has to be shared by this job's nodes; the run dir comes from RUN_ID

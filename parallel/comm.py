@@ -3,7 +3,7 @@
 Every strategy sends through these thin functions over `torch.distributed`. Each call tells
 the subscribed observers what it puts on the wire (`CommEvent`), and an asynchronous call
 returns a `Pending` whose `wait()` is reported too, so a measuring tool (the byte counter in
-benchmarks/comm_counter.py, order checks in tests) subscribes with `observe(fn)` instead of
+parallel/comm_counter.py, order checks in tests) subscribes with `observe(fn)` instead of
 replacing `torch.distributed` functions. With no observer a call costs one empty-list check.
 """
 from __future__ import annotations

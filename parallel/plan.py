@@ -102,7 +102,7 @@ class ParallelPlan:
 
     def _check_joint_pipeline(self) -> None:
         """parallel.cad.pipeline=joint: one CAD group over DP x PP x CP, planned per tick of a
-        lock-step 1F1B (parallel/pipeline/schedule.py lockstep_timeline)."""
+        lock-step 1F1B (parallel/pipeline/timeline.py lockstep_timeline)."""
         c, d = self.cfg, self.dims
         field = "parallel.cad.pipeline=joint"
         if d.pp < 2:

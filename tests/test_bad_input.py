@@ -5,7 +5,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from distca.config import compose_config, to_typed
 from distca.train import train
-from distca.validate import build_plan
+from distca.config.validate import build_plan
 from tests.train_utils import tiny_cfg
 
 

@@ -14,7 +14,7 @@ import torch
 
 import torch.distributed as dist
 
-from benchmarks.comm_counter import CommCounter
+from parallel.comm_counter import CommCounter
 from parallel.cad.attention import CADAttention
 from parallel.cad.planner import server_ranks
 from parallel.config import CADConfig

@@ -46,7 +46,7 @@ def test_cad_under_activation_checkpointing_on_gpu():
     """A small model with CAD attention, fp32 on the GPU kernels: checkpointing on gives the
     gradients of checkpointing off, and the strategy runs twice per layer, not more."""
     from distca.config import compose_config, to_typed
-    from distca.loss import next_token_labels
+    from distca.data.labels import next_token_labels
     from distca.model import build_model
     from parallel.context.local import LocalLinearAttention
     dev = torch.device("cuda")
@@ -81,7 +81,7 @@ def test_cad_modes_match_local_attention_in_a_model_on_gpu(options, recompute):
     """Every CAD overlap / backward mode in a hybrid model (SLSS, the Triton kernels, bf16
     autocast) on the GPU: loss and gradients of local attention, to bf16 rounding."""
     from distca.config import compose_config, to_typed
-    from distca.loss import next_token_labels
+    from distca.data.labels import next_token_labels
     from distca.model import build_model
     from parallel.context.local import LocalLinearAttention
     dev = torch.device("cuda")

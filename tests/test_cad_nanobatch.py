@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from distca.config import compose_config, to_typed
-from distca.loss import next_token_labels
+from distca.data.labels import next_token_labels
 from distca.model import build_model
 from parallel import comm
 from parallel.cad.nanobatch import nano_rows, split_documents, sub_pieces

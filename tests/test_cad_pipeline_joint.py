@@ -16,7 +16,7 @@ import pytest
 from distca.train import train
 from parallel.config import ModelShape, ParallelConfig
 from parallel.dims import ParallelDims, _groups_along
-from parallel.pipeline.schedule import Action, lockstep_timeline, tick_kind, timeline
+from parallel.pipeline.timeline import Action, lockstep_timeline, tick_kind, timeline
 from parallel.plan import ParallelPlan
 from tests.distributed_utils import run_distributed
 from tests.train_utils import (assert_grad_norm, assert_parity, losses, mixed_corpus,

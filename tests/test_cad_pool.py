@@ -105,13 +105,15 @@ def _no_weight_bytes(rank, world):
     """A pool rank's parameters are stride-0 views of one element each."""
     import torch
 
-    from parallel.cad.pool import PoolEngine
-    model = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.Linear(64, 8))
-    model.embed_tokens = lambda ids: ids.float()
-    PoolEngine(model)
+    from distca.config import compose_config, to_typed
+    from distca.model import build_model
+    from distca.parallelize.pool_rank import make_pool_rank
+    cfg = to_typed(compose_config(["experiment=tiny"]))
+    model = build_model(cfg.model, 64, None, None, 0)
+    make_pool_rank(model)
     assert all(p.untyped_storage().nbytes() == p.element_size() for p in model.parameters())
     assert not any(p.requires_grad for p in model.parameters())
-    assert model.embed_tokens(torch.zeros(0)).requires_grad
+    assert model.embed_tokens(torch.zeros(0, dtype=torch.long)).requires_grad
 
 
 def test_pool_rank_holds_no_parameter_bytes():

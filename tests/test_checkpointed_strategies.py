@@ -19,10 +19,10 @@ import torch
 import torch.distributed as dist
 
 from distca.config import compose_config, to_typed
-from distca.loss import next_token_labels
+from distca.data.labels import next_token_labels
 from distca.model import build_model
 from parallel.config import CADConfig, ModelShape, ParallelConfig
-from benchmarks.comm_counter import CommCounter
+from parallel.comm_counter import CommCounter
 from parallel.plan import ParallelPlan
 from tests.distributed_utils import run_distributed
 

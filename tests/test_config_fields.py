@@ -14,7 +14,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from distca.config import compose_config, to_typed
-from distca.validate import build_plan
+from distca.config.validate import build_plan
 from tests.distributed_utils import run_distributed
 from tests.train_utils import TINY
 
@@ -140,7 +140,7 @@ def test_choice_fields_reject_unknown_values_at_composition(override, choices):
 def test_vocabulary_splits_evenly_over_tp():
     from types import SimpleNamespace
 
-    from distca.train import _vocab_size
+    from distca.startup import vocab_size as _vocab_size
     tok = SimpleNamespace(vocab_size=258)  # the byte tokenizer's
     cfg = lambda v: SimpleNamespace(model=SimpleNamespace(vocab_size=v))  # noqa: E731
     assert [_vocab_size(cfg(-1), tok, tp) for tp in (1, 2, 4, 8)] == [320] * 4  # same model

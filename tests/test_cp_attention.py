@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 
 from parallel.context.allgather import AllGatherAttention
-from benchmarks.comm_counter import CommCounter
+from parallel.comm_counter import CommCounter
 from parallel.context.local import LocalCoreAttention
 from parallel.context.ring import RingAttention
 from parallel.context.shard import build_shard, doc_tables

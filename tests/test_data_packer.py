@@ -113,16 +113,6 @@ def test_state_dict_is_plain_ints_that_survive_torch_save(tmp_path):
     np.testing.assert_array_equal(clone.next_sample().tokens, packer.next_sample().tokens)
 
 
-def test_skip_lands_where_next_sample_would():
-    lengths = [7, 31, 2, 18, 44, 5]
-    walked = Packer(ListDocuments(lengths), seq_len=12, seed=4)
-    take(walked, 9)
-    skipped = Packer(ListDocuments(lengths), seq_len=12, seed=4)
-    skipped.skip(9)
-    assert skipped.state_dict() == walked.state_dict()
-    np.testing.assert_array_equal(skipped.next_sample().tokens, walked.next_sample().tokens)
-
-
 def test_restore_rejects_a_different_seed_or_corpus():
     packer = Packer(ListDocuments([5, 5]), seq_len=4, seed=1)
     packer.next_sample()

@@ -22,7 +22,7 @@ def all_documents(documents):
 
 def test_byte_tokenizer_round_trip_and_specials():
     tok = ByteTokenizer()
-    assert (tok.vocab_size, tok.eos_id, tok.pad_id) == (258, 256, 257)
+    assert (tok.vocab_size, tok.eos_id) == (258, 256)
     for text in TEXTS:
         ids = tok.encode(text)
         assert all(0 <= i < 256 for i in ids)

@@ -30,3 +30,19 @@ def test_default_run_leaves_the_switch_alone(tmp_path, monkeypatch):
     seen = _record_switch(monkeypatch)
     train(tiny_cfg(tmp_path / "off", "train.steps=1", "train.device=cpu"))
     assert seen and not any(seen), seen
+
+
+def test_cublas_workspace_is_set_inside_and_restored_after(monkeypatch):
+    """CUBLAS_WORKSPACE_CONFIG, which deterministic cuBLAS needs, lives only as long as the
+    run; a user's own value is kept as it is."""
+    import os
+
+    from distca.lifecycle.determinism import deterministic_kernels
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    with deterministic_kernels(True):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert "CUBLAS_WORKSPACE_CONFIG" not in os.environ
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    with deterministic_kernels(True):
+        assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"

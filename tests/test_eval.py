@@ -10,12 +10,12 @@ import torch.nn.functional as F
 
 from distca.config import to_typed
 from distca.data import DataConfig, build_dataset, build_documents
-from distca.evaluation import eval_loss
-from distca.loss import next_token_labels
+from distca.evaluation.held_out import eval_loss
+from distca.data.labels import next_token_labels
 from distca.model import build_model
-from distca.parallelize import apply_tensor_parallel
+from distca.parallelize.tensor_parallel import apply_tensor_parallel
 from distca.train import ConfigError, train
-from distca.validate import build_plan
+from distca.config.validate import build_plan
 from tests.distributed_utils import run_distributed
 from tests.train_utils import assert_parity, tiny_cfg
 

@@ -1,6 +1,7 @@
 """Shared helpers (no tests) for the flash-attention tests: random packed segments and an fp64 oracle."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from kernels.flash_attn import attention_varlen_reference
@@ -115,3 +116,25 @@ class _ForwardBackwardPair(torch.autograd.Function):
 
 def forward_backward_pair(q, k, v, cu_q, cu_k, mq, mk, scale, causal):
     return _ForwardBackwardPair.apply(q, k, v, cu_q, cu_k, mq, mk, scale, causal)
+
+
+@pytest.mark.parametrize("env", [None, "0", "1"])
+def test_loading_kernels_leaves_the_process_mode_unchanged(monkeypatch, env):
+    """Building a kernel file in either mode leaves TRITON_INTERPRET and triton's knob as they
+    were, and builds the mode asked for whatever the environment says."""
+    import os
+
+    import triton
+
+    from kernels import triton_loader
+    if env is None:
+        monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    else:
+        monkeypatch.setenv("TRITON_INTERPRET", env)
+    knob = triton.knobs.runtime.interpret
+    monkeypatch.setattr(triton_loader, "_cache", {})  # build afresh
+    for interpret, kind in ((True, "InterpretedFunction"), (False, "JITFunction")):
+        mod = triton_loader.load_kernels("kernels.flash_attn.triton_forward", interpret)
+        assert type(mod.attention_forward_kernel).__name__ == kind
+        assert os.environ.get("TRITON_INTERPRET") == env
+        assert triton.knobs.runtime.interpret == knob

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from distca.config.describe import describe, source_comments, undescribed
-from distca.help import CONFIG_MD, REGENERATE, render_docs
+from distca.config.help import CONFIG_MD, REGENERATE, render_docs
 from parallel.config import Choice
 
 ROOT = Path(__file__).resolve().parent.parent

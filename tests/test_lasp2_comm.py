@@ -4,7 +4,7 @@ intra-rank kernel runs (started before it, waited for after it)."""
 from __future__ import annotations
 
 import parallel.context.lasp2 as lasp2
-from benchmarks.comm_counter import CommCounter
+from parallel.comm_counter import CommCounter
 from parallel import comm
 from parallel.dims import ParallelDims, ParallelState
 from tests.distributed_utils import run_distributed

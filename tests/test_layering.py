@@ -1,4 +1,5 @@
-"""The dependency rule, checked on the source: kernels <- parallel <- distca <- benchmarks.
+"""The dependency rule, checked on the source: kernels <- parallel <- distca <- launch <-
+benchmarks, and tests use benchmarks only where they test a benchmark script.
 
 Every import statement of every module (at any depth, lazy imports in functions included)
 is read from the AST, relative imports resolved. An edge from a lower layer to a higher one
@@ -10,7 +11,11 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ["kernels", "parallel", "distca", "benchmarks"]  # each may import only those before it
+LAYERS = ["kernels", "parallel", "distca", "launch", "benchmarks"]  # each may import only those before it
+# the test modules of benchmark scripts themselves; every other test checks the product and
+# must not lean on benchmark code (what both need lives in the product: parallel/comm_counter.py,
+# kernels/flash_attn/sm90_compile.py)
+BENCHMARK_TESTS = {"test_benchmark_records.py", "test_cad_sim.py", "test_multigpu_scripts.py"}
 
 
 def imports_of(path: Path, package: str | None = None) -> set[str]:
@@ -37,6 +42,12 @@ def test_no_upward_imports():
         for path in modules(layer):
             for name in imports_of(path) & above:
                 bad.append(f"{path.relative_to(ROOT)} imports {name} (a higher layer)")
+    assert not bad, "\n".join(bad)
+
+
+def test_tests_use_benchmarks_only_to_test_them():
+    bad = [f"{p.relative_to(ROOT)} imports benchmarks" for p in modules("tests")
+           if p.name not in BENCHMARK_TESTS and "benchmarks" in imports_of(p)]
     assert not bad, "\n".join(bad)
 
 

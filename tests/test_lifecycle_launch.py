@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from distca.console import cpu_run_warning
-from distca.distributed import cpu_threads
+from distca.observe.console import cpu_run_warning
+from distca.lifecycle.process_group import cpu_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
@@ -71,7 +71,7 @@ def test_cpu_threads_and_large_model_warning():
 
 
 def test_first_zero_run_announces_the_op_build(tmp_path, monkeypatch, capsys):
-    from distca.train import _announce_deepspeed_build
+    from distca.startup import announce_deepspeed_build as _announce_deepspeed_build
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
     _announce_deepspeed_build(2, loud=True)
     assert "DeepSpeed may compile its C++ ops now" in capsys.readouterr().err

@@ -7,8 +7,8 @@ import sys
 import pytest
 import yaml
 
-from distca.metrics import step_line
-from distca.run_dir import default_name, hydra_overrides
+from distca.observe.metrics import step_line
+from distca.lifecycle.run_dir import default_name, hydra_overrides
 from distca.train import ConfigError, train
 from tests.train_utils import tiny_cfg
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from distca.stopping import StopSignals
+from distca.lifecycle.stopping import StopSignals
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "WANDB_MODE": "disabled"}
@@ -62,7 +62,7 @@ def test_torchrun_stop_is_quiet(tmp_path):
 
 def test_second_ctrl_c_aborts_but_a_forwarded_copy_does_not(monkeypatch):
     now = [100.0]
-    monkeypatch.setattr("distca.stopping.time.monotonic", lambda: now[0])
+    monkeypatch.setattr("distca.lifecycle.stopping.time.monotonic", lambda: now[0])
     s = StopSignals(loud=False)
     s._handler(signal.SIGINT, None)
     assert s.signum == signal.SIGINT
@@ -76,7 +76,7 @@ def test_second_ctrl_c_aborts_but_a_forwarded_copy_does_not(monkeypatch):
 
 def test_stop_during_set_up_exits_before_step_1(tmp_path, monkeypatch):
     """A signal while the model is being built must not start an (hours-long) step."""
-    from distca.stopping import Stopped
+    from distca.lifecycle.stopping import Stopped
     from distca.train import train
     from tests.train_utils import tiny_cfg
 

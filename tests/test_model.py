@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distca.config import compose_config, to_typed
-from distca.loss import next_token_labels
+from distca.data.labels import next_token_labels
 from distca.model import build_model
 from parallel.context.local import LocalCoreAttention, LocalLinearAttention
 from parallel.context.shard import build_shard

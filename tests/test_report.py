@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from distca.metrics import MetricsLogger, wandb_key
-from distca.report import main as report_main
+from distca.observe.metrics import MetricsLogger, wandb_key
+from distca.observe.report import main as report_main
 
 
 def _run(tmp_path, steps=12):

@@ -1,4 +1,4 @@
-"""kernels.rope.qkv_rope against the model's RoPE (distca.model.layers.apply_rope) in fp64.
+"""kernels.rope.qkv_rope against RoPE by definition (`apply_rope` below) in fp64.
 
 The CPU tests run the torch path (TRITON_INTERPRET unset; the Triton kernels under the
 interpreter are tests/test_rope_interpret.py). The gpu-marked tests run the Triton kernel in
@@ -8,13 +8,21 @@ interpreter tests.
 import pytest
 import torch
 
-from distca.model.layers import apply_rope, rope_cos_sin
+from distca.model.layers import rope_cos_sin
 from kernels.rope import (
     qkv_rope,
     qkv_rope_backward_reference,
     qkv_rope_reference,
     uses_triton,
 )
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, H, D] rotated pairwise (half-split convention, as HF Llama): RoPE by definition,
+    written out here independently of the kernel and its reference."""
+    x1, x2 = x.chunk(2, dim=-1)
+    c, s = cos.unsqueeze(1), sin.unsqueeze(1)
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
 
 F64 = torch.float64
 # (T, H, Hk, D): GQA, MHA, T=1, head dims that are not powers of two

@@ -1,5 +1,5 @@
 """The qkv RoPE Triton kernel under Triton's CPU interpreter, fp32 and fp16, against the fp64
-model RoPE (distca.model.layers.apply_rope): q, k, v and d_qkv, elementwise.
+RoPE by definition (tests/test_rope.py apply_rope): q, k, v and d_qkv, elementwise.
 
 Run in a fresh process started with TRITON_INTERPRET=1 (tests/fresh_process.py says why);
 skipped elsewhere. Bound per element: the kernel computes in fp32 and rounds once to the

@@ -1,7 +1,7 @@
 """Tensor parallelism against one process, fp64, gloo: the sequence-parallel collectives, the
 vocabulary-parallel cross-entropy, and a whole model's loss and gradients.
 
-The model check slices a seeded model over tp ranks (distca/parallelize.py), runs one
+The model check slices a seeded model over tp ranks (distca/parallelize/tensor_parallel.py), runs one
 forward/backward on a micro-batch, reduces the gradients as the trainer does (GradSync),
 reassembles every sliced gradient from its parts and compares it, and the loss, with the same
 model unsliced in one process: softmax and linear layers (both decay kinds), GQA, tied
@@ -15,9 +15,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from distca.config import compose_config, to_typed
-from distca.loss import next_token_labels
+from distca.data.labels import next_token_labels
 from distca.model import build_model
-from distca.parallelize import apply_tensor_parallel
+from distca.parallelize.tensor_parallel import apply_tensor_parallel
 from parallel.context.local import LocalCoreAttention, LocalLinearAttention
 from parallel.context.shard import build_shard
 from parallel.tensor.comm import gather_sequence, local_rows, scatter_sequence

@@ -189,9 +189,9 @@ def _zero1_partitions(rank, world):
 
     from distca.config import compose_config, to_typed
     from distca.model import build_model
-    from distca.optim import adamw_factory
-    from distca.parallelize import apply_tensor_parallel
-    from distca.validate import build_plan
+    from distca.optim.adamw import adamw_factory
+    from distca.parallelize.tensor_parallel import apply_tensor_parallel
+    from distca.config.validate import build_plan
     from parallel.data_parallel import build_engine
     cfg = to_typed(compose_config(["experiment=tiny", *ZERO1]))
     plan = build_plan(cfg, world, 320)

@@ -5,7 +5,7 @@ The description of a field is the trailing `#` comment on its line in the datacl
 comment lines right above it at its indent, so the schema
 files stay the one place a field is written down, and whoever adds a field describes it on the
 same line. Choice members (enums) are described the same way. `describe()` walks the schema
-from RootConfig; `--help` (distca/help.py) and docs/CONFIG.md are rendered from it, and
+from RootConfig; `--help` (distca/config/help.py) and docs/CONFIG.md are rendered from it, and
 tests/test_help_docs.py fails on a field without a description.
 """
 from __future__ import annotations

@@ -77,7 +77,7 @@ class TrainConfig:
     beta2: float = 0.95         # AdamW second-moment decay
     grad_clip: float = 1.0      # clip the global gradient norm to this (0: no clipping)
     device: Device = Device.auto  # where to train
-    # bitwise-reproducible GPU kernels (distca/determinism.py): the attention backward takes
+    # bitwise-reproducible GPU kernels (distca/lifecycle/determinism.py): the attention backward takes
     # its two-kernel path, torch its deterministic ops; off by default because it is slower
     deterministic: bool = False
     log_every: int = 1          # console / train.log / W&B line every N steps (metrics.jsonl: every step)

@@ -1,4 +1,5 @@
-"""Data pipeline: corpus -> tokenizer -> documents -> packer (samples of `seq_len` tokens).
+"""Data pipeline: corpus -> tokenizer -> documents -> packer (samples of `seq_len` tokens)
+-> this rank's micro-batches (`batching`, with next-token labels from `labels`).
 
 `build_dataset(cfg.data, seed)` is the entry point. It is cheap (lists files or indexes
 them; reads text only when the packer reaches a document) and deterministic: every rank

@@ -30,8 +30,7 @@ TRAIN_BYTES = 4 << 20  # enough text for a few thousand merges; keeps training t
 
 
 class BPETokenizer:
-    eos_id = 256
-    pad_id = 257
+    eos_id = 256  # ids 0..255 are bytes, 257 is reserved (as ByteTokenizer), merges follow
     name = "bpe"
 
     def __init__(self, merges: Sequence[tuple[int, int]]) -> None:

@@ -2,7 +2,8 @@
 
 A `Documents` object has `len()` and `tokens(i)`: a 1-D int64 numpy array that ends with
 the end-of-document id and is never empty. Sources may also offer `length(i)` when they know
-a document's token count without tokenizing it, which lets the packer skip samples cheaply.
+a document's token count without tokenizing it, which lets the packer check a resumed
+position without tokenizing the document.
 Text sources implement `TextCorpus` (raw text by index) and `TextDocuments` tokenizes it
 lazily: nothing is read or tokenized until the packer asks for that document.
 """

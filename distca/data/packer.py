@@ -93,28 +93,6 @@ class Packer:
         self.samples_yielded += 1
         return Sample(tokens=torch.from_numpy(out), doc_lens=doc_lens)
 
-    def skip(self, count: int) -> None:
-        """Advance past `count` samples without building them.
-
-        Uses document lengths only, so for sources that know lengths without tokenizing
-        (byte-level stdlib, token files, synthetic) skipping reads no text; a rank that only
-        needs every k-th sample can skip the others cheaply.
-        """
-        if count < 0:
-            raise ValueError(f"count must be non-negative, got {count}")
-        need = count * self.seq_len
-        while need > 0:
-            if self._current is not None:
-                length = len(self._current)
-            else:
-                length = document_length(self.documents, self._document_index())
-            take = min(length - self.offset, need)
-            need -= take
-            self.offset += take
-            if self.offset == length:
-                self._advance_document()
-        self.samples_yielded += count
-
     def __iter__(self) -> Iterator[Sample]:
         while True:
             yield self.next_sample()

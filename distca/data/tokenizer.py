@@ -13,11 +13,11 @@ import numpy as np
 
 
 class ByteTokenizer:
-    """UTF-8 bytes are ids 0..255; EOS = 256 ends every document; PAD = 257 (never packed,
-    reserved so a collator can pad without stealing a byte id)."""
+    """UTF-8 bytes are ids 0..255; EOS = 256 ends every document; 257 is reserved (never
+    produced: packed samples need no padding; kept so the vocabulary, and so checkpoints of
+    byte-level runs, stay as they were)."""
 
     eos_id = 256
-    pad_id = 257
     vocab_size = 258
     name = "byte"
 

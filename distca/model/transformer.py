@@ -109,6 +109,10 @@ class HybridLM(nn.Module):
         self.lm_head = ChunkedLMHead(dim, vocab_size, mcfg.loss_chunk_tokens)
         if mcfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
+        # True on a rank whose weights need no gradient (a CAD pool rank,
+        # distca/parallelize/pool_rank.py): the embedding's output is then made to require
+        # one, so the backward still runs through every layer and its collectives
+        self.grad_from_embedding = False
         self._init_weights(mcfg.init_std, len(blocks))
 
     def _init_weights(self, std: float, n_layers: int):
@@ -132,7 +136,8 @@ class HybridLM(nn.Module):
 
     # The three parts of the forward, also run separately by pipeline stages.
     def embed_tokens(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.embed(input_ids)
+        x = self.embed(input_ids)
+        return x.requires_grad_() if self.grad_from_embedding else x
 
     def run_blocks(self, x: torch.Tensor, shard, layers) -> torch.Tensor:
         """Blocks `layers` (indices into self.blocks, in order) over hidden states x."""

@@ -74,7 +74,7 @@ def gluon_attention_backward_dkdv_kernel(
     query_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
 
     pid = gl.program_id(0)
-    # one kv head's tiles after another's (schedule.py says why)
+    # one kv head's tiles after another's (tile_order.py says why)
     slot = pid % num_slots
     kv_head = pid // num_slots
     seg = gl.load(SCHEDULE + 2 * slot)

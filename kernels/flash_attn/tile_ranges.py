@@ -12,7 +12,7 @@ import triton.language as tl
 @triton.jit
 def query_program(pid, num_slots, group):
     """(slot, q head) of a program that owns a q tile: kv head, then slot, then the q heads of
-    that kv head's group (schedule.py says why)."""
+    that kv head's group (tile_order.py says why)."""
     member = pid % group
     slot = (pid // group) % num_slots
     head = (pid // group // num_slots) * group + member

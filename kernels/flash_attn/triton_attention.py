@@ -11,7 +11,7 @@ import math
 import torch
 
 from kernels.flash_attn.block_config import AttentionConfigs, select_configs
-from kernels.flash_attn.schedule import tile_schedule
+from kernels.flash_attn.tile_order import tile_schedule
 from kernels.triton_loader import load_kernels
 
 LOG2E = 1.4426950408889634

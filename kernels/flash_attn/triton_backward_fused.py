@@ -77,7 +77,7 @@ def attention_backward_fused_kernel(
 ):
     LOG2E: tl.constexpr = 1.4426950408889634
     pid = tl.program_id(0)
-    # one kv head's tiles after another's (schedule.py says why)
+    # one kv head's tiles after another's (tile_order.py says why)
     slot = pid % num_slots
     kv_head = pid // num_slots
     seg = tl.load(SCHEDULE + 2 * slot)

@@ -31,7 +31,7 @@ def qkv_rope(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int
     restart per document), fp32 or any float dtype. Returns (q [T,H,D], k [T,Hk,D],
     v [T,Hk,D]), each a new contiguous tensor in qkv's dtype, so qkv can be freed:
     with x1, x2 the two halves of a head, out = [x1 cos - x2 sin, x2 cos + x1 sin]
-    (as distca.model.layers.apply_rope), math in fp32 (fp64 for fp64). Differentiable
+    (HF Llama's half-split convention), math in fp32 (fp64 for fp64). Differentiable
     w.r.t. qkv only; cos and sin are constants and must not require grad.
     """
     _validate(qkv, cos, sin, heads, kv_heads, head_dim)

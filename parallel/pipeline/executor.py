@@ -1,7 +1,7 @@
 """Run this rank's part of a pipeline schedule: forwards and backwards of its chunks, and the
 activations and gradients that cross pipeline ranks after every tick.
 
-The timeline (schedule.py) is the same on every rank, so after tick t each rank knows what it
+The timeline (timeline.py) is the same on every rank, so after tick t each rank knows what it
 sends (the output of its own action at t) and what it receives (the outputs of the other
 ranks' actions at t that feed its chunks); both ends post the pair in one batched exchange
 (parallel/comm.py), which needs no size handshake because every rank can compute every
@@ -17,15 +17,53 @@ from dataclasses import dataclass, field
 import torch
 
 from parallel import comm
-from parallel.pipeline.schedule import Action, bubble_fraction, lockstep_timeline, owner, tick_kind, timeline
+from parallel.pipeline.timeline import Action, bubble_fraction, lockstep_timeline, owner, tick_kind, timeline
 
 
 @dataclass
 class PipelineRun:
     losses: dict = field(default_factory=dict)  # micro-batch -> last chunk's output (detached)
     busy_s: float = 0.0                         # this rank's time in forwards and backwards
-    wall_s: float = 0.0
+    wall_s: float = 0.0                         # (device time on a GPU: CUDA events, see Spans)
     schedule_bubble: float = 0.0                # idle share of the timeline (equal-cost actions)
+
+
+class Spans:
+    """Time spent inside marked spans and in the whole run, as the device sees it: on a GPU
+    CUDA events (the host only queues kernels, so its clock would measure launches), read
+    once at the end; on the CPU, where work runs as it is issued, the host clock."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = torch.device(device).type == "cuda"
+        self.pairs: list = []
+        self.busy_s = 0.0
+        self._start = self._mark()
+
+    def _mark(self):
+        if self.cuda:
+            e = torch.cuda.Event(enable_timing=True)
+            e.record()
+            return e
+        return time.perf_counter()
+
+    def begin(self):
+        return self._mark()
+
+    def end(self, begun) -> None:
+        end = self._mark()
+        if self.cuda:
+            self.pairs.append((begun, end))
+        else:
+            self.busy_s += end - begun
+
+    def finish(self) -> tuple[float, float]:
+        """(busy seconds, wall seconds)."""
+        end = self._mark()
+        if not self.cuda:
+            return self.busy_s, end - self._start
+        end.synchronize()
+        busy = sum(a.elapsed_time(b) for a, b in self.pairs) / 1e3
+        return busy, self._start.elapsed_time(end) / 1e3
 
 
 class PipelineExecutor:
@@ -45,15 +83,15 @@ class PipelineExecutor:
         out = PipelineRun(schedule_bubble=bubble_fraction(self.ticks))
         inputs, outputs, grads = {}, {}, {}
         last = self.chunks - 1
-        start = time.perf_counter()
+        spans = Spans(device)
         for row in self.ticks:
             a = row[self.rank]
             if tick is not None:
                 tick(tick_kind(row), a)
             if a is not None:
-                t0 = time.perf_counter()
+                begun = spans.begin()
                 self._compute(a, forward, inputs, outputs, grads, out, loss_scale, last)
-                out.busy_s += time.perf_counter() - t0
+                spans.end(begun)
             sends, recvs = [], []
             for r, b in enumerate(row):
                 if b is None:
@@ -68,7 +106,7 @@ class PipelineExecutor:
                     (inputs if b.forward else grads)[(dest_chunk, b.micro_batch)] = buf
                     recvs.append((buf, r))
             comm.exchange(sends, recvs, self.group)
-        out.wall_s = time.perf_counter() - start
+        out.busy_s, out.wall_s = spans.finish()
         return out
 
     @staticmethod

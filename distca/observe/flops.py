@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-# Dense bf16 tensor-core peaks (no sparsity), TFLOP/s. Unknown devices report mfu = 0.
+# Dense bf16 tensor-core peaks (no sparsity), TFLOP/s. On a device not listed here (and on
+# CPUs) the peak is unknown: mfu is null in metrics.jsonl and `n/a` on the console.
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "H800": 989.0, "GH200": 989.0}
 
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from distca.loss import next_token_labels
+from distca.data.labels import next_token_labels
 from parallel.context.shard import Shard
 
 

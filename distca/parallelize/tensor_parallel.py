@@ -1,6 +1,7 @@
 """Tensor parallelism applied to the model from outside its code (torchtitan's
 `parallelize_*` idea, Megatron's semantics): the full model is built and seeded on one device
-as always, then every rank keeps its slice of each layer.
+as always, then every rank keeps its slice of each layer (`distca/parallelize/apply.py` calls
+this in its place among the other transformations).
 
 - Softmax attention: QKV column-parallel by heads ([q | k | v] parts sliced separately),
   output projection row-parallel; each rank runs its H/tp query and KV/tp KV heads through the
@@ -26,7 +27,6 @@ from distca.model.linear_attention import LinearAttention
 from distca.model.softmax_attention import SoftmaxAttention
 from distca.model.transformer import Block, HybridLM
 from parallel.tensor.layers import TPSlice, sequence_parallel, shard_buffer, shard_parameter
-from parallel.tensor.reshard import NanoSequenceParallel
 from parallel.tensor.vocab import VocabParallelEmbedding, VocabParallelLMHead
 
 
@@ -65,7 +65,6 @@ def apply_tensor_parallel(model: HybridLM, group) -> HybridLM:
         if tp > 1:
             sequence_parallel(mix, group, tokens_from=lambda args: args[1].num_tokens)
             sequence_parallel(blk.mlp, group)
-            blk.nano_sp = NanoSequenceParallel(group)  # CAD's nano-batches shard their own rows
 
     # the embedding and LM head; a pipeline stage may hold one of them, or neither
     embed, head = model.embed, model.lm_head

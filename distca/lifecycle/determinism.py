@@ -19,15 +19,20 @@ import torch
 @contextlib.contextmanager
 def deterministic_kernels(enabled: bool):
     """Within the block, torch (and our attention) use deterministic kernels if `enabled`; the
-    previous setting is restored after, so a process that trains twice is not left changed."""
+    previous setting, and CUBLAS_WORKSPACE_CONFIG, are restored after, so a process that
+    trains twice is not left changed."""
     if not enabled:
         yield
         return
     before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    # cuBLAS reads this when it creates its handle; without it deterministic matmuls error out
+    workspace = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+    # cuBLAS reads this when it creates its handle; without it deterministic matmuls error out.
+    # A user's own setting is kept.
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
         yield
     finally:
         torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+        if workspace is None:
+            os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from distca.console import clock, human, log_only
+from distca.observe.console import clock, human, log_only
 
 
 def step_line(m: dict, total: int, elapsed: float, eta: float | None) -> str:

@@ -9,11 +9,15 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
-from distca.evaluation import check_eval_config
-from distca.flops import layer_costs
+from distca.evaluation.held_out import check_eval_config
+from distca.observe.flops import layer_costs
 from distca.model.transformer import head_dim, validate_model_config
 from parallel.config import ModelShape
 from parallel.plan import ParallelPlan
+
+
+class ConfigError(ValueError):
+    """A config value that cannot run, found before training started (every rank alike)."""
 
 
 def micro_batches_per_step(tcfg, dp: int) -> int:

@@ -2,7 +2,7 @@
 and the preset files under configs/, so neither can drift from the code.
 
     distca-train --help [OVERRIDES]        every group and field, values for these overrides
-    python -m distca.help --write-docs     regenerate docs/CONFIG.md (tests/test_help_docs.py
+    python -m distca.config.help --write-docs     regenerate docs/CONFIG.md (tests/test_help_docs.py
                                            fails when it is stale)
 """
 from __future__ import annotations
@@ -13,9 +13,9 @@ from pathlib import Path
 
 from distca.config.describe import FieldDoc, describe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the repository (docs/ beside distca/)
 CONFIG_MD = ROOT / "docs" / "CONFIG.md"
-REGENERATE = "python -m distca.help --write-docs"
+REGENERATE = "python -m distca.config.help --write-docs"
 WIDTH = 80
 
 

@@ -13,7 +13,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from distca import checkpoint as ckpt
+from distca.checkpoint import store as ckpt
 
 
 def _choice(argv: list[str], key: str) -> str | None:
@@ -69,7 +69,7 @@ def hydra_overrides(argv: list[str], rank: int) -> list[str]:
     if rank != 0:
         return ["hydra.run.dir=.", "hydra.sweep.dir=.", "hydra.sweep.subdir=.", "hydra.output_subdir=null",
                 "hydra/job_logging=none", "hydra/hydra_logging=none", f"run_dir={base}"]
-    extra = ["hydra/job_logging=none"]  # train.log is ours (distca/console.py)
+    extra = ["hydra/job_logging=none"]  # train.log is ours (distca/observe/console.py)
     if multirun:
         return extra + [f"hydra.sweep.dir={base}", "hydra.sweep.subdir=${hydra.job.num}",
                         "run_dir=${hydra:sweep.dir}/${hydra:sweep.subdir}"]

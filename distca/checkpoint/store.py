@@ -6,7 +6,7 @@ DeepSpeed's for ZeRO), this module adds every rank's RNG and the trainer state.
 
 Atomic: everything is written under `step_XXXXXXXX.partial`; once every rank has written,
 rank 0 adds the trainer state and a manifest (files, sizes, checksums:
-checkpoint_manifest.py), renames the folder to its final name and moves `latest` last. So a
+manifest.py), renames the folder to its final name and moves `latest` last. So a
 run killed mid-save never leaves a final-named folder without a manifest, and `latest`
 never names an incomplete one. Resuming takes the newest folder that verifies; a torn or
 truncated newer one is named in a warning and skipped. A failed write (disk full, folder
@@ -32,9 +32,9 @@ import torch
 import torch.distributed as dist
 from torch.distributed.checkpoint.api import CheckpointException
 
-from distca import fault_injection
-from distca.checkpoint_manifest import verify, write_manifest
-from distca.distributed import max_over_ranks
+from distca.lifecycle import fault_injection
+from distca.checkpoint.manifest import verify, write_manifest
+from distca.lifecycle.process_group import max_over_ranks
 
 
 def _barrier():

@@ -74,7 +74,7 @@ def quiet_known_warnings() -> None:
 
 def git_commit() -> str:
     """The commit the code runs from (+ '-dirty' with local edits), or 'unknown'."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parents[2]  # the repository
     try:
         head = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
                               text=True, timeout=10).stdout.strip()
@@ -117,7 +117,7 @@ def banner(facts: list[tuple[str, str]]) -> str:
 
 def cpu_run_warning(device, flops_per_step: float, world: int) -> str | None:
     """A CPU run whose steps take minutes: say so before step 1, with an estimate.
-    flops_per_step: forward + backward of the whole step (distca/flops.py)."""
+    flops_per_step: forward + backward of the whole step (distca/observe/flops.py)."""
     if device.type != "cpu":
         return None
     rate = 5e10 * max(1, os.cpu_count() or 1)  # ~50 GFLOP/s a core: optimistic for fp32 on a CPU

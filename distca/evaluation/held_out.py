@@ -23,11 +23,11 @@ from functools import lru_cache
 import torch
 import torch.distributed as dist
 
-from distca.batching import global_label_count, rank_micro_batches
-from distca.console import say
+from distca.data.batching import global_label_count, rank_micro_batches
+from distca.observe.console import say
 from distca.data import build_dataset
 from parallel import comm
-from parallel.pipeline.schedule import owner
+from parallel.pipeline.timeline import owner
 from parallel.tensor.comm import rows_per_rank
 
 
@@ -36,7 +36,7 @@ def eval_enabled(cfg) -> bool:
 
 
 def check_eval_config(cfg) -> None:
-    """Config-time checks (called by distca/validate.py): a ValueError naming field and fix."""
+    """Config-time checks (called by distca/config/validate.py): a ValueError naming field and fix."""
     e = cfg.eval
     for name in ("every", "batches"):
         if getattr(e, name) < 0:

@@ -1,4 +1,4 @@
-"""Faults on purpose, for the chaos tests (tests/test_faults_*.py). Off unless the variable
+"""Faults on purpose, for the chaos tests (tests/test_faults.py). Off unless the variable
 DISTCA_FAULTS is set to a comma-separated list of:
 
   nan@STEP           the loss of STEP is NaN on every rank (so are its gradients)
