@@ -14,7 +14,7 @@ backward (5 matmuls; our backward runs 7, recomputing P twice, and the extra 2 a
 kernels of the backward: Triton with TMA or pointer loads, or Gluon; the opt-in fused backward
 for the record) on causal 16K and the packed documents, once each, and uses the fastest for
 the main table. One pass is noisy (~5% between runs); the defaults in
-kernels/flash_attn/block_config.py come from benchmarks/attention_variants.py, which
+distca_kernels/flash_attn/block_config.py come from benchmarks/attention_variants.py, which
 interleaves several rounds. Without --sweep the main table runs those defaults.
 
 Usage (GPU machine): python benchmarks/attention.py [--sweep] --out $OUT/attention_h100.json
@@ -32,9 +32,9 @@ from dataclasses import asdict
 import torch
 import torch.nn.functional as F
 
-from kernels.flash_attn import flash_attn_varlen_func
-from kernels.flash_attn.block_config import AttentionConfigs, TileConfig, select_configs
-from kernels.flash_attn.triton_attention import TritonVarlenAttention, attention_backward, attention_forward
+from distca_kernels.flash_attn import flash_attn_varlen_func
+from distca_kernels.flash_attn.block_config import AttentionConfigs, TileConfig, select_configs
+from distca_kernels.flash_attn.triton_attention import TritonVarlenAttention, attention_backward, attention_forward
 
 TOTAL_TOKENS = 65536
 

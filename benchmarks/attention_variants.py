@@ -37,8 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.attention import (TOTAL_TOKENS, bench_ms, causal_pairs, config_record,  # noqa: E402
                                   cu_seqlens, pretraining_doc_lengths, random_qkv)
-from kernels.flash_attn.block_config import AttentionConfigs, TileConfig  # noqa: E402
-from kernels.flash_attn.triton_attention import TritonVarlenAttention  # noqa: E402
+from distca_kernels.flash_attn.block_config import AttentionConfigs, TileConfig  # noqa: E402
+from distca_kernels.flash_attn.triton_attention import TritonVarlenAttention  # noqa: E402
 
 
 def variants():

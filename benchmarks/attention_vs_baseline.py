@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.attention import TOTAL_TOKENS, cu_seqlens, pretraining_doc_lengths, random_qkv  # noqa: E402
 from benchmarks.attention_variants import summarize, time_variant  # noqa: E402
-from kernels.flash_attn import gluon_backward_fused  # noqa: E402
-from kernels.flash_attn import triton_attention as launcher  # noqa: E402
-from kernels.flash_attn.block_config import select_configs  # noqa: E402
-from kernels.flash_attn.gluon_tma import segment_descriptor  # noqa: E402
-from kernels.flash_attn.triton_attention import LOG2E  # noqa: E402
+from distca_kernels.flash_attn import gluon_backward_fused  # noqa: E402
+from distca_kernels.flash_attn import triton_attention as launcher  # noqa: E402
+from distca_kernels.flash_attn.block_config import select_configs  # noqa: E402
+from distca_kernels.flash_attn.gluon_tma import segment_descriptor  # noqa: E402
+from distca_kernels.flash_attn.triton_attention import LOG2E  # noqa: E402
 
 
 def _load(path: Path, name: str):

@@ -1,4 +1,4 @@
-"""Linear attention speed on one GPU: ours (`kernels.lightning_attn`) beside fla's
+"""Linear attention speed on one GPU: ours (`distca_kernels.lightning_attn`) beside fla's
 `chunk_lightning_attn`, OpenNLPLab's `lightning_attn_func` and our flash attention.
 
 One sequence of T tokens (B=1), H=32 heads, head dim 128, bf16, constant per-head decay
@@ -64,7 +64,7 @@ def time_ms(fn, budget_s=1.0, min_reps=3, max_reps=20):
 # ---------------------------------------------------------------- implementations
 
 def ours_impl():
-    from kernels.lightning_attn import chunk_lightning_attn
+    from distca_kernels.lightning_attn import chunk_lightning_attn
 
     def run(q, k, v, g_gamma):
         return chunk_lightning_attn(q, k, v, g_gamma=g_gamma)[0]
@@ -107,7 +107,7 @@ def lightning_impl():
 
 
 def flash_impl():
-    from kernels.flash_attn import flash_attn_varlen_func
+    from distca_kernels.flash_attn import flash_attn_varlen_func
 
     def run(q, k, v, cu, t):  # q, k, v [T, H, D]
         return flash_attn_varlen_func(q, k, v, cu, cu, t, t, causal=True)
@@ -147,7 +147,7 @@ def _try(label, fn, results, t):
 def correctness(ours, fla_run, h, d, g_gamma):
     """Our bf16 kernel against the fp32 torch reference (output, all gradients) and fla's
     output, at 4K tokens."""
-    from kernels.lightning_attn import lightning_attn_reference
+    from distca_kernels.lightning_attn import lightning_attn_reference
     t = 4096
     gen = torch.Generator(device="cuda").manual_seed(0)
     q, k, v, do = (torch.randn(1, t, h, d, generator=gen, device="cuda", dtype=torch.bfloat16)
@@ -205,7 +205,7 @@ def main():
     slopes = (-g_gamma).view(h, 1, 1).contiguous()
 
     import triton
-    from kernels.lightning_attn import chunked
+    from distca_kernels.lightning_attn import chunked
     info = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
             "triton": triton.__version__, "python": platform.python_version(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -233,7 +233,7 @@ def main():
         x0 = torch.randn(128, h, d, device=dev, dtype=torch.bfloat16)
         flash(x0, x0, x0, cu0, 128)
         impls["flash"] = flash
-        info["flash_attn"] = "kernels.flash_attn.flash_attn_varlen_func (ours, Triton)"
+        info["flash_attn"] = "distca_kernels.flash_attn.flash_attn_varlen_func (ours, Triton)"
     except Exception as exc:
         info["flash_attn"] = f"unavailable: {exc}"[:300]
 
@@ -302,7 +302,7 @@ def main():
         del q, k, v, do, leaves
         torch.cuda.empty_cache()
 
-    from kernels.lightning_attn.chunked import chunk_lightning_attn_triton
+    from distca_kernels.lightning_attn.chunked import chunk_lightning_attn_triton
     sweep = {}
     for spec in filter(None, args.segment_sweep.split(";")):
         t, cps_list = spec.split(":")
@@ -339,7 +339,7 @@ def main():
                 torch.cuda.empty_cache()
 
     from triton.runtime import Autotuner
-    from kernels.lightning_attn import triton_backward_split, triton_forward
+    from distca_kernels.lightning_attn import triton_backward_split, triton_forward
     choices = {}
     for mod in (triton_forward, triton_backward_split):
         for name in dir(mod):

@@ -8,7 +8,7 @@ so the call does a fixed amount of work, within a memory budget) and divides by 
 
 bf16, 32 query heads, 8 key/value heads, head dim 128 (Llama-8B-like). Forward and
 backward are timed separately (backward = forward+backward minus forward) with CUDA
-events, median of a few repeats. The kernel is `kernels.flash_attn.flash_attn_varlen_func`
+events, median of a few repeats. The kernel is `distca_kernels.flash_attn.flash_attn_varlen_func`
 (our Triton kernels); if it cannot run, torch SDPA with a bottom-right causal mask is used
 and the JSON says so.
 
@@ -43,7 +43,7 @@ def causal_pairs(q: int, kv: int) -> int:
 
 def make_kernel(name: str):
     if name == "triton":
-        from kernels.flash_attn import flash_attn_varlen_func
+        from distca_kernels.flash_attn import flash_attn_varlen_func
 
         def run(q, k, v, cu_q, cu_k, mq, mk):
             return flash_attn_varlen_func(q, k, v, cu_q, cu_k, mq, mk, causal=True)
@@ -141,7 +141,7 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("profile_attention_cost.py needs a CUDA GPU")
-    kernel, note = "triton", "kernels.flash_attn.flash_attn_varlen_func (Triton)"
+    kernel, note = "triton", "distca_kernels.flash_attn.flash_attn_varlen_func (Triton)"
     run = make_kernel(kernel)
     try:
         time_point(run, 128, 256, 1)

@@ -2,7 +2,7 @@
 
 Device time is scarce, so tile candidates are screened here first: a config that spills
 registers or does not fit shared memory is not worth timing. Needs only triton (its bundled
-ptxas and cuobjdump: kernels/flash_attn/sm90_compile.py); run with the same triton version as
+ptxas and cuobjdump: distca_kernels/flash_attn/sm90_compile.py); run with the same triton version as
 the GPU machine, since register allocation changes between releases.
 
 Usage: python benchmarks/screen_attention_kernels.py [--dtype bf16] [--head-dim 128] [--tma-only]
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import triton  # noqa: E402
 
-from kernels.flash_attn.sm90_compile import (dkdv_source, dq_source, forward_source, fused_source,  # noqa: E402
+from distca_kernels.flash_attn.sm90_compile import (dkdv_source, dq_source, forward_source, fused_source,  # noqa: E402
                                              gluon_source, resources)
 
 ALL_KINDS = "forward,fused,dkdv,dq,g-forward,g-dkdv,g-dq,g-fused"

@@ -3,7 +3,7 @@
 The Triton interpreter tests need one: triton builds its own `@triton.jit` helpers (tl.zeros,
 tl.cdiv, ...) when it is first imported, as interpreter functions only if TRITON_INTERPRET=1
 is set by then, and the rest of the suite imports triton long before. Our own kernel files
-are built per mode at any time (kernels/triton_loader.py); triton's helpers are not.
+are built per mode at any time (distca_kernels/triton_loader.py); triton's helpers are not.
 """
 import os
 import subprocess

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-ROOMS = ("kernels", "parallel", "distca", "launch", "configs", "benchmarks", "tests")
+ROOMS = ("distca_kernels", "parallel", "distca", "launch", "configs", "benchmarks", "tests")
 
 
 def map_entries(text: str) -> list[str]:
@@ -17,7 +17,7 @@ def map_entries(text: str) -> list[str]:
 
 def tree_entries(root: Path) -> set[str]:
     out = {f"{r}/" for r in ROOMS if (root / r).is_dir()}
-    for top in ("kernels", "parallel", "distca"):
+    for top in ("distca_kernels", "parallel", "distca"):
         for d in (root / top).iterdir():
             if d.is_dir() and any(d.glob("*.py")):
                 out.add(f"{top}/{d.name}/")
@@ -34,13 +34,13 @@ def test_the_map_lists_every_room_and_nothing_else():
 
 
 def test_the_checker_sees_a_new_room(tmp_path):
-    for d in ("kernels/op", "parallel", "distca/new_room", "launch", "configs", "benchmarks", "tests"):
+    for d in ("distca_kernels/op", "parallel", "distca/new_room", "launch", "configs", "benchmarks", "tests"):
         (tmp_path / d).mkdir(parents=True)
-    (tmp_path / "kernels" / "op" / "k.py").write_text("")
+    (tmp_path / "distca_kernels" / "op" / "k.py").write_text("")
     (tmp_path / "distca" / "new_room" / "m.py").write_text("")
     (tmp_path / "distca" / "loop.py").write_text("")
-    assert tree_entries(tmp_path) == {"kernels/", "parallel/", "distca/", "launch/", "configs/", "benchmarks/",
-                                      "tests/", "kernels/op/", "distca/new_room/", "distca/loop.py"}
+    assert tree_entries(tmp_path) == {"distca_kernels/", "parallel/", "distca/", "launch/", "configs/", "benchmarks/",
+                                      "tests/", "distca_kernels/op/", "distca/new_room/", "distca/loop.py"}
 
 
 def test_at_most_ten_modules_directly_in_distca():

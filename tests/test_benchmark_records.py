@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("triton")
 
 from benchmarks.attention import config_record  # noqa: E402
-from kernels.flash_attn.block_config import select_configs  # noqa: E402
+from distca_kernels.flash_attn.block_config import select_configs  # noqa: E402
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
@@ -31,7 +31,7 @@ def test_baseline_swap_puts_back_the_current_kernels():
     current ones must be back afterwards, also when a timing raises, or every later 'current'
     measurement would time the baseline."""
     from benchmarks.attention_vs_baseline import Swap
-    from kernels.flash_attn import gluon_backward_fused, triton_attention
+    from distca_kernels.flash_attn import gluon_backward_fused, triton_attention
 
     def current():
         return triton_attention._gluon_forward, gluon_backward_fused.gluon_attention_backward_fused_kernel

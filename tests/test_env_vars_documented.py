@@ -1,5 +1,5 @@
 """No hidden configuration: every environment variable the product code reads (distca/,
-parallel/, kernels/, launch/) is listed in the README's environment-variable table."""
+parallel/, distca_kernels/, launch/) is listed in the README's environment-variable table."""
 from __future__ import annotations
 
 import re
@@ -12,7 +12,7 @@ READS = re.compile(r"""(?:os\.environ(?:\.get|\.setdefault|\.pop)?\(\s*|os\.envi
 
 def variables_read(root: Path) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
-    for top in ("distca", "parallel", "kernels", "launch"):
+    for top in ("distca", "parallel", "distca_kernels", "launch"):
         for path in (root / top).rglob("*.py"):
             for m in READS.finditer(path.read_text()):
                 out.setdefault(m.group(1) or m.group(2), set()).add(str(path.relative_to(root)))
@@ -36,7 +36,7 @@ def test_every_variable_the_code_reads_is_in_the_readme_table():
 
 def test_the_scanner_sees_each_way_of_reading(tmp_path):
     (tmp_path / "distca").mkdir()
-    for top in ("parallel", "kernels", "launch"):
+    for top in ("parallel", "distca_kernels", "launch"):
         (tmp_path / top).mkdir()
     (tmp_path / "distca" / "m.py").write_text(
         'a = os.environ.get("A_VAR", "0")\nb = os.environ["B_VAR"]\nos.environ.setdefault("C_VAR", "1")\n'

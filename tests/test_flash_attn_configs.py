@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels.flash_attn.interface as interface
-import kernels.flash_attn.triton_attention as triton_attention
-from kernels.flash_attn import flash_attn_varlen_func
-from kernels.flash_attn.block_config import FUSED_MAX_GROUP, select_configs
+import distca_kernels.flash_attn.interface as interface
+import distca_kernels.flash_attn.triton_attention as triton_attention
+from distca_kernels.flash_attn import flash_attn_varlen_func
+from distca_kernels.flash_attn.block_config import FUSED_MAX_GROUP, select_configs
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

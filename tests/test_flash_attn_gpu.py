@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-import kernels.flash_attn.interface as interface
-from kernels.flash_attn import flash_attn_varlen_func
+import distca_kernels.flash_attn.interface as interface
+from distca_kernels.flash_attn import flash_attn_varlen_func
 from tests.test_flash_attn_helpers import (compare_to_oracle, forward_backward_pair, fp64_oracle, make_inputs,
                                            random_lengths, run_with_grads)
 
@@ -77,7 +77,7 @@ def test_fp32_runs_in_full_precision():
 def _variants():
     from dataclasses import replace
 
-    from kernels.flash_attn.block_config import TileConfig, select_configs
+    from distca_kernels.flash_attn.block_config import TileConfig, select_configs
     base = select_configs(128, torch.bfloat16, interpret=False)
     # the Triton kernels, with TMA descriptors or with pointer loads
     triton = replace(base, **{name: getattr(base, name).fallback or getattr(base, name) for name in ("forward", "dkdv", "dq")})
@@ -101,7 +101,7 @@ def _variants():
 def test_kernel_variants(variant):
     """Every forward/backward path (TMA or pointer loads, two-kernel or fused backward, other
     tiles) on packed documents and on query shards shorter than their keys."""
-    from kernels.flash_attn.triton_attention import TritonVarlenAttention
+    from distca_kernels.flash_attn.triton_attention import TritonVarlenAttention
     configs = _variants()[variant]
 
     def call(q, k, v, cu_q, cu_k, mq, mk, scale, causal):
@@ -120,7 +120,7 @@ def test_kernel_variants(variant):
 def test_gluon_forward_beyond_the_variants(dtype, hkv, causal):
     """The warp-specialized Gluon forward beyond test_kernel_variants' causal GQA 8/2: without
     the causal mask (its diagonal is moved past every key), fp16, and MQA."""
-    from kernels.flash_attn.triton_attention import TritonVarlenAttention
+    from distca_kernels.flash_attn.triton_attention import TritonVarlenAttention
     configs = _variants()["default"]
 
     def call(q, k, v, cu_q, cu_k, mq, mk, scale, causal):

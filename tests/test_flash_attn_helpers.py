@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.flash_attn import attention_varlen_reference
+from distca_kernels.flash_attn import attention_varlen_reference
 
 
 def cu_from_lengths(lengths, device="cpu") -> torch.Tensor:
@@ -98,7 +98,7 @@ class _ForwardBackwardPair(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, cu_q, cu_k, mq, mk, scale, causal):
-        from kernels.flash_attn import flash_attn_varlen_forward
+        from distca_kernels.flash_attn import flash_attn_varlen_forward
         o, lse = flash_attn_varlen_forward(q, k, v, cu_q, cu_k, mq, mk, softmax_scale=scale, causal=causal)
         ctx.save_for_backward(q, k, v, o, lse, cu_q, cu_k)
         ctx.args = (mq, mk, scale, causal)
@@ -106,7 +106,7 @@ class _ForwardBackwardPair(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do, dlse):
-        from kernels.flash_attn import flash_attn_varlen_backward
+        from distca_kernels.flash_attn import flash_attn_varlen_backward
         q, k, v, o, lse, cu_q, cu_k = ctx.saved_tensors
         mq, mk, scale, causal = ctx.args
         dq, dk, dv = flash_attn_varlen_backward(do, q, k, v, o, lse, cu_q, cu_k, mq, mk, softmax_scale=scale,
@@ -126,7 +126,7 @@ def test_loading_kernels_leaves_the_process_mode_unchanged(monkeypatch, env):
 
     import triton
 
-    from kernels import triton_loader
+    from distca_kernels import triton_loader
     if env is None:
         monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     else:
@@ -134,7 +134,7 @@ def test_loading_kernels_leaves_the_process_mode_unchanged(monkeypatch, env):
     knob = triton.knobs.runtime.interpret
     monkeypatch.setattr(triton_loader, "_cache", {})  # build afresh
     for interpret, kind in ((True, "InterpretedFunction"), (False, "JITFunction")):
-        mod = triton_loader.load_kernels("kernels.flash_attn.triton_forward", interpret)
+        mod = triton_loader.load_kernels("distca_kernels.flash_attn.triton_forward", interpret)
         assert type(mod.attention_forward_kernel).__name__ == kind
         assert os.environ.get("TRITON_INTERPRET") == env
         assert triton.knobs.runtime.interpret == knob

@@ -11,11 +11,11 @@ import os
 import pytest
 import torch
 
-import kernels.flash_attn.interface as interface
-from kernels.flash_attn import flash_attn_varlen_func, merge_attention_partials
-from kernels.flash_attn.reference import attention_varlen_reference
-from kernels.flash_attn.block_config import AttentionConfigs, TileConfig
-from kernels.flash_attn.triton_attention import TritonVarlenAttention
+import distca_kernels.flash_attn.interface as interface
+from distca_kernels.flash_attn import flash_attn_varlen_func, merge_attention_partials
+from distca_kernels.flash_attn.reference import attention_varlen_reference
+from distca_kernels.flash_attn.block_config import AttentionConfigs, TileConfig
+from distca_kernels.flash_attn.triton_attention import TritonVarlenAttention
 from tests.test_flash_attn_helpers import (compare_to_oracle, cu_from_lengths, forward_backward_pair, fp64_oracle,
                                            make_inputs, random_lengths, rel_err, run_with_grads)
 

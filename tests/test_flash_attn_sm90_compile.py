@@ -12,9 +12,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from kernels.flash_attn.sm90_compile import (dkdv_source, dq_source, forward_source,  # noqa: E402
+from distca_kernels.flash_attn.sm90_compile import (dkdv_source, dq_source, forward_source,  # noqa: E402
                                              fused_source, gluon_source, resources)
-from kernels.flash_attn.block_config import TileConfig, select_configs  # noqa: E402
+from distca_kernels.flash_attn.block_config import TileConfig, select_configs  # noqa: E402
 
 SMEM_LIMIT = 232448  # bytes of shared memory one block may use on sm_90
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.flash_attn import (attention_varlen_reference, flash_attn_varlen_func, merge_attention_partials,
+from distca_kernels.flash_attn import (attention_varlen_reference, flash_attn_varlen_func, merge_attention_partials,
                                 merge_partials_reference)
 from tests.test_flash_attn_helpers import cu_from_lengths
 

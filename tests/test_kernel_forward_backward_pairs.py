@@ -13,8 +13,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernels.flash_attn import flash_attn_varlen_backward, flash_attn_varlen_forward
-from kernels.lightning_attn import (chunk_lightning_attn_backward, chunk_lightning_attn_forward,
+from distca_kernels.flash_attn import flash_attn_varlen_backward, flash_attn_varlen_forward
+from distca_kernels.lightning_attn import (chunk_lightning_attn_backward, chunk_lightning_attn_forward,
                                     lightning_attn_reference)
 from tests.test_flash_attn_helpers import (compare_to_oracle, forward_backward_pair, fp64_oracle,
                                            make_inputs, run_with_grads)

@@ -23,7 +23,7 @@ def rel_err(got, ref):
 
 
 def _worker(rank, size):
-    from kernels.lightning_attn.interface import uses_triton
+    from distca_kernels.lightning_attn.interface import uses_triton
     state = ParallelState.create(ParallelDims.resolve(size, cp=size))
     doc_lens = [20, 7, 37]
     for layout in ("contiguous", "zigzag"):

@@ -1,4 +1,4 @@
-"""The dependency rule, checked on the source: kernels <- parallel <- distca <- launch <-
+"""The dependency rule, checked on the source: distca_kernels <- parallel <- distca <- launch <-
 benchmarks, and tests use benchmarks only where they test a benchmark script.
 
 Every import statement of every module (at any depth, lazy imports in functions included)
@@ -11,10 +11,10 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ["kernels", "parallel", "distca", "launch", "benchmarks"]  # each may import only those before it
+LAYERS = ["distca_kernels", "parallel", "distca", "launch", "benchmarks"]  # each may import only those before it
 # the test modules of benchmark scripts themselves; every other test checks the product and
 # must not lean on benchmark code (what both need lives in the product: parallel/comm_counter.py,
-# kernels/flash_attn/sm90_compile.py)
+# distca_kernels/flash_attn/sm90_compile.py)
 BENCHMARK_TESTS = {"test_benchmark_records.py", "test_cad_sim.py", "test_multigpu_scripts.py"}
 
 
@@ -69,4 +69,11 @@ def test_the_checker_sees_upward_edges(tmp_path):
            "def f():\n    import distca.train as t\n    from parallel.plan import ParallelPlan\n")
     probe = tmp_path / "probe.py"
     probe.write_text(src)
-    assert imports_of(probe, package="kernels") == {"os", "kernels", "distca", "parallel"}
+    assert imports_of(probe, package="distca_kernels") == {"os", "distca_kernels", "distca", "parallel"}
+
+
+def test_no_top_level_package_shadows_a_known_one():
+    """Our top-level packages must not take a name other installed packages use: a `kernels`
+    of ours shadowed Hugging Face's `kernels`, which transformers imports."""
+    ours = {p.name for p in ROOT.iterdir() if (p / "__init__.py").is_file()}
+    assert not ours & {"kernels", "utils", "models", "tests_utils", "triton", "torch"}, ours

@@ -13,9 +13,9 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 if torch.cuda.is_available():
-    from kernels.lightning_attn import chunk_lightning_attn, lightning_attn_reference
-    from kernels.lightning_attn import chunked
-    from kernels.lightning_attn.chunked import chunk_lightning_attn_triton
+    from distca_kernels.lightning_attn import chunk_lightning_attn, lightning_attn_reference
+    from distca_kernels.lightning_attn import chunked
+    from distca_kernels.lightning_attn.chunked import chunk_lightning_attn_triton
 
 BF16_TOL = 1.5e-2  # bf16 operands (P, states) against fp64; measured values are printed
 # dg is a reverse cumulative sum of q.dq - k.dk, a difference of nearly equal bf16-rounded
@@ -129,7 +129,7 @@ def test_segment_plans_agree_on_a_long_sequence():
 def test_forward_backward_pair_equals_the_autograd_function(decay):
     """chunk_lightning_attn_forward / _backward (LASP-2's intra-rank part) run the same
     kernels as the autograd path: the same output to the bit, gradients to bf16 rounding."""
-    from kernels.lightning_attn import chunk_lightning_attn_backward, chunk_lightning_attn_forward
+    from distca_kernels.lightning_attn import chunk_lightning_attn_backward, chunk_lightning_attn_forward
     q, k, v, g_gamma, g, _ = _case(3000, 4, 128, 128, decay, 1, torch.bfloat16, seed=5)
     cu = torch.tensor([0, 1000, 1001, 3000], device="cuda", dtype=torch.int32)
     do = torch.randn(q.shape[:3] + (v.shape[-1],), device="cuda").to(torch.bfloat16)

@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
-from kernels.lightning_attn import chunk_lightning_attn, chunked, lightning_attn_reference, uses_triton
-from kernels.lightning_attn.chunked import chunk_lightning_attn_triton
+from distca_kernels.lightning_attn import chunk_lightning_attn, chunked, lightning_attn_reference, uses_triton
+from distca_kernels.lightning_attn.chunked import chunk_lightning_attn_triton
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="run by test_triton_interpreter.py (needs TRITON_INTERPRET=1 at start)")
@@ -118,7 +118,7 @@ def test_public_function_runs_triton_with_default_chunk():
 def test_forward_backward_pair_runs_triton_and_matches(decay):
     """chunk_lightning_attn_forward / _backward (what LASP-2 calls inside its own Function):
     the Triton kernels, no autograd graph, gradients of the fp64 reference."""
-    from kernels.lightning_attn import chunk_lightning_attn_backward, chunk_lightning_attn_forward
+    from distca_kernels.lightning_attn import chunk_lightning_attn_backward, chunk_lightning_attn_forward
     q, k, v, g_gamma, g, _ = _case(1, 58, 2, 16, 16, decay, n_states=0, seed=13)
     cu = torch.tensor([0, 1, 1, 17, 50, 51, 58])
     o, res = chunk_lightning_attn_forward(q, k, v, g_gamma, g, scale=0.5, cu_seqlens=cu)

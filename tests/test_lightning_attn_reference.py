@@ -11,7 +11,7 @@ import re
 import pytest
 import torch
 
-from kernels.lightning_attn import (chunk_lightning_attn, lightning_attn_recurrent_reference,
+from distca_kernels.lightning_attn import (chunk_lightning_attn, lightning_attn_recurrent_reference,
                                     lightning_attn_reference, uses_triton)
 
 DECAYS = ["none", "gamma", "g"]

@@ -6,7 +6,7 @@ tests marked gpu at the end of this file)."""
 import pytest
 import torch
 
-from kernels.linear_ce import (
+from distca_kernels.linear_ce import (
     ce_rows_torch,
     linear_cross_entropy_reference,
     linear_cross_entropy_sum,
@@ -232,8 +232,8 @@ def test_row_kernel_compiles_for_sm90_with_vector_loads():
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from kernels.triton_loader import load_kernels
-    fn = load_kernels("kernels.linear_ce.triton_ce", False)._ce_rows_kernel
+    from distca_kernels.triton_loader import load_kernels
+    fn = load_kernels("distca_kernels.linear_ce.triton_ce", False)._ce_rows_kernel
     const = {"IGNORE": -100, "BLOCK_V": 8192, "WRITE_GRAD": True}
     sig = {"logits": "*bf16", "stride_row": "i32", "labels": "*i64", "losses": "*fp32", "V": "i32"}
     sig.update({k: "constexpr" for k in const})
@@ -250,7 +250,7 @@ def test_row_kernel_compiles_for_sm90_with_vector_loads():
 @pytest.mark.parametrize("t,d,v,chunk", [(1000, 256, 32003, 384), (300, 128, 128256, 128),
                                          (64, 64, 1000, 4096)])
 def test_gpu_bf16_autocast_vs_fp64(t, d, v, chunk):
-    from kernels.linear_ce import uses_triton
+    from distca_kernels.linear_ce import uses_triton
     h, w, y = _case(t, d, v, ignore=[0, t // 2, t - 1], dtype=torch.float32)
     h, w, y = h.cuda(), w.cuda() * 0.2, y.cuda()
     assert uses_triton(h, torch.bfloat16)
@@ -260,7 +260,7 @@ def test_gpu_bf16_autocast_vs_fp64(t, d, v, chunk):
                           compute_dtype=torch.bfloat16)
     ref = _ref(h, w, y)
     assert got[1].dtype == torch.float32 and got[2].dtype == torch.float32
-    from kernels.linear_ce.interface import _gemm_writes_fp32
+    from distca_kernels.linear_ce.interface import _gemm_writes_fp32
     print("bf16 GEMMs write fp32 directly:", _gemm_writes_fp32(h.device, torch.bfloat16))
     for name, a, c, r in zip(["loss", "grad_hidden", "grad_weight"], got, dense_bf16, ref):
         err, base = _max_rel(a, r), _max_rel(c, r)

@@ -11,13 +11,13 @@ import os
 import pytest
 import torch
 
-from kernels.linear_ce import (
+from distca_kernels.linear_ce import (
     interface,
     linear_cross_entropy_reference,
     linear_cross_entropy_sum,
     uses_triton,
 )
-from kernels.triton_loader import load_kernels
+from distca_kernels.triton_loader import load_kernels
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="run in a fresh process with TRITON_INTERPRET=1")
@@ -32,7 +32,7 @@ def _max_rel(a, b):
 @pytest.mark.parametrize("v,block", [(131, 32), (1000, 64), (7, 8192), (64, 32)])
 @pytest.mark.parametrize("write_grad", [True, False])
 def test_row_kernel_fp32(v, block, write_grad):
-    kernels = load_kernels("kernels.linear_ce.triton_ce", True)
+    kernels = load_kernels("distca_kernels.linear_ce.triton_ce", True)
     gen = torch.Generator().manual_seed(v)
     x = torch.randn(5, v, generator=gen) * 4
     x[1, 3] = 60.0  # a dominant logit: the running max must rescale the running sum

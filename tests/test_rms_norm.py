@@ -9,7 +9,7 @@ max(|dx|, |dy w rstd|) for dx (at d = 1 dx is a near-cancellation of two terms o
 import pytest
 import torch
 
-from kernels.rms_norm import rms_norm, rms_norm_reference, uses_triton
+from distca_kernels.rms_norm import rms_norm, rms_norm_reference, uses_triton
 
 EPS = 1e-5
 # fp32 math against fp64: measured scaled errors <= 2e-7 (y, dx, dweight; widths 1 to 2048)

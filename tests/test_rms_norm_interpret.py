@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
-from kernels.rms_norm import rms_norm, uses_triton
-from kernels.triton_loader import load_kernels
+from distca_kernels.rms_norm import rms_norm, uses_triton
+from distca_kernels.triton_loader import load_kernels
 from tests.test_rms_norm import EPS, ROUND, TOL32, case, errors, run
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
@@ -59,7 +59,7 @@ def test_strided_rows_and_columns():
                                                   (16, 64, 4, 1)])
 def test_backward_loop_and_partials(n, d, block_m, programs):
     """Each program walks several row tiles (the last one partial) and adds a dW partial."""
-    kernels = load_kernels("kernels.rms_norm.triton_rms_norm", True)
+    kernels = load_kernels("distca_kernels.rms_norm.triton_rms_norm", True)
     x, w, dy = case((n, d), seed=n + d)
     y, rstd = kernels.rms_norm_forward(x, w, EPS, torch.float32, block_m=block_m)
     dx, dw = kernels.rms_norm_backward(dy, x, w, rstd, block_m=block_m, programs=programs)

@@ -1,4 +1,4 @@
-"""kernels.rope.qkv_rope against RoPE by definition (`apply_rope` below) in fp64.
+"""distca_kernels.rope.qkv_rope against RoPE by definition (`apply_rope` below) in fp64.
 
 The CPU tests run the torch path (TRITON_INTERPRET unset; the Triton kernels under the
 interpreter are tests/test_rope_interpret.py). The gpu-marked tests run the Triton kernel in
@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from distca.model.layers import rope_cos_sin
-from kernels.rope import (
+from distca_kernels.rope import (
     qkv_rope,
     qkv_rope_backward_reference,
     qkv_rope_reference,

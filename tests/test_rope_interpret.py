@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
-from kernels.rope import qkv_rope, uses_triton
-from kernels.triton_loader import load_kernels
+from distca_kernels.rope import qkv_rope, uses_triton
+from distca_kernels.triton_loader import load_kernels
 from tests.test_rope import _case, _expected, _grads, _run
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
@@ -99,7 +99,7 @@ def test_non_contiguous_and_expanded_gradients():
 
 def test_head_blocks_loop(monkeypatch):
     """Wide models loop over blocks of heads: force 2-head blocks at a small size."""
-    kernels = load_kernels("kernels.rope.triton_rope", True)
+    kernels = load_kernels("distca_kernels.rope.triton_rope", True)
     monkeypatch.setattr(kernels, "_MAX_BLOCK", 8)
     shape = (4, 5, 3, 6)
     qkv, cos, sin = _case(*shape, dtype=torch.float32, seed=10)

@@ -8,7 +8,7 @@ d(gate_up) per half.
 import pytest
 import torch
 
-from kernels.swiglu import swiglu, swiglu_reference, uses_triton
+from distca_kernels.swiglu import swiglu, swiglu_reference, uses_triton
 
 # fp32 math against fp64: measured scaled errors <= 1e-7 (out, d up), 4e-7 (d gate)
 TOL32 = 2e-6

@@ -11,8 +11,8 @@ import os
 import pytest
 import torch
 
-from kernels.swiglu import swiglu, uses_triton
-from kernels.triton_loader import load_kernels
+from distca_kernels.swiglu import swiglu, uses_triton
+from distca_kernels.triton_loader import load_kernels
 from tests.test_swiglu import ROUND, TOL32, case, errors, run
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
@@ -40,7 +40,7 @@ def test_strided_inputs():
 @pytest.mark.parametrize("n,f,block_m,block_f", [(7, 130, 2, 32), (5, 3, 4, 2), (3, 64, 1, 16),
                                                  (9, 1, 4, 1), (6, 5, 4, 8)])
 def test_row_and_column_blocks_with_partial_tiles(n, f, block_m, block_f):
-    kernels = load_kernels("kernels.swiglu.triton_swiglu", True)
+    kernels = load_kernels("distca_kernels.swiglu.triton_swiglu", True)
     gu, dout = case((n, 2 * f), seed=n + f)
     out = kernels.swiglu_forward(gu, block_f=block_f, block_m=block_m)
     dgu = kernels.swiglu_backward(dout, gu, block_f=block_f, block_m=block_m)

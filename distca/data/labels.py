@@ -1,6 +1,6 @@
 """Labels for next-token prediction on packed samples.
 
-The loss itself is the LM head fused with cross-entropy (kernels/linear_ce, called by the
+The loss itself is the LM head fused with cross-entropy (distca_kernels/linear_ce, called by the
 model's head): a *sum* over tokens, which the trainer divides by the global token count so
 every parallel layout agrees.
 """

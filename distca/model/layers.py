@@ -1,13 +1,13 @@
 """Building blocks shared by every mixer: RMSNorm, rotary embeddings, SwiGLU. The arithmetic
-is in fused kernels (kernels/rms_norm, kernels/swiglu, kernels/rope), each with a torch path on
+is in fused kernels (distca_kernels/rms_norm, distca_kernels/swiglu, distca_kernels/rope), each with a torch path on
 the CPU."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from kernels.rms_norm import rms_norm
-from kernels.swiglu import swiglu
+from distca_kernels.rms_norm import rms_norm
+from distca_kernels.swiglu import swiglu
 
 
 def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:

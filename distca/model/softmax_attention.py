@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from kernels.rope import qkv_rope
+from distca_kernels.rope import qkv_rope
 
 
 class SoftmaxAttention(nn.Module):

@@ -8,13 +8,13 @@ from torch.utils.checkpoint import checkpoint
 
 from distca.config.schema import Recompute
 from distca.model.layers import RMSNorm, SwiGLU, autocast_dtype, rope_cos_sin
-from kernels.linear_ce import linear_cross_entropy_sum
+from distca_kernels.linear_ce import linear_cross_entropy_sum
 from distca.model.linear_attention import LinearAttention
 from distca.model.softmax_attention import SoftmaxAttention
 
 
 class ChunkedLMHead(nn.Module):
-    """The output projection fused with the loss (kernels/linear_ce): logits exist one chunk
+    """The output projection fused with the loss (distca_kernels/linear_ce): logits exist one chunk
     at a time and are never recomputed; the gradients are made in the forward. A module of its
     own so that ZeRO-3 gathers its weight around its forward."""
     def __init__(self, dim: int, vocab_size: int, chunk: int):

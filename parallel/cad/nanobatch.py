@@ -25,7 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from kernels.precision import accumulator_dtype
+from distca_kernels.precision import accumulator_dtype
 from parallel.cad.dispatch import Exchange, Layout
 from parallel.cad.pingpong import lse_rows, pool_rows
 from parallel.cad.server import serve_backward, serve_forward

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.precision import accumulator_dtype
+from distca_kernels.precision import accumulator_dtype
 from parallel.cad.dispatch import Exchange, Layout
 from parallel.cad.server import serve_backward, serve_forward
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.flash_attn import flash_attn_varlen_backward, flash_attn_varlen_forward
-from kernels.precision import accumulator_dtype
+from distca_kernels.flash_attn import flash_attn_varlen_backward, flash_attn_varlen_forward
+from distca_kernels.precision import accumulator_dtype
 from parallel.cad.dispatch import Layout
 
 

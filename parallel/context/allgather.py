@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.flash_attn import flash_attn_varlen_func
-from kernels.precision import accumulator_dtype as acc_dtype
+from distca_kernels.flash_attn import flash_attn_varlen_func
+from distca_kernels.precision import accumulator_dtype as acc_dtype
 from parallel.context.collectives import all_gather_padded, group_size_rank, reduce_scatter_padded
 from parallel.context.shard import Shard, _ranges
 from parallel.context.strategy import Strategy, check_call

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.flash_attn import flash_attn_varlen_func, merge_attention_partials
+from distca_kernels.flash_attn import flash_attn_varlen_func, merge_attention_partials
 from parallel.context.block_plan import BlockPlan
 
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from kernels.lightning_attn import chunk_lightning_attn_backward, chunk_lightning_attn_forward
-from kernels.precision import accumulator_dtype
+from distca_kernels.lightning_attn import chunk_lightning_attn_backward, chunk_lightning_attn_forward
+from distca_kernels.precision import accumulator_dtype
 from parallel import comm
 from parallel.context.lasp2_plan import LAYOUT_SLOTS, Lasp2Plan, plan_from_shard
 from parallel.context.strategy import Strategy

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 
-from kernels.flash_attn import flash_attn_varlen_func
-from kernels.lightning_attn import chunk_lightning_attn
+from distca_kernels.flash_attn import flash_attn_varlen_func
+from distca_kernels.lightning_attn import chunk_lightning_attn
 from parallel.context.strategy import Strategy
 
 

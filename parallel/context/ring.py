@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.precision import accumulator_dtype as acc_dtype
+from distca_kernels.precision import accumulator_dtype as acc_dtype
 from parallel.context.attend import attend_block, attend_block_backward, merge_into
 from parallel.context.block_plan import BlockPlan, plan_block
 from parallel.context.collectives import RingP2P, group_size_rank

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.flash_attn import flash_attn_varlen_func
+from distca_kernels.flash_attn import flash_attn_varlen_func
 from parallel.context.collectives import all_to_all_rows_autograd, group_size_rank
 from parallel.context.shard import Shard, shard_from_index
 from parallel.context.strategy import Strategy, check_call
