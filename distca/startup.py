@@ -17,9 +17,11 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
+from distca.checkpoint import hf_source
 from distca.checkpoint import store as ckpt
 from distca.config.validate import ConfigError, build_plan, micro_batches_per_step
 from distca.data import build_dataset
+from distca.evaluation.tasks import check_tokenizer
 from distca.lifecycle.process_group import init_distributed, max_over_ranks
 from distca.lifecycle.run_dir import Start, agree, decide_start
 from distca.model.transformer import deprecation_messages, head_dim
@@ -35,6 +37,15 @@ def vocab_size(cfg, tokenizer, tp: int) -> int:
     """model.vocab_size, or the tokenizer's padded to a multiple of 64 and of tp (the same
     vocabulary, so the same model, for every power-of-two tp up to 64)."""
     v = cfg.model.vocab_size
+    if getattr(cfg.model, "init_from", ""):  # the folder's embedding has its rows: nothing to pad or choose
+        if v < tokenizer.vocab_size:
+            raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model from "
+                             f"model.init_from={cfg.model.init_from} has vocab_size {v}; use the model's own "
+                             "tokenizer (data.tokenizer=auto with its folder)")
+        if v % tp:
+            raise ValueError(f"vocab_size {v} of model.init_from={cfg.model.init_from} is not divisible by "
+                             f"parallel.tp={tp}; choose a tp that divides it")
+        return v
     if v == -1:
         multiple = math.lcm(64, tp)  # matmul-friendly rows, and an equal share per TP rank
         return -(-tokenizer.vocab_size // multiple) * multiple
@@ -60,6 +71,8 @@ class Run:
     ckpt_dir: str
     start: Start
     rank: int
+    init: object = None   # the Hugging Face folder the weights come from (model.init_from), or None
+    tokenizer: object = None  # the data's tokenizer (evaluation tasks write prompts with it)
 
     @property
     def loud(self) -> bool:
@@ -81,8 +94,12 @@ def prepare(cfg) -> Run:
     """Data, plan, process group, run dir, start. Raises ConfigError for a config that cannot
     run: every rank finds the same problem, before any collective but the group's start."""
     try:
+        cfg, init = hf_source.resolve(cfg)  # model.init_from: the folder's architecture
         tokenizer, packer = build_dataset(cfg.data, cfg.train.seed)
         vocab = vocab_size(cfg, tokenizer, cfg.parallel.tp)
+        check_tokenizer(cfg, tokenizer)  # the evaluation tasks that write text can
+        if init is not None:
+            init.check(cfg.model, vocab)  # every tensor there, with its shape: before anything is built
         device = init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
         world = dist.get_world_size() if dist.is_initialized() else 1
         plan = build_plan(cfg, world, vocab)
@@ -90,7 +107,7 @@ def prepare(cfg) -> Run:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     rank = dist.get_rank() if dist.is_initialized() else 0
-    return Run(cfg, device, plan, vocab, packer, run_dir, ckpt_dir, start, rank)
+    return Run(cfg, device, plan, vocab, packer, run_dir, ckpt_dir, start, rank, init, tokenizer)
 
 
 def _where_to_start(cfg, plan, vocab) -> tuple[str, str, Start]:
@@ -134,7 +151,9 @@ def build_trainer(run: Run) -> Trainer:
             say(f"warning: {w}")
     state = plan.setup(run.device)
     n_micro = micro_batches_per_step(t, plan.dims.dp)
-    built = build_parallel_model(cfg, plan, run.vocab, run.device, n_micro)
+    # weights from model.init_from only when the run starts fresh: a resumed run loads its own
+    built = build_parallel_model(cfg, plan, run.vocab, run.device, n_micro,
+                                 init=run.init if run.start.load_dir is None else None)
     stage = built.stage
     announce_deepspeed_build(cfg.parallel.zero_stage if plan.dims.tp == plan.dims.pp == 1 else 0, loud)
     engine = build_engine(built.model, state, adamw_factory(t, fused=run.device.type == "cuda"), t.grad_clip,
@@ -147,6 +166,8 @@ def build_trainer(run: Run) -> Trainer:
         run.packer.load_state_dict(trainer_state["packer"])
     if loud:
         save_config(run)
+        if run.init is not None:
+            run.init.copy_small_files(run.run_dir)
     logger = MetricsLogger(run.run_dir, dataclasses.asdict(cfg), cfg.logger, t.steps, enabled=loud,
                            log_every=t.log_every, start_step=run.start.step)
     peak = device_peak_tflops(run.device)

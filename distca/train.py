@@ -16,7 +16,7 @@ from distca.checkpoint.policy import SavePolicy
 from distca.config import to_typed
 from distca.config.validate import ConfigError, check_known_keys
 from distca.data.batching import global_label_count, rank_micro_batches
-from distca.evaluation.held_out import evaluate
+from distca.evaluation.tasks import evaluate
 from distca.lifecycle import fault_injection
 from distca.lifecycle.determinism import deterministic_kernels
 from distca.lifecycle.process_group import max_over_ranks
@@ -90,7 +90,7 @@ def _train(run: Run, stop: StopSignals) -> list[dict]:
                  **one_step.throughput(trainer, cfg, samples, dt, plan.dims.world_size),
                  "lr": lr, "grad_norm": grad_norm, "step_time_s": dt, "skipped_steps": guard.skipped,
                  **plan.step_metrics(), **pipeline_metrics,
-                 **evaluate(cfg, step, plan, trainer.engine, trainer.stage, trainer.amp, run.device)}
+                 **evaluate(cfg, step, plan, trainer.engine, trainer.stage, trainer.amp, run.device, run.tokenizer)}
             history.append(m)
             trainer.logger.log(m)
             # save and stop: one collective carries the stop flag and rank 0's clock

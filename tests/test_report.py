@@ -80,3 +80,14 @@ def test_wandb_panels_group_keys_and_keep_every_evaluation(tmp_path):
     assert step7["eval/loss"] == 2.0 and step7["train/loss"] == 1.0 and "perf/mfu" not in step7
     rows = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert len(rows) == 30 and "eval_loss" in rows[6] and "loss" in rows[0]  # plain keys on disk
+
+
+def test_eval_figure_draws_the_passkey_grid_and_the_position_curve(tmp_path):
+    pytest.importorskip("matplotlib")
+    from distca.observe.report_eval import eval_figure
+    rows = [{"step": 1, "loss": 3.0},
+            {"step": 2, "eval_position_loss": [3.0, 2.5, None], "eval_position_edges": [0, 10, 20, 30],
+             "eval_passkey_grid": {"lengths": [100, 200], "depths": [0.0, 1.0], "acc": [[1.0, 0.5], [None, 0.0]]}}]
+    out = eval_figure(rows, tmp_path / "e.png")
+    assert out == tmp_path / "e.png" and out.stat().st_size > 1000
+    assert eval_figure(rows[:1], tmp_path / "none.png") is None and not (tmp_path / "none.png").exists()

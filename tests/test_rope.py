@@ -8,7 +8,8 @@ interpreter tests.
 import pytest
 import torch
 
-from distca.model.layers import rope_cos_sin
+from distca.config.schema import ModelConfig
+from distca.model.rope import rope_cos_sin
 from distca_kernels.rope import (
     qkv_rope,
     qkv_rope_backward_reference,
@@ -48,7 +49,7 @@ def _case(t, h, hk, d, dtype=F64, cos_dtype=None, pad=0, seed=0, device="cpu"):
         left -= lengths[-1]
     pos = torch.cat([torch.arange(n) + int(torch.randint(0, 50, (1,), generator=gen))
                      for n in lengths]) if t else torch.zeros(0, dtype=torch.long)
-    cos, sin = rope_cos_sin(pos.to(device), d, 10000.0, cos_dtype or dtype)
+    cos, sin = rope_cos_sin(pos.to(device), d, ModelConfig(rope_theta=10000.0), cos_dtype or dtype)
     return qkv, cos, sin
 
 

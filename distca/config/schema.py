@@ -35,6 +35,13 @@ class Recompute(Choice):
     full = "full"            # keep each block's input only; recompute the whole block in backward
 
 
+class RopeScaling(Choice):
+    none = "none"      # inv_freq = theta^(-2i/d) (raise model.rope_theta for "ABF")
+    linear = "linear"  # every frequency divided by model.rope_factor (position interpolation)
+    yarn = "yarn"      # YaRN: ramp between interpolated and original frequencies, attention factor
+    llama3 = "llama3"  # Llama 3.1: long wavelengths divided by the factor, short kept, blended between
+
+
 class WandbMode(Choice):
     online = "online"  # stream to the W&B server while training
     offline = "offline"  # write under run_dir/wandb; upload later with `wandb sync`
@@ -52,9 +59,25 @@ class ModelConfig:
     ffn_hidden: int = 352       # SwiGLU inner width
     vocab_size: int = -1        # embedding rows (-1: the tokenizer's, padded to a multiple of 64)
     rope_theta: float = 500000.0  # RoPE base frequency
+    rope_scaling: RopeScaling = RopeScaling.none  # RoPE scaling for context extension (distca/model/rope.py)
+    rope_factor: float = 1.0    # linear / yarn / llama3: how many times the original context
+    rope_original_max_position: int = 8192  # yarn / llama3: the context the model was pretrained at
+    rope_low_freq_factor: float = 1.0   # llama3: wavelengths above original / this are divided by the factor
+    rope_high_freq_factor: float = 4.0  # llama3: wavelengths below original / this are kept
+    rope_beta_fast: float = 32.0  # yarn: rotations over the original context above which a frequency is kept
+    rope_beta_slow: float = 1.0   # yarn: rotations below which a frequency is fully interpolated
+    rope_attention_factor: float = -1.0  # yarn: cos/sin multiplier (-1: 0.1 ln(factor) + 1)
+    rope_truncate: bool = True  # yarn: round the correction range to whole dimensions (transformers' default)
     norm_eps: float = 1e-5      # RMSNorm epsilon
     linear_decay: LinearDecay = LinearDecay.head  # linear-attention layers' decay
     tie_embeddings: bool = False  # one weight for the embedding and the LM head
+    qkv_bias: bool = False      # bias on the q/k/v projection (Qwen2, or attention_bias in config.json)
+    out_bias: bool = False      # bias on the attention output projection (attention_bias in Llama/Qwen3 config.json)
+    qk_norm: bool = False       # RMSNorm over each head of q and k before RoPE (Qwen3)
+    # a local Hugging Face model folder (config.json + *.safetensors) to start from: the
+    # architecture comes from its config.json, the weights stream into each rank's part
+    # (distca/checkpoint/hf_import.py); "" = random init from train.seed
+    init_from: str = ""
     init_std: float = 0.02      # std of the normal weight init
     loss_chunk_tokens: int = 4096  # tokens per chunk of the fused LM head + loss (bounds logits memory)
     recompute: Recompute = Recompute.none  # activation recompute in backward (memory vs time)
@@ -112,10 +135,26 @@ class CheckpointConfig:
     load: str = ""              # start from another run: its run dir, checkpoints dir or step_N folder
 
 
+class EvalTask(Choice):
+    loss = "loss"                    # held-out loss and perplexity: eval_loss, eval_ppl
+    position_loss = "position_loss"  # held-out loss by position inside the document: eval_position_loss
+    passkey = "passkey"              # a key hidden in filler, retrieved greedily: eval_passkey_acc
+
+
+@dataclass
+class PasskeyConfig:
+    lengths: list[int] = field(default_factory=list)  # prompt lengths in tokens (empty: data.seq_len)
+    depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])  # where the key sits (0 start .. 1 end)
+    samples: int = 2            # samples per length and depth (each a different key)
+
+
 @dataclass
 class EvalConfig:
     every: int = 0              # evaluate every N optimizer steps and after the last (0: off)
-    batches: int = 4            # global batches (train.global_batch_size samples) per evaluation (0: off)
+    batches: int = 4            # held-out global batches (train.global_batch_size samples) for loss and position_loss
+    tasks: list[EvalTask] = field(default_factory=lambda: [EvalTask.loss])  # what to evaluate: loss, position_loss, passkey
+    position_buckets: int = 8   # position_loss: equal buckets of position over data.seq_len
+    passkey: PasskeyConfig = field(default_factory=PasskeyConfig)  # the passkey task's grid
 
 
 @dataclass
@@ -126,5 +165,5 @@ class RootConfig:
     train: TrainConfig = field(default_factory=TrainConfig)  # optimizer, schedule, batch sizes, precision
     logger: LoggerConfig = field(default_factory=LoggerConfig)  # metrics.jsonl, console, W&B
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # saving and resuming
-    eval: EvalConfig = field(default_factory=EvalConfig)  # held-out evaluation: eval_loss, eval_ppl
+    eval: EvalConfig = field(default_factory=EvalConfig)  # tasks: held-out evaluation (loss, by position), passkey
     run_dir: str = "runs/default"  # set by distca-train: runs/<experiment or model>-<time>; reuse one to resume

@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 
-from distca.evaluation.held_out import check_eval_config
+from distca.evaluation.tasks import check_eval_config
 from distca.observe.flops import layer_costs
 from distca.model.transformer import head_dim, validate_model_config
 from parallel.config import ModelShape

@@ -1,5 +1,5 @@
-"""Building blocks shared by every mixer: RMSNorm, rotary embeddings, SwiGLU. The arithmetic
-is in fused kernels (distca_kernels/rms_norm, distca_kernels/swiglu, distca_kernels/rope), each with a torch path on
+"""Building blocks shared by every mixer: RMSNorm and SwiGLU (rotary embeddings: rope.py). The
+arithmetic is in fused kernels (distca_kernels/rms_norm, distca_kernels/swiglu), each with a torch path on
 the CPU."""
 from __future__ import annotations
 
@@ -27,14 +27,6 @@ class RMSNorm(nn.Module):
         # result is written in the matmul dtype directly: every consumer is a matmul that
         # would cast it anyway, so the values are the same and the fp32 copy is never made
         return rms_norm(x, self.weight, self.eps, out_dtype=autocast_dtype(x) or x.dtype)
-
-
-def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype):
-    """cos/sin [T, head_dim/2] for per-token positions (positions restart at every document)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, device=position_ids.device,
-                                              dtype=torch.float32) / head_dim))
-    angles = position_ids.to(torch.float32).unsqueeze(-1) * inv_freq
-    return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
 class SwiGLU(nn.Module):

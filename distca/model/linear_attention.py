@@ -16,7 +16,9 @@ DECAY_MODES = ("head", "token", "none")
 
 def head_decay_slopes(heads: int, layer_idx: int, num_layers: int) -> torch.Tensor:
     """Log-decays (< 0) per head: geometric slopes, weaker decay in deeper layers (TransNormerLLM)."""
-    base = torch.tensor([2 ** (-8 * (h + 1) / heads) for h in range(heads)])
+    # made on the CPU even while the model is built on the meta device: an architectural
+    # constant, not a weight to load or initialise
+    base = torch.tensor([2 ** (-8 * (h + 1) / heads) for h in range(heads)], device="cpu")
     depth = 1 - layer_idx / max(num_layers - 1, 1) + 1e-5
     return -base * depth
 

@@ -7,10 +7,12 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from distca.config.schema import Recompute
-from distca.model.layers import RMSNorm, SwiGLU, autocast_dtype, rope_cos_sin
-from distca_kernels.linear_ce import linear_cross_entropy_sum
+from distca.model.init import initial_value
+from distca.model.layers import RMSNorm, SwiGLU, autocast_dtype
 from distca.model.linear_attention import LinearAttention
+from distca.model.rope import rope_cos_sin
 from distca.model.softmax_attention import SoftmaxAttention
+from distca_kernels.linear_ce import linear_cross_entropy_sum
 
 
 class ChunkedLMHead(nn.Module):
@@ -89,7 +91,12 @@ class Block(nn.Module):
 
 
 class HybridLM(nn.Module):
-    def __init__(self, mcfg, vocab_size: int, core_attention, linear_attention):
+    """Built with parameters on the meta device when asked (nothing allocated: the parallel
+    plan is applied first and each rank materialises only its part,
+    distca/parallelize/materialize.py), else on the CPU with every parameter at its
+    initial value for `seed`."""
+
+    def __init__(self, mcfg, vocab_size: int, core_attention, linear_attention, seed: int = 0):
         super().__init__()
         self.cfg = mcfg
         dim, heads = mcfg.hidden, mcfg.heads
@@ -99,7 +106,8 @@ class HybridLM(nn.Module):
         blocks = []
         for i, kind in enumerate(mcfg.layers):
             if kind == "S":
-                mixer = SoftmaxAttention(dim, heads, mcfg.kv_heads, hd, core_attention)
+                mixer = SoftmaxAttention(dim, heads, mcfg.kv_heads, hd, core_attention, mcfg.qkv_bias,
+                                         mcfg.out_bias, mcfg.qk_norm, mcfg.norm_eps)
             else:
                 mixer = LinearAttention(dim, heads, hd, linear_attention, mcfg.linear_decay,
                                         i, len(mcfg.layers))
@@ -113,19 +121,10 @@ class HybridLM(nn.Module):
         # distca/parallelize/pool_rank.py): the embedding's output is then made to require
         # one, so the backward still runs through every layer and its collectives
         self.grad_from_embedding = False
-        self._init_weights(mcfg.init_std, len(blocks))
-
-    def _init_weights(self, std: float, n_layers: int):
-        # Called under the caller's seeded RNG on CPU, in a fixed module order, so the weights
-        # depend only on train.seed and never on the parallel layout or device.
-        for name, p in self.named_parameters():
-            if p.dim() < 2:
-                continue
-            s = std / (2 * n_layers) ** 0.5 if name.endswith(("out.weight", "down.weight")) else std
-            nn.init.normal_(p, 0.0, s)
-        for blk in self.blocks:
-            if hasattr(blk.mixer, "decay_proj"):
-                nn.init.constant_(blk.mixer.decay_proj.bias, 4.0)  # start near no decay
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                if not p.is_meta:  # a meta build is filled per rank, after the plan is applied
+                    p.copy_(initial_value(name, tuple(p.shape), mcfg, seed))
 
     def forward(self, input_ids: torch.Tensor, shard, labels: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [T_local] in the shard's local order -> the summed next-token loss over
@@ -142,7 +141,7 @@ class HybridLM(nn.Module):
     def run_blocks(self, x: torch.Tensor, shard, layers) -> torch.Tensor:
         """Blocks `layers` (indices into self.blocks, in order) over hidden states x."""
         dtype = autocast_dtype(x) or x.dtype
-        rope = rope_cos_sin(shard.position_ids.to(x.device), self.head_dim, self.cfg.rope_theta, dtype)
+        rope = rope_cos_sin(shard.position_ids.to(x.device), self.head_dim, self.cfg, dtype)
         mode = recompute_mode(self.cfg) if self.training and torch.is_grad_enabled() else Recompute.none
         for i in layers:
             blk = self.blocks[i]
@@ -204,9 +203,15 @@ def validate_model_config(mcfg) -> None:
                          "or model.head_dim")
 
 
-def build_model(mcfg, vocab_size: int, core_attention, linear_attention, seed: int) -> HybridLM:
-    """Build on CPU in fp32 under a private RNG seeded from train.seed (layout-independent)."""
+def build_model(mcfg, vocab_size: int, core_attention, linear_attention, seed: int,
+                meta: bool = False) -> HybridLM:
+    """The whole model on the CPU in fp32 at its initial values for `seed` (layout-independent:
+    distca/model/init.py), or with meta parameters (`meta`: shapes only, nothing allocated)."""
     validate_model_config(mcfg)
+    if meta:
+        with torch.device("meta"):
+            return HybridLM(mcfg, vocab_size, core_attention, linear_attention, seed)
+    # construction draws from torch's global RNG (nn.Linear's own init, overwritten): keep the
+    # caller's stream as it was
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return HybridLM(mcfg, vocab_size, core_attention, linear_attention)
+        return HybridLM(mcfg, vocab_size, core_attention, linear_attention, seed)

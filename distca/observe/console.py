@@ -151,6 +151,9 @@ def start_banner(cfg, plan, device, run_dir, ckpt_dir, start, n_params, vocab, p
         ("start", start.message),
         ("model", f"{cfg.model.name}: {len(cfg.model.layers)} layers ({cfg.model.layers}), hidden "
                   f"{cfg.model.hidden}, {human(n_params)} parameters, vocab {vocab}"),
+        *([("weights", f"{cfg.model.init_from} (its config.json's architecture replaces the model preset's; "
+                        f"rope {cfg.model.rope_scaling}, theta {cfg.model.rope_theta:g})")]
+          if cfg.model.init_from and start.load_dir is None else []),
         ("layout", layout),
         ("device", dev),
         ("data", f"{cfg.data.source}, seq_len {cfg.data.seq_len}, {t.global_batch_size} samples "

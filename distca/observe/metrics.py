@@ -39,14 +39,26 @@ def wandb_key(key: str) -> str:
         return _PANELS[key]
     if key in _PERF:
         return f"perf/{key}"
-    for prefix, panel in (("cad_", "cad"), ("pp_", "pipeline")):
+    for prefix, panel in (("cad_", "cad"), ("pp_", "pipeline"), ("eval_", "eval")):
         if key.startswith(prefix):
             return f"{panel}/{key[len(prefix):]}"
     return f"other/{key}"
 
 
 def wandb_panels(m: dict) -> dict:
-    return {wandb_key(k): v for k, v in m.items() if k != "step" and v is not None}
+    """Chartable values by panel key: a list (loss per position bucket) or a dict (passkey
+    accuracy per length) becomes one chart per entry; deeper structures (the passkey grid)
+    stay in metrics.jsonl only."""
+    out = {}
+    for k, v in m.items():
+        if k == "step" or v is None:
+            continue
+        if isinstance(v, (list, dict)):
+            items = enumerate(v) if isinstance(v, list) else v.items()
+            out.update({f"{wandb_key(k)}/{i}": x for i, x in items if isinstance(x, (int, float))})
+        else:
+            out[wandb_key(k)] = v
+    return out
 
 
 class MetricsLogger:
@@ -93,7 +105,7 @@ class MetricsLogger:
         self._file.write(json.dumps(m) + "\n")
         step = m["step"]
         due = step % self.every == 0 or step == self.total or step == self.start + 1
-        if self._wandb is not None and (due or "eval_loss" in m):  # never skip an evaluation
+        if self._wandb is not None and (due or any(k.startswith("eval_") for k in m)):  # never skip an evaluation
             self._wandb.log(wandb_panels(m), step=step)
         if not due:
             return

@@ -3,7 +3,8 @@ RUN_DIR/report.html (the image and a table of the plotted values per step).
 
 Panels: loss with eval loss, tokens/s, MFU, and the CAD figures (`cad_*` keys, written under
 parallel.cp_algo=cad: balance before/after, moved work, bytes, and any other cad_ key).
-A panel whose keys the run never logged is left out. A resumed run appends to metrics.jsonl
+A panel whose keys the run never logged is left out. The evaluation tasks' figures (passkey
+accuracy by length and depth, loss by position) go to RUN_DIR/report_eval.png. A resumed run appends to metrics.jsonl
 and may repeat steps: the last row written for a step wins.
 """
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import math
 import sys
 from pathlib import Path
+
+from distca.observe.report_eval import eval_figure
 
 # (title, keys) in order; every cad_ key not listed gets a panel of its own
 PANELS = [
@@ -138,7 +141,8 @@ def report(run_dir: str | Path) -> list[Path]:
         write_html(rows, chosen, page, None, run_dir)
         raise
     write_html(rows, chosen, page, png.name, run_dir)
-    return [png, page]
+    evals = eval_figure(rows, run_dir / "report_eval.png")  # passkey heatmap, loss by position
+    return [png, page] + ([evals] if evals else [])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,9 +3,10 @@
 as always, then every rank keeps its slice of each layer (`distca/parallelize/apply.py` calls
 this in its place among the other transformations).
 
-- Softmax attention: QKV column-parallel by heads ([q | k | v] parts sliced separately),
-  output projection row-parallel; each rank runs its H/tp query and KV/tp KV heads through the
-  core-attention strategy of its own CP / CAD group.
+- Softmax attention: QKV column-parallel by heads ([q | k | v] parts sliced separately, its
+  bias alike), output projection row-parallel (its bias added once over the group); q/k norms
+  (one weight shared by the heads) stay whole; each rank runs its H/tp query and KV/tp KV heads
+  through the core-attention strategy of its own CP / CAD group.
 - Linear attention: q/k/v, output gate and (per-token) decay projection column-parallel by
   heads, the constant per-head decays sliced alike, output projection row-parallel; the output
   norm weight (shared by all heads) stays whole, its gradient partial per rank.
@@ -30,6 +31,15 @@ from parallel.tensor.layers import TPSlice, sequence_parallel, shard_buffer, sha
 from parallel.tensor.vocab import VocabParallelEmbedding, VocabParallelLMHead
 
 
+def _bias_once(linear, tp: int) -> None:
+    """A row-parallel layer's outputs are partial sums that the sequence-parallel reduce-scatter
+    adds up over the TP ranks: each rank adds bias / tp, so the sum holds the bias once (and
+    each rank's bias gradient is 1/tp of the whole, summed over TP like any replicated one)."""
+    def add_share(module, _args, output):
+        return output - module.bias * (1.0 - 1.0 / tp)
+    linear.register_forward_hook(add_share)
+
+
 def apply_tensor_parallel(model: HybridLM, group) -> HybridLM:
     """Slice `model` in place for this rank of `group` (None: one rank, tags only)."""
     tp = dist.get_world_size(group) if group is not None else 1
@@ -45,7 +55,11 @@ def apply_tensor_parallel(model: HybridLM, group) -> HybridLM:
         if isinstance(mix, SoftmaxAttention):
             q, kv = mix.heads * mix.head_dim, mix.kv_heads * mix.head_dim
             shard(mix.qkv, "weight", q, kv, kv)
+            if mix.qkv.bias is not None:
+                shard(mix.qkv, "bias", q, kv, kv)
             shard(mix.out, "weight", q, dim=1)
+            if mix.out.bias is not None and tp > 1:
+                _bias_once(mix.out, tp)
             mix.heads, mix.kv_heads = mix.heads // tp, mix.kv_heads // tp
         elif isinstance(mix, LinearAttention):
             width = mix.heads * mix.head_dim
