@@ -56,7 +56,7 @@ def _rank(rank: int, world: int, port: int, overrides: list[str], mode: str, out
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     cfg = to_typed(compose_config(overrides))
-    vocab = cfg.model.vocab_size
+    vocab = cfg.model.vocab_size if cfg.model.vocab_size > 0 else 320  # -1: the byte tokenizer's, padded
     plan = build_plan(cfg, world, vocab)
     plan.setup(torch.device("cpu"))
     tiny = to_typed(compose_config(["experiment=tiny"])).model

@@ -2,6 +2,7 @@
 the parallel degrees need.
 
     python -m launch.local [--nproc N] [hydra overrides ...]
+    python -m launch.local --nproc N --module distca.evaluation.cli RUN_DIR|HF_DIR [overrides ...]
 
 Without --nproc: every visible GPU; on a CPU machine, dp x tp x pp x cp (+ CAD pool ranks)
 from the overrides (dp=-1 counts as 1). CPU ranks share the idle cores (OMP_NUM_THREADS).
@@ -30,6 +31,8 @@ def main() -> None:
                     help="processes to start (default: one per visible GPU, or what the parallel degrees need on a CPU)")
     ap.add_argument("--max-restarts", type=int, default=0,
                     help="restart the job this many times after a rank fails; it resumes from its newest checkpoint")
+    ap.add_argument("--module", default="distca.train",
+                    help="what each rank runs (distca.evaluation.cli: distca-eval's evaluation at a layout)")
     ap.add_argument("--dry-run", action="store_true", help="print the command and exit")
     args, overrides = ap.parse_known_args()
     import torch
@@ -42,7 +45,7 @@ def main() -> None:
         env["OMP_NUM_THREADS"] = str(cpu_threads(nproc))
     cmd = [sys.executable, "-m", "launch.torchrun", "--standalone", f"--nproc_per_node={nproc}",
            *([f"--max-restarts={args.max_restarts}"] if args.max_restarts else []),
-           "-m", "distca.train", *overrides]
+           "-m", args.module, *overrides]
     threads = "" if gpus else f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']} "
     print(f"+ {threads}{' '.join(cmd)}", file=sys.stderr, flush=True)
     if args.dry_run:

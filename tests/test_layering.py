@@ -15,7 +15,7 @@ LAYERS = ["distca_kernels", "parallel", "distca", "launch", "benchmarks"]  # eac
 # the test modules of benchmark scripts themselves; every other test checks the product and
 # must not lean on benchmark code (what both need lives in the product: parallel/comm_counter.py,
 # distca_kernels/flash_attn/sm90_compile.py)
-BENCHMARK_TESTS = {"test_benchmark_records.py", "test_cad_sim.py", "test_multigpu_scripts.py"}
+BENCHMARK_TESTS = {"test_benchmark_records.py", "test_benchmark_smoke.py", "test_cad_sim.py", "test_multigpu_scripts.py"}
 
 
 def imports_of(path: Path, package: str | None = None) -> set[str]:

@@ -61,7 +61,7 @@ def hf_config(cfg: RootConfig, source: dict | None, dtype: str) -> dict:
         "intermediate_size": m.ffn_hidden, "num_hidden_layers": len(m.layers), "num_attention_heads": m.heads,
         "num_key_value_heads": m.kv_heads, "head_dim": head_dim, "rms_norm_eps": m.norm_eps,
         "vocab_size": m.vocab_size, "tie_word_embeddings": m.tie_embeddings, "hidden_act": "silu",
-        "max_position_embeddings": max(int(out.get("max_position_embeddings") or 0), cfg.data.seq_len),
+        "max_position_embeddings": _max_positions(cfg, out),
         "torch_dtype": {"bf16": "bfloat16", "fp32": "float32"}[dtype],
     })
     if kind in ("llama", "qwen3", HYBRID_TYPE):
@@ -91,6 +91,15 @@ def hf_config(cfg: RootConfig, source: dict | None, dtype: str) -> dict:
     out["rope_theta"] = m.rope_theta
     out["rope_scaling"] = None if kind_rope == RopeScaling.none else {k: v for k, v in rope.items() if k != "rope_theta"}
     return out
+
+
+def _max_positions(cfg: RootConfig, source: dict) -> int:
+    """The context the exported model is meant for: a YaRN model's original x factor (what
+    transformers derives the factor from), else the source's, and never less than the run's."""
+    m = cfg.model
+    if RopeScaling(m.rope_scaling) == RopeScaling.yarn:
+        return max(int(m.rope_factor * m.rope_original_max_position), cfg.data.seq_len)
+    return max(int(source.get("max_position_embeddings") or 0), cfg.data.seq_len)
 
 
 class CheckpointReader:

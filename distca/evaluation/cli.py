@@ -12,6 +12,7 @@ to stdout as JSON and to `<eval run dir>/eval.json`; the eval run dir is
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -33,6 +34,9 @@ def _config(target: str, overrides: list[str]):
         base = OmegaConf.merge(OmegaConf.structured(RootConfig), raw)
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
         cfg = to_typed(merged) if not isinstance(merged, RootConfig) else merged
+        # the architecture is in config.yaml and the weights in the checkpoint: the folder the
+        # run started from is not needed (it may be gone)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=""))
         ckpt_dir = cfg.checkpoint.dir or str(path / "checkpoints")
         load = next((o.split("=", 1)[1] for o in overrides if o.startswith("checkpoint.load=")), ckpt_dir)
         run_dir = str(path / stamp)
@@ -41,8 +45,9 @@ def _config(target: str, overrides: list[str]):
         load, run_dir = "", os.path.join("runs", stamp)
     else:
         raise ValueError(f"{target} is neither a run dir (config.yaml) nor a Hugging Face folder (config.json)")
-    import dataclasses
-    ck = dataclasses.replace(cfg.checkpoint, dir=os.path.join(run_dir, "checkpoints"), load=load,
+    # checkpoint.dir "": <run dir>/checkpoints, after rank 0's run dir is agreed on (each rank
+    # stamps its own name here)
+    ck = dataclasses.replace(cfg.checkpoint, dir="", load=load,
                              resume="never", save_final=False, every=0, every_minutes=0)
     ev = cfg.eval if cfg.eval.tasks else dataclasses.replace(cfg.eval, tasks=["loss"])
     # no step runs: any checkpoint step is "before the end", and no progress bar
