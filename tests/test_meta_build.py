@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -55,17 +56,21 @@ def test_each_rank_materialises_its_part_of_the_same_weights(layout):
 BIG = ["experiment=tiny", "model.layers=SSSSSSSSSSSSSSSS", "model.hidden=512", "model.heads=8",
        "model.kv_heads=4", "model.ffn_hidden=2048", "model.vocab_size=4096"]
 
-PEAK = r"""
 def rss():
     return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+
 def reset_peak():  # Linux: the peak RSS (VmHWM) restarts from the current RSS
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
+
+
 def peak():
-    line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM"))
+    line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM"))
     return int(line.split()[1]) / 1024
-"""
-exec(PEAK)
+
+
+PEAK = "".join(inspect.getsource(f) for f in (rss, reset_peak, peak))
 
 _MEASURE = PEAK + r"""
 import json, sys, torch

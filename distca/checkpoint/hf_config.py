@@ -144,11 +144,11 @@ def _same(a, b) -> bool:
     return str(a) == str(b)
 
 
-def apply_architecture(mcfg: ModelConfig, arch: dict, folder: str) -> tuple[ModelConfig, list[str]]:
+def apply_architecture(mcfg: ModelConfig, arch: dict, folder: str) -> ModelConfig:
     """mcfg with the folder's architecture; a user's architecture override that contradicts it
-    is a ValueError naming both values; returns (config, notes for the banner)."""
+    is a ValueError naming both values."""
     preset = preset_values(mcfg.name)
-    changes, notes = {}, []
+    changes = {}
     for name in ARCH_FIELDS + ROPE_FIELDS:
         if name not in arch:
             continue
@@ -171,5 +171,4 @@ def apply_architecture(mcfg: ModelConfig, arch: dict, folder: str) -> tuple[Mode
         raise ValueError(f"model.layers={layers}: {folder} is a hybrid ({arch['layers']}); its layer kinds "
                          "cannot change")
     changes["layers"] = layers
-    notes.append(f"architecture from {folder}/config.json (the model={mcfg.name} preset's shapes replaced)")
-    return dataclasses.replace(mcfg, **changes), notes
+    return dataclasses.replace(mcfg, **changes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from distca.checkpoint.hf_config import architecture, apply_architecture, read_config
@@ -27,7 +27,6 @@ class HFSource:
     folder: str
     config: dict                 # the folder's config.json
     source_layers: str          # the folder's layer kinds (all S for a transformers model)
-    notes: list[str] = field(default_factory=list)
     _weights: HFWeights | None = None
 
     @property
@@ -62,5 +61,5 @@ def resolve(cfg):
         return cfg, None
     hf = read_config(folder)
     arch = architecture(hf, folder, cfg.data.seq_len)
-    mcfg, notes = apply_architecture(cfg.model, arch, folder)
-    return dataclasses.replace(cfg, model=mcfg), HFSource(folder, hf, arch["layers"], notes)
+    mcfg = apply_architecture(cfg.model, arch, folder)
+    return dataclasses.replace(cfg, model=mcfg), HFSource(folder, hf, arch["layers"])
