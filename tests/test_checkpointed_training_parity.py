@@ -80,10 +80,13 @@ def _runs(rank, world, refs, tmp, data):
             fp32, bf16, got = refs[ref[:-5]], refs[ref], losses(history)
             # step 1 is numerics only (same weights, same tokens): within twice the single
             # process's bf16 distance from fp32; later steps also carry the training dynamics,
-            # which amplify any rounding difference, so the curve must stay within 1%
+            # which amplify any rounding difference, in either direction: each step stays within
+            # 1% of the fp32 curve, or within twice the single process's bf16 distance from it
+            # where bf16 rounding alone moved the single process further than that
             assert abs(got[0] - fp32[0]) <= 2 * abs(bf16[0] - fp32[0]) + 1e-6, (label, got, bf16, fp32)
             assert bf16 != fp32 and got != fp32, f"{label}: did the run use bf16?"
-            assert all(abs(a - b) <= 0.01 * abs(b) for a, b in zip(got, bf16)), (label, got, bf16)
+            assert all(abs(a - c) <= max(0.01 * abs(c), 2 * abs(b - c)) for a, b, c in zip(got, bf16, fp32)), (
+                label, got, bf16, fp32)
         else:
             assert_parity(refs[ref], losses(history), label=f"{label} (checkpointing on)")
         if "parallel.cp_algo=cad" in overrides:
