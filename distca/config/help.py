@@ -65,8 +65,8 @@ def _composed(overrides: list[str]):
     from distca.config import compose_config
     try:
         return compose_config(overrides), None
-    except Exception as e:  # a bad override: show the defaults and say why
-        return compose_config([]), " ".join(f"{type(e).__name__}: {e.__cause__ or e}".split())
+    except ValueError as e:  # a bad override (ConfigError, one line): show the defaults and say why
+        return compose_config([]), str(e)
 
 
 def _value(cfg, path: str):

@@ -7,8 +7,8 @@ depend on the layout. Every error is a ValueError naming the field and the fix.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 
+from distca.config.errors import ConfigError, unknown_key_message
 from distca.evaluation.tasks import check_eval_config
 from distca.observe.flops import layer_costs
 from distca.model.transformer import head_dim, validate_model_config
@@ -16,8 +16,7 @@ from parallel.config import ModelShape
 from parallel.plan import ParallelPlan
 
 
-class ConfigError(ValueError):
-    """A config value that cannot run, found before training started (every rank alike)."""
+__all__ = ["ConfigError", "build_plan", "check_known_keys", "micro_batches_per_step"]
 
 
 def micro_batches_per_step(tcfg, dp: int) -> int:
@@ -34,10 +33,13 @@ def build_plan(cfg, world_size: int, vocab: int | None = None) -> ParallelPlan:
     p = cfg.parallel
     need = max(p.tp, 1) * max(p.pp, 1) * max(p.cp, 1) * max(p.dp, 1)
     if world_size < need:
+        # both problems at once: a user who fixes the process count should not then meet the second
+        algo = (f"; and parallel.cp={p.cp} needs a context-parallel algorithm: set parallel.cp_algo to "
+                "ring, allgather, ulysses, usp or cad" if p.cp > 1 and p.cp_algo == "local" else "")
         raise ValueError(
             f"parallel.dp={p.dp} tp={p.tp} pp={p.pp} cp={p.cp} needs {need} processes but this run has "
             f"{world_size}; start {need}: python -m launch.local --nproc {need} ... (or torchrun "
-            f"--nproc_per_node {need}), or lower the degrees")
+            f"--nproc_per_node {need}), or lower the degrees{algo}")
     costs, embed_cost, head_cost = layer_costs(m, head_dim(m), cfg.data.seq_len,
                                                vocab or max(m.vocab_size, 0))
     shape = ModelShape(m.heads, m.kv_heads, m.layers, m.ffn_hidden, tuple(costs), embed_cost,
@@ -67,6 +69,30 @@ def build_plan(cfg, world_size: int, vocab: int | None = None) -> ParallelPlan:
         raise ValueError(f"checkpoint.every={cfg.checkpoint.every} must be >= 0 (0 = only at the end)")
     check_eval_config(cfg)
     return plan
+
+
+def check_attention_kernels(cfg, device) -> None:
+    """Head sizes the attention kernels cannot run, when this run uses them: on a GPU, or on
+    the CPU in fp32 with TRITON_INTERPRET=1 (Triton's interpreter). The CPU's torch
+    references take any size, so a CPU run is not refused for one."""
+    from distca_kernels.triton_loader import interpreter_requested
+    m, d = cfg.model, head_dim(cfg.model)
+    if device.type == "cuda":
+        where = "on the GPU"
+    elif device.type == "cpu" and interpreter_requested() and cfg.train.dtype == "fp32":
+        where = "under TRITON_INTERPRET=1 (CPU fp32 runs the Triton kernels)"
+    else:
+        return
+    from distca_kernels.flash_attn.block_config import SUPPORTED_HEAD_DIMS
+    size = f"model.head_dim={m.head_dim}" if m.head_dim > 0 else f"the head size {d} (model.hidden / model.heads)"
+    if "S" in m.layers and d not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"{size} cannot run in the softmax attention kernel {where}: it takes head sizes "
+                         f"{', '.join(map(str, SUPPORTED_HEAD_DIMS))}; set model.head_dim (or model.hidden / "
+                         "model.heads) to one of them")
+    from distca_kernels.lightning_attn.chunked import MAX_HEAD_DIM
+    if "L" in m.layers and d > MAX_HEAD_DIM:
+        raise ValueError(f"{size} cannot run in the linear attention kernel {where}: it takes head sizes up to "
+                         f"{MAX_HEAD_DIM}; set model.head_dim (or model.hidden / model.heads) to at most that")
 
 
 def _check_fields(cfg) -> None:
@@ -99,10 +125,7 @@ def check_known_keys(raw, schema=None, prefix: str = "") -> None:
     fields = {f.name: f for f in dataclasses.fields(schema)}
     for key in raw.keys():
         if key not in fields:
-            close = difflib.get_close_matches(str(key), list(fields), n=3)
-            hint = f"; did you mean {' or '.join(prefix + c for c in close)}?" if close else ""
-            raise ValueError(f"unknown config key {prefix}{key} (the {prefix.rstrip('.') or 'top'} section "
-                             f"has: {', '.join(fields)}){hint}")
+            raise ValueError(unknown_key_message(f"{prefix}{key}"))
         sub = fields[key].default_factory if fields[key].default_factory is not dataclasses.MISSING else None
         if sub is not None and dataclasses.is_dataclass(sub) and hasattr(raw[key], "keys"):
             check_known_keys(raw[key], sub, f"{prefix}{key}.")
