@@ -19,13 +19,16 @@ from omegaconf import OmegaConf
 
 from distca.checkpoint import hf_source
 from distca.checkpoint import store as ckpt
-from distca.config.validate import ConfigError, build_plan, micro_batches_per_step
+from distca.config.validate import ConfigError, build_plan, check_attention_kernels, micro_batches_per_step
 from distca.data import build_dataset
 from distca.evaluation.tasks import check_tokenizer
+from distca.lifecycle import run_lock
 from distca.lifecycle.process_group import init_distributed, max_over_ranks
 from distca.lifecycle.run_dir import Start, agree, decide_start
+from distca.lifecycle.stopping import LONG_STEP_S
 from distca.model.transformer import deprecation_messages, head_dim
-from distca.observe.console import cpu_run_warning, git_commit, say, start_banner, versions
+from distca.observe.console import (clock, cpu_run_warning, cpu_step_seconds, cpu_threads_summary, git_commit,
+                                    human, say, start_banner, versions)
 from distca.observe.flops import device_peak_tflops, layer_costs
 from distca.observe.metrics import MetricsLogger
 from distca.optim.adamw import adamw_factory
@@ -73,6 +76,7 @@ class Run:
     rank: int
     init: object = None   # the Hugging Face folder the weights come from (model.init_from), or None
     tokenizer: object = None  # the data's tokenizer (evaluation tasks write prompts with it)
+    long_steps: str | None = None  # why a stop aborts the step at once (None: it finishes the step)
 
     @property
     def loud(self) -> bool:
@@ -103,25 +107,74 @@ def prepare(cfg) -> Run:
         device = init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
         world = dist.get_world_size() if dist.is_initialized() else 1
         plan = build_plan(cfg, world, vocab)
+        check_attention_kernels(cfg, device)
+        long_steps = _check_cpu_step(cfg, device, vocab, world)
         run_dir, ckpt_dir, start = _where_to_start(cfg, plan, vocab)
     except ValueError as e:
         raise ConfigError(str(e)) from e
     rank = dist.get_rank() if dist.is_initialized() else 0
-    return Run(cfg, device, plan, vocab, packer, run_dir, ckpt_dir, start, rank, init, tokenizer)
+    return Run(cfg, device, plan, vocab, packer, run_dir, ckpt_dir, start, rank, init, tokenizer, long_steps)
+
+
+def _step_flops(cfg, vocab: int) -> float:
+    """Forward + backward FLOPs of one optimizer step (the whole global batch)."""
+    costs, embed, head = layer_costs(cfg.model, head_dim(cfg.model), cfg.data.seq_len, vocab)
+    return 3 * cfg.train.global_batch_size * cfg.data.seq_len * (sum(costs) + embed + head)
+
+
+def _check_cpu_step(cfg, device, vocab: int, world: int) -> str | None:
+    """A GPU-sized model on the CPU: refused when a step would take over LONG_STEP_S, unless
+    train.device=cpu asks for the CPU; then a stop aborts the step (the returned reason)."""
+    seconds = cpu_step_seconds(device, _step_flops(cfg, vocab), world)
+    if seconds is None or seconds <= LONG_STEP_S:
+        return None
+    estimate = f"a step takes about {clock(seconds)} on this CPU ({cpu_threads_summary(world)}) at best"
+    if cfg.train.device != "cpu":
+        raise ValueError(f"this model needs about {human(_step_flops(cfg, vocab))}FLOP per step: {estimate}, "
+                         "a GPU-sized run; use a GPU, a CPU-sized model (experiment=tiny), or set "
+                         "train.device=cpu to run it here anyway (a stop then aborts the step without saving)")
+    return estimate
 
 
 def _where_to_start(cfg, plan, vocab) -> tuple[str, str, Start]:
-    """The agreed run dir, a writable checkpoint dir, and where training starts."""
+    """The agreed run dir, a writable checkpoint dir (held by this run), and where training
+    starts."""
     run_dir = agree(cfg.run_dir)
     ckpt_dir = cfg.checkpoint.dir or os.path.join(run_dir, "checkpoints")
-    problem = ckpt.check_writable(ckpt_dir)
-    if max_over_ranks(int(problem is not None))[0]:
-        raise ValueError(f"checkpoint.dir={ckpt_dir} is not a writable folder ({problem or 'on another rank'}); "
-                         "set checkpoint.dir (or run_dir) to a folder every rank can write")
+    made = [d for d in (ckpt_dir, run_dir) if not os.path.isdir(d)]
+    try:
+        for field, folder in (("run_dir", run_dir), ("checkpoint.dir", ckpt_dir)):
+            problem = ckpt.check_writable(folder)
+            if max_over_ranks(int(problem is not None))[0]:  # also: every rank has probed
+                raise ValueError(f"{field}={folder} is not a writable folder ({problem or 'on another rank'}); "
+                                 f"set {field} to a folder every rank can write")
+    finally:
+        for folder in made:  # the probes leave no empty folders (the first save makes them)
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
+    rank0 = not dist.is_initialized() or dist.get_rank() == 0
+    busy = _hold_checkpoint_dir(cfg.checkpoint.dir, run_dir) if rank0 else None
+    if max_over_ranks(int(busy is not None))[0]:
+        raise ValueError(busy or "checkpoint.dir is in use by another run (rank 0 names it)")
     start = decide_start(cfg.checkpoint, ckpt_dir, cfg.train.steps)
     if start.load_dir is not None and not start.finished:  # before building anything
         ckpt.check_compatible(start.load_dir, start.step, checkpoint_identity(cfg, plan, vocab))
     return run_dir, ckpt_dir, start
+
+
+def _hold_checkpoint_dir(ckpt_dir: str, run_dir: str) -> str | None:
+    """A checkpoint.dir outside the run dir is locked like the run dir (one run prunes and
+    cleans it); returns why it cannot be (another run holds it), else None."""
+    if not ckpt_dir:
+        return None
+    inside = os.path.commonpath([os.path.abspath(ckpt_dir), os.path.abspath(run_dir)]) == os.path.abspath(run_dir)
+    if inside:
+        return None
+    try:
+        run_lock.acquire(ckpt_dir, what="checkpoint.dir", warn=lambda m: print(m, file=sys.stderr, flush=True))
+    except ValueError as e:  # held by another run, or cannot be made: rank 0 alone knows
+        return str(e)
+    return None
 
 
 @dataclass
@@ -145,9 +198,7 @@ def build_trainer(run: Run) -> Trainer:
     for msg in deprecation_messages(cfg.model):
         say(f"warning: {msg}", loud)
     if loud:  # before the model is built: a 1B model on a CPU takes minutes to get to step 1
-        costs, embed, head = layer_costs(cfg.model, head_dim(cfg.model), cfg.data.seq_len, run.vocab)
-        est = 3 * t.global_batch_size * cfg.data.seq_len * (sum(costs) + embed + head)  # fwd + bwd
-        if (w := cpu_run_warning(run.device, est, plan.dims.world_size)):
+        if (w := cpu_run_warning(run.device, _step_flops(cfg, run.vocab), plan.dims.world_size)):
             say(f"warning: {w}")
     state = plan.setup(run.device)
     n_micro = micro_batches_per_step(t, plan.dims.dp)
@@ -173,7 +224,7 @@ def build_trainer(run: Run) -> Trainer:
     peak = device_peak_tflops(run.device)
     if loud:
         print(start_banner(cfg, plan, run.device, run.run_dir, run.ckpt_dir, run.start, built.num_params,
-                           run.vocab, peak, logger.wandb_where), file=sys.stderr, flush=True)
+                           run.vocab, peak, logger.wandb_where, run.long_steps), file=sys.stderr, flush=True)
     return Trainer(built.model, stage, engine, state, amp, logger, built.num_params, peak, run.device)
 
 

@@ -21,9 +21,9 @@ from distca.lifecycle import fault_injection
 from distca.lifecycle.determinism import deterministic_kernels
 from distca.lifecycle.process_group import max_over_ranks
 from distca.lifecycle.step_guard import StepGuard
-from distca.lifecycle.stopping import Stopped, StopSignals
+from distca.lifecycle.stopping import LONG_STEP_S, Stopped, StopSignals
 from distca.lifecycle.watchdog import Watchdog
-from distca.observe.console import end_summary, mirror, quiet_known_warnings, say
+from distca.observe.console import clock, end_summary, mirror, quiet_known_warnings, say
 from distca.optim.lr_schedule import lr_at
 from distca.startup import Run, build_trainer, prepare
 
@@ -47,7 +47,7 @@ def train(cfg) -> list[dict]:
             return []
         if run.loud:
             os.makedirs(run.run_dir, exist_ok=True)
-        with mirror(run.run_dir, run.loud), StopSignals(loud=run.loud) as stop:
+        with mirror(run.run_dir, run.loud), StopSignals(loud=run.loud, long_steps=run.long_steps) as stop:
             return _train(run, stop)
 
 
@@ -85,6 +85,8 @@ def _train(run: Run, stop: StopSignals) -> list[dict]:
             bad = guard.update(step, loss, grad_norm)  # the engine skipped its update if so
             _sync(run.device)
             dt = time.perf_counter() - t0
+            if dt > LONG_STEP_S:  # a stop can no longer wait for a step: it aborts it (stopping.py)
+                stop.long_steps = stop.long_steps or f"a step takes about {clock(dt)} here"
             # what the step did
             m = {"step": step, "loss": loss,
                  **one_step.throughput(trainer, cfg, samples, dt, plan.dims.world_size),

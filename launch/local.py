@@ -5,7 +5,8 @@ the parallel degrees need.
     python -m launch.local --nproc N --module distca.evaluation.cli RUN_DIR|HF_DIR [overrides ...]
 
 Without --nproc: every visible GPU; on a CPU machine, dp x tp x pp x cp (+ CAD pool ranks)
-from the overrides (dp=-1 counts as 1). CPU ranks share the idle cores (OMP_NUM_THREADS).
+from the overrides (dp=-1 counts as 1). CPU ranks share the cores available to the launcher
+(OMP_NUM_THREADS, unless set).
 """
 from __future__ import annotations
 

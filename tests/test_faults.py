@@ -4,7 +4,8 @@ loss trajectory equals an uninterrupted run's, exactly: fp32 on CPU) and that no
 outlives its bound (every subprocess runs under a timeout).
 
 - a rank killed (SIGKILL) mid-run under `torchrun --max-restarts 1` (3 ranks): the job
-  restarts and resumes its own run from the last complete checkpoint;
+  restarts and resumes its own run from the last complete checkpoint (rank 0 killed: the
+  restart takes its own job's run-dir lock over);
 - a rank killed while writing a checkpoint: the half-written step never becomes a
   checkpoint; the run resumes from the one before;
 - the newest checkpoint truncated afterwards: named in a warning, skipped, the previous used;
@@ -78,15 +79,19 @@ def clean_three_ranks(tmp_path_factory):
 
 @pytest.mark.slow
 def test_killed_rank_restarts_and_resumes_exactly(tmp_path, clean, clean_three_ranks):
-    # rank 1 of 3 dies as step 4 starts (after step 2's checkpoint and step 3); no run_dir:
-    # the restarted attempt must find its own run (the job's run id) and resume it
+    # rank 0 of 3 (the one holding the run dir's lock) dies as step 4 starts (after step 2's
+    # checkpoint and step 3); no run_dir: the restarted attempt must find its own run (the
+    # job's run id), take its lock over as the same run (no "in use", no stale-lock warning)
+    # and resume it
     rc, out, took = _cli([sys.executable, "-m", "launch.torchrun", "--standalone", "--nproc_per_node", "3",
                           "--max-restarts", "1", "-m", "distca.train", *ARGS],
-                         faults="kill@1:4", timeout=400, cwd=tmp_path)
+                         faults="kill@0:4", timeout=400, cwd=tmp_path)
     assert rc == 0, out[-4000:]
     assert "resuming from step 2" in out and "lost a peer" in out, out[-4000:]
-    assert "Traceback" not in out, out[-4000:]
+    assert "Traceback" not in out and "in use by another run" not in out and "taking it over" not in out, \
+        out[-4000:]
     (run,) = [p for p in (tmp_path / "runs").glob("tiny-*")]  # both attempts: one run dir
+    assert not (run / "distca.lock").exists()  # released at the end
     assert _losses(run) == clean_three_ranks
     assert _losses(run) == pytest.approx(clean, rel=1e-6)  # and the layout-free model (parity tests)
 

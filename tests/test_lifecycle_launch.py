@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from distca.observe.console import cpu_run_warning
-from distca.lifecycle.process_group import cpu_threads
+from distca.lifecycle.process_group import cpu_threads, cpu_threads_source
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "WANDB_MODE": "disabled"}
@@ -60,9 +60,21 @@ def test_multinode_run_id(tmp_path):
     assert "run_dir=runs/myrun model=8b" in out and "--rdzv_id myrun" in out, out
 
 
+def test_cpu_threads_are_the_available_cores_not_a_load_guess(monkeypatch):
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(cores), float(cores), float(cores)), raising=False)
+    assert cpu_threads(1) == cores  # a busy machine's cores are still this process's to use
+    assert cpu_threads(2) == max(1, cores // 2) and cpu_threads(10 ** 6) == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})  # a scheduler's share
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    assert cpu_threads(2) == 3
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert cpu_threads_source() == "6 cores available / 2 process(es) on this host"
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert cpu_threads_source() == "OMP_NUM_THREADS=5"
+
+
 def test_cpu_threads_and_large_model_warning():
-    assert 1 <= cpu_threads(1) <= (os.cpu_count() or 1)
-    assert cpu_threads(10 ** 6) == 1
     cpu = torch.device("cpu")
     assert cpu_run_warning(cpu, 6 * 1e6 * 1024, 1) is None  # tiny: seconds
     msg = cpu_run_warning(cpu, 6 * 1.2e9 * 16384, 1)  # 1B model, 16K tokens per step

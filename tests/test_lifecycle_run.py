@@ -19,6 +19,17 @@ def test_default_run_dirs_are_unique_and_named_after_the_run():
     a, b = default_name(["experiment=tiny"]), default_name(["experiment=tiny"])
     assert a != b and os.path.basename(a).startswith("tiny-")
     assert os.path.basename(default_name(["model=1b"])).startswith("1b-")
+    assert os.path.basename(default_name([])).startswith("train-")  # the default job's
+
+
+def test_readme_says_what_the_default_job_is():
+    from pathlib import Path
+
+    from distca.config import compose_config
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    intro = readme[readme.index("Train the default job"):readme.index("<!-- main-command -->")]
+    steps = compose_config([]).train.steps
+    assert f"{steps} steps" in " ".join(intro.split()) and "`runs/train-<date>-<time>-<id>`" in intro, intro
     sweep = hydra_overrides(["-m", "train.lr=1e-3,2e-3"], rank=0)
     assert "hydra.sweep.subdir=${hydra.job.num}" in sweep
     assert "run_dir=${hydra:sweep.dir}/${hydra:sweep.subdir}" in sweep
@@ -49,7 +60,8 @@ def test_banner_log_file_log_every_and_resolved_config(tmp_path, capsys):
     train(tiny_cfg(tmp_path, "train.steps=5", "train.log_every=2"))
     err = capsys.readouterr().err
     log = (tmp_path / "train.log").read_text()
-    for fact in ("run dir", "779K parameters", "dp 1 x tp 1 x pp 1 x cp 1", "device       cpu",
+    for fact in ("run dir", "779K parameters", "dp 1 x tp 1 x pp 1 x cp 1",
+                 "device       cpu, 1 thread per process (OMP_NUM_THREADS=1)",
                  "seq_len 64", "starting fresh", "W&B", "finished 5 steps", "loss "):
         assert fact in err and fact in log, fact
     steps = [l.split()[1] for l in log.splitlines() if l.startswith("step ")]

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -64,14 +65,37 @@ def test_second_ctrl_c_aborts_but_a_forwarded_copy_does_not(monkeypatch):
     now = [100.0]
     monkeypatch.setattr("distca.lifecycle.stopping.time.monotonic", lambda: now[0])
     s = StopSignals(loud=False)
+    exits = []
+    s._exit = exits.append
     s._handler(signal.SIGINT, None)
-    assert s.signum == signal.SIGINT
+    assert s.signum == signal.SIGINT and not exits
     now[0] += 0.2
     s._handler(signal.SIGINT, None)  # torchrun forwarding the same press: ignored
     s._handler(signal.SIGTERM, None)  # already stopping
+    assert not exits
     now[0] += 2
-    with pytest.raises(KeyboardInterrupt):
-        s._handler(signal.SIGINT, None)
+    s._handler(signal.SIGINT, None)
+    assert exits == [130]  # aborted at once, nothing saved
+
+
+def test_a_stop_during_a_long_step_aborts_without_waiting_for_the_main_thread():
+    """Where a step takes longer than a stop can wait, the first SIGTERM aborts (exit 143),
+    decided by the signal pipe's thread while the main thread is still busy (here: asleep
+    with SIGTERM blocked, so its Python handler cannot run before the sleep ends, as in one
+    long CPU operator)."""
+    decided = []
+    with StopSignals(loud=False, long_steps="a step takes about 0:20:00 here") as s:
+        s._exit = lambda code: decided.append((code, time.monotonic()))
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            sent = time.monotonic()
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            time.sleep(4)
+            busy_until = time.monotonic()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    assert decided and decided[0][0] == 143, decided
+    assert decided[0][1] < busy_until - 1 and decided[0][1] - sent < 2.5, (decided, sent, busy_until)
 
 
 def test_stop_during_set_up_exits_before_step_1(tmp_path, monkeypatch):

@@ -97,11 +97,12 @@ def save(ckpt_dir: str, step: int, engine, trainer_state: dict) -> None:
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state()
-    if _rank() == 0 and partial.exists():  # left by a save that crashed at this step
+    if _rank() == 0 and partial.exists():  # left by a save of this run that crashed at this step
         shutil.rmtree(partial, ignore_errors=True)
     _barrier()
     problem = None
     try:
+        Path(ckpt_dir).mkdir(parents=True, exist_ok=True)  # the config checks leave none behind
         with warnings.catch_warnings():
             # torch.distributed.checkpoint in one process warns that it assumes one process: true
             warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")

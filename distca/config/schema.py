@@ -19,7 +19,7 @@ class Dtype(Choice):
 
 class Device(Choice):
     auto = "auto"   # cuda when a GPU is visible
-    cpu = "cpu"     # the CPU (gloo between processes)
+    cpu = "cpu"     # the CPU (gloo between processes), also for a model whose CPU step would exceed 10 min (auto refuses it)
     cuda = "cuda"   # one GPU per process (NCCL); fails when none is visible
 
 

@@ -48,13 +48,26 @@ def init_distributed(device_pref: str = "auto", timeout_s: float = 1800) -> torc
     return torch.device("cpu")
 
 
+def available_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a scheduler's or container's
+    allocation), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def cpu_threads(local_ranks: int) -> int:
-    """Threads per CPU rank when OMP_NUM_THREADS is unset: this machine's idle cores shared
-    by its ranks. OMP's default (every core per process) oversubscribes a shared or busy box
-    (a single run on a loaded 2-core machine ran 3.5-4x slower than with one thread)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    idle = cores - os.getloadavg()[0] if hasattr(os, "getloadavg") else cores
-    return max(1, min(cores, int(idle + 0.5)) // max(1, local_ranks))
+    """Threads per CPU rank when OMP_NUM_THREADS is unset: the cores available to this
+    process shared by the ranks on this host, at least one each. Not fewer for a busy
+    machine: the load average counts other jobs that the OS shares the cores with anyway,
+    and guessing from it left an idle 2-core machine training on one thread."""
+    return max(1, available_cores() // max(1, local_ranks))
+
+
+def cpu_threads_source() -> str:
+    """How this process's thread count was chosen, for the banner."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}"
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return f"{available_cores()} cores available / {ranks} process(es) on this host"
 
 
 def max_over_ranks(*values: int) -> tuple[int, ...]:

@@ -9,11 +9,14 @@ shared run id and non-zero ranks write nothing before it.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 from distca.checkpoint import store as ckpt
+from distca.lifecycle.run_lock import LOCK_NAME, RunLock
 
 
 def _choice(argv: list[str], key: str) -> str | None:
@@ -60,12 +63,18 @@ def _remember_for_restarts(run_dir: str) -> None:
             f.write(run_dir)
 
 
-def hydra_overrides(argv: list[str], rank: int) -> list[str]:
-    """The overrides main() adds: the run dir (one per sweep job under -m) and, on ranks
-    other than 0, no Hydra output at all (their run dir comes from rank 0, see `agree`)."""
+def base_run_dir(argv: list[str]) -> str:
+    """This launch's run dir (under -m: the sweep's folder): `run_dir=`, a torchrun restart's
+    first attempt's, or a new name."""
+    return _choice(argv, "run_dir") or restarted_run_dir() or default_name(argv)
+
+
+def hydra_overrides(argv: list[str], rank: int, base: str | None = None) -> list[str]:
+    """The overrides main() adds: the run dir (`base`, one per sweep job under -m) and, on
+    ranks other than 0, no Hydra output at all (their run dir comes from rank 0, see `agree`)."""
     multirun = any(a in ("-m", "--multirun") for a in argv)
     given = _choice(argv, "run_dir")
-    base = given or restarted_run_dir() or default_name(argv)
+    base = base or base_run_dir(argv)
     if rank != 0:
         return ["hydra.run.dir=.", "hydra.sweep.dir=.", "hydra.sweep.subdir=.", "hydra.output_subdir=null",
                 "hydra/job_logging=none", "hydra/hydra_logging=none", f"run_dir={base}"]
@@ -76,6 +85,32 @@ def hydra_overrides(argv: list[str], rank: int) -> list[str]:
     if not given:
         _remember_for_restarts(base)
     return extra + [f"hydra.run.dir={base}", f"run_dir={base}"]
+
+
+_HYDRA_FILES = {".hydra", "multirun.yaml"}  # what Hydra writes before our code runs
+
+
+def discard_unused(run_dir: str, lock: RunLock | None) -> None:
+    """After a config error: a run dir that holds nothing but Hydra's files and our lock
+    never held a run, so those go, and with them the folders this launch created (the sweep
+    folder, `runs/`); a folder that existed before the launch is left as it was found.
+    Rank 0 only (it holds the lock)."""
+    if lock is None:
+        return
+    job, base = Path(run_dir).resolve(), lock.folder
+    if job != base and base in job.parents and _only(job, _HYDRA_FILES):
+        shutil.rmtree(job, ignore_errors=True)  # a sweep job's folder, made by Hydra just now
+    if _only(base, _HYDRA_FILES | {LOCK_NAME}):
+        shutil.rmtree(base / ".hydra", ignore_errors=True)
+        (base / "multirun.yaml").unlink(missing_ok=True)
+        lock.release()  # removes the lock, then the folders it made that are now empty
+
+
+def _only(folder: Path, names: set[str]) -> bool:
+    try:
+        return {p.name for p in folder.iterdir()} <= names
+    except OSError:
+        return False
 
 
 def agree(run_dir: str) -> str:

@@ -15,6 +15,8 @@ import sys
 import warnings
 from pathlib import Path
 
+from distca.lifecycle.process_group import cpu_threads_source
+
 
 class _Tee:
     def __init__(self, stream, log):
@@ -115,21 +117,33 @@ def banner(facts: list[tuple[str, str]]) -> str:
     return "\n".join(f"  {k:<{width}}  {v}" for k, v in facts)
 
 
-def cpu_run_warning(device, flops_per_step: float, world: int) -> str | None:
-    """A CPU run whose steps take minutes: say so before step 1, with an estimate.
-    flops_per_step: forward + backward of the whole step (distca/observe/flops.py)."""
+def cpu_step_seconds(device, flops_per_step: float, world: int) -> float | None:
+    """A CPU run's best-case seconds per step (None on a GPU): ~50 GFLOP/s per thread, `world`
+    processes of this process's threads, optimistic for fp32 on a CPU. flops_per_step:
+    forward + backward of the whole step (distca/observe/flops.py)."""
     if device.type != "cpu":
         return None
-    rate = 5e10 * max(1, os.cpu_count() or 1)  # ~50 GFLOP/s a core: optimistic for fp32 on a CPU
-    seconds = flops_per_step / rate
-    if seconds < 60:
+    import torch
+    return flops_per_step / (5e10 * torch.get_num_threads() * max(1, world))
+
+
+def cpu_threads_summary(world: int) -> str:
+    import torch
+    return f"{torch.get_num_threads()} thread(s) x {world} process(es)"
+
+
+def cpu_run_warning(device, flops_per_step: float, world: int) -> str | None:
+    """A CPU run whose steps take minutes: say so before step 1, with an estimate."""
+    seconds = cpu_step_seconds(device, flops_per_step, world)
+    if seconds is None or seconds < 60:
         return None
     return (f"this model needs about {human(flops_per_step)}FLOP per step: roughly {clock(seconds)} "
-            f"per step on this CPU ({os.cpu_count()} cores, {world} process(es)) at best; it is a "
-            "GPU-sized run (on a CPU try experiment=tiny)")
+            f"per step on this CPU ({cpu_threads_summary(world)}) at best; it is a GPU-sized run "
+            "(on a CPU try experiment=tiny)")
 
 
-def start_banner(cfg, plan, device, run_dir, ckpt_dir, start, n_params, vocab, peak, wandb_where) -> str:
+def start_banner(cfg, plan, device, run_dir, ckpt_dir, start, n_params, vocab, peak, wandb_where,
+                 long_steps: str | None = None) -> str:
     """The facts a user needs before step 1 (rank 0)."""
     d, p, t, c = plan.dims, cfg.parallel, cfg.train, cfg.checkpoint
     import torch
@@ -137,7 +151,8 @@ def start_banner(cfg, plan, device, run_dir, ckpt_dir, start, n_params, vocab, p
         dev = f"{device} {torch.cuda.get_device_name(device)}" + (f", peak {peak:.0f} TFLOP/s" if peak else
                                                                  ", peak unknown (mfu n/a)")
     else:
-        dev = f"cpu, {torch.get_num_threads()} threads per process (OMP_NUM_THREADS), mfu n/a"
+        n = torch.get_num_threads()
+        dev = f"cpu, {n} thread{'s' if n != 1 else ''} per process ({cpu_threads_source()}), mfu n/a"
     layout = f"{d.world_size} process(es): dp {d.dp} x tp {d.tp} x pp {d.pp} x cp {d.cp}"
     if d.cp > 1:
         layout += f" ({p.cp_algo}, {plan.layout})"
@@ -163,7 +178,8 @@ def start_banner(cfg, plan, device, run_dir, ckpt_dir, start, n_params, vocab, p
                         + (f", keep {c.keep}" if c.keep else "")),
         ("logs", f"{run_dir}/metrics.jsonl, train.log (a line every {t.log_every} step(s))"),
         ("W&B", wandb_where or "off (logger=wandb to log)"),
-        ("stop", f"Ctrl-C or SIGTERM saves and exits; continue with run_dir={run_dir}"),
+        ("stop", f"Ctrl-C or SIGTERM saves and exits; continue with run_dir={run_dir}" if not long_steps else
+                 f"Ctrl-C or SIGTERM stops at once without saving ({long_steps}); continue with run_dir={run_dir}"),
     ]
     return "distca: starting\n" + banner(facts)
 
