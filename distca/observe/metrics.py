@@ -2,6 +2,7 @@
 
 Only rank 0 logs. metrics.jsonl gets every step (resume checks and reports read it); the
 console line and W&B get every `train.log_every`-th step, plus the first and the last.
+W&B starts through `wandb_start.py` (offline, and said so, where online would prompt or hang).
 `mfu` is null where the device's peak is unknown (CPUs, unlisted GPUs). wandb is imported
 lazily so runs without it never pay for the import.
 """
@@ -15,6 +16,7 @@ import time
 from pathlib import Path
 
 from distca.observe.console import clock, human, log_only
+from distca.observe.wandb_start import start_wandb
 
 
 def step_line(m: dict, total: int, elapsed: float, eta: float | None) -> str:
@@ -75,13 +77,10 @@ class MetricsLogger:
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         self._file = open(os.path.join(run_dir, "metrics.jsonl"), "a", buffering=1)
         if lcfg.wandb and os.environ.get("WANDB_MODE", "") != "disabled":
-            import wandb  # lazy: heavy import, optional service
-
-            mode = os.environ.get("WANDB_MODE", lcfg.mode)
-            self._wandb = wandb.init(project=lcfg.project, entity=lcfg.entity, name=lcfg.name,
-                                     dir=run_dir, config=cfg_dict, mode=mode)
-            self.wandb_where = (getattr(self._wandb, "url", None) if mode == "online" else None) \
-                or f"offline, {getattr(self._wandb, 'dir', run_dir)} (wandb sync to upload)"
+            # never a prompt or a hang: offline (and said so) without credentials or a server
+            started = start_wandb(lcfg, run_dir, cfg_dict, warn=lambda msg: print(f"distca: warning: {msg}",
+                                                                                  file=sys.stderr, flush=True))
+            self._wandb, self.wandb_where = started.run, started.where
         if lcfg.progress:
             self._start_progress()
 
