@@ -1,12 +1,15 @@
 """distca-report plots a run's metrics.jsonl; W&B gets the same keys grouped into panels."""
 import json
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from distca.observe.metrics import MetricsLogger, wandb_key
 from distca.observe.report import main as report_main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _run(tmp_path, steps=12):
@@ -47,8 +50,10 @@ def test_missing_matplotlib_or_metrics_say_what_to_do(tmp_path, monkeypatch, cap
     run = _run(tmp_path)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import fails as if not installed
     assert report_main([str(run)]) == 1
-    assert "matplotlib is not installed" in capsys.readouterr().err
-    assert "no image" in (run / "report.html").read_text() and not (run / "report.png").exists()
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "matplotlib is not installed" in err, err  # one line
+    assert "pip install -e '.[report]'" in err and "'.[report]'" in (ROOT / "README.md").read_text()
+    assert not (run / "report.html").exists() and not (run / "report.png").exists()  # no half report
     assert report_main([str(tmp_path / "nowhere")]) == 1
     assert "metrics.jsonl not found" in capsys.readouterr().err
 

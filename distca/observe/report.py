@@ -66,12 +66,19 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def plot(rows: list[dict], chosen, out: Path) -> None:
+def _matplotlib():
+    """matplotlib, or a ReportError saying how to install it (checked before anything is written:
+    no half report)."""
     try:
         import matplotlib
     except ImportError:
-        raise ReportError("matplotlib is not installed, so no report.png: pip install matplotlib "
-                          "(or pip install -e '.[dev]')") from None
+        raise ReportError("matplotlib is not installed, and the report needs it for its plots: "
+                          "pip install -e '.[report]' (or pip install matplotlib); nothing was written") from None
+    return matplotlib
+
+
+def plot(rows: list[dict], chosen, out: Path) -> None:
+    matplotlib = _matplotlib()
     matplotlib.use("Agg")  # files only, no display needed
     import matplotlib.pyplot as plt
 
@@ -100,7 +107,7 @@ def plot(rows: list[dict], chosen, out: Path) -> None:
     plt.close(fig)
 
 
-def write_html(rows: list[dict], chosen, out: Path, image: str | None, run_dir: Path) -> None:
+def write_html(rows: list[dict], chosen, out: Path, image: str, run_dir: Path) -> None:
     keys = ["step"] + [k for _, ks in chosen for k in ks]
     stride = max(1, math.ceil(len(rows) / MAX_TABLE_ROWS))
     shown = rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
@@ -114,7 +121,7 @@ def write_html(rows: list[dict], chosen, out: Path, image: str | None, run_dir: 
                      + "</tr>"
                      for r in shown)
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    img = f'<img src="{image}" alt="plots">' if image else "<p>(no image: matplotlib is not installed)</p>"
+    img = f'<img src="{image}" alt="plots">'
     note = f"<p>every {stride}th step of {len(rows)}</p>" if stride > 1 else ""
     out.write_text(f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>distca report: {html.escape(run_dir.name)}</title>
@@ -130,16 +137,13 @@ tr:nth-child(even){{background:#f4f4f4}}</style></head>
 
 def report(run_dir: str | Path) -> list[Path]:
     """Write report.png and report.html into run_dir; returns the files written. Raises
-    ReportError (after writing the HTML) when matplotlib is missing."""
+    ReportError, having written nothing, when the run dir or matplotlib is missing."""
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
+    _matplotlib()
     chosen = panels(rows)
     png, page = run_dir / "report.png", run_dir / "report.html"
-    try:
-        plot(rows, chosen, png)
-    except ReportError:
-        write_html(rows, chosen, page, None, run_dir)
-        raise
+    plot(rows, chosen, png)
     write_html(rows, chosen, page, png.name, run_dir)
     evals = eval_figure(rows, run_dir / "report_eval.png")  # passkey heatmap, loss by position
     return [png, page] + ([evals] if evals else [])
