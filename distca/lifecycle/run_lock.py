@@ -26,8 +26,8 @@ import time
 from pathlib import Path
 
 LOCK_NAME = "distca.lock"
-HEARTBEAT_S = 30.0
-STALE_AFTER_S = 300.0  # ten missed heartbeats: only for a holder on another host
+HEARTBEAT_S = 15.0
+STALE_AFTER_S = 120.0  # eight missed heartbeats (and a network file system's attribute cache): another host's
 
 
 class RunDirBusy(ValueError):
