@@ -13,8 +13,18 @@ import os
 import sys
 
 
+def _cpu_threads(nproc_per_node: str) -> str:
+    """OMP_NUM_THREADS for the ranks when unset: torchrun's own 1 on a GPU machine; on a CPU
+    one, the cores available shared by this node's ranks (as launch/local.py gives them)."""
+    import torch
+
+    from distca.lifecycle.process_group import cpu_threads
+    if torch.cuda.is_available() or not nproc_per_node.isdigit():
+        return "1"
+    return str(cpu_threads(int(nproc_per_node)))
+
+
 def main(argv: list[str] | None = None) -> int:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default, minus its banner
     # the agent's warnings restate what the ranks print ("Received 15 death signal", "Sending
     # process N closing signal"); its errors still show
     os.environ.setdefault("LOGLEVEL", "ERROR")  # read when torch's loggers are made: set it first
@@ -24,8 +34,11 @@ def main(argv: list[str] | None = None) -> int:
 
     for name in ("torch.distributed.elastic", "torch.distributed.elastic.multiprocessing.api"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if "OMP_NUM_THREADS" not in os.environ:  # set here, torchrun would set 1 with a banner
+        os.environ["OMP_NUM_THREADS"] = _cpu_threads(str(args.nproc_per_node))
     try:
-        run(parse_args(sys.argv[1:] if argv is None else argv))
+        run(args)
     except SignalException as e:  # the launcher itself was signalled; it forwarded the signal
         print(f"distca: launcher stopped by signal {e.sigval.name}; ranks finished their step and "
               "saved (see above)", file=sys.stderr, flush=True)
