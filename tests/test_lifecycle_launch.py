@@ -74,6 +74,13 @@ def test_cpu_threads_are_the_available_cores_not_a_load_guess(monkeypatch):
     assert cpu_threads_source() == "OMP_NUM_THREADS=5"
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CPU ranks")
+def test_torchrun_wrapper_gives_cpu_ranks_their_share(monkeypatch):
+    from launch.torchrun import _cpu_threads
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert (_cpu_threads("2"), _cpu_threads("3"), _cpu_threads("gpu")) == ("4", "2", "1")
+
+
 def test_cpu_threads_and_large_model_warning():
     cpu = torch.device("cpu")
     assert cpu_run_warning(cpu, 6 * 1e6 * 1024, 1) is None  # tiny: seconds
