@@ -8,7 +8,6 @@ file); the per-step lines always reach the file.
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import subprocess
 import sys

@@ -73,7 +73,7 @@ def start_wandb(lcfg, run_dir: str, config: dict, warn) -> WandbStart:
     mode = os.environ.get("WANDB_MODE") or str(lcfg.mode)
     online = mode in ("online", "run")
     why = offline_reason(wandb) if online else None
-    kwargs = dict(project=lcfg.project, entity=lcfg.entity, name=lcfg.name, dir=run_dir, config=config)
+    kwargs = {"project": lcfg.project, "entity": lcfg.entity, "name": lcfg.name, "dir": run_dir, "config": config}
     if online and why is None:
         try:
             run = wandb.init(mode="online", settings=wandb.Settings(init_timeout=INIT_TIMEOUT_S), **kwargs)
