@@ -93,7 +93,7 @@ def test_killed_rank_restarts_and_resumes_exactly(tmp_path, clean, clean_three_r
     (run,) = [p for p in (tmp_path / "runs").glob("tiny-*")]  # both attempts: one run dir
     assert not (run / "distca.lock").exists()  # released at the end
     assert _losses(run) == clean_three_ranks
-    assert _losses(run) == pytest.approx(clean, rel=1e-6)  # and the layout-free model (parity tests)
+    assert _losses(run) == pytest.approx(clean, rel=1e-5)  # and the layout-free model (parity tests)
 
 
 def test_kill_during_a_checkpoint_write_resumes_from_the_one_before(tmp_path, clean):
