@@ -167,3 +167,4 @@ def test_in_place_gathers_when_pieces_are_out_of_order():
         torch.testing.assert_close(got.grad[natural], ref.grad, msg=f"d{name}")
     with torch.no_grad():
         torch.testing.assert_close(InPlaceAttention.apply(q, k, v, P, 0.3)[natural], o)
+

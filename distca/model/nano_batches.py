@@ -92,7 +92,21 @@ def _order(shard, rows) -> tuple[torch.Tensor, torch.Tensor]:
         inverse = torch.empty_like(order)
         inverse[order] = torch.arange(order.numel(), device=order.device)
         return order, inverse
-    return shard.memo(("nano_batches_order", id(rows[0])), build)
+    # keyed by the rows' tensor itself (kept alive by the memo), so a key is never reused
+    return shard.memo(("nano_batches_order", _Key(rows[0])), build)
+
+
+class _Key:
+    """Hashable by identity around an object (a tensor's own == is elementwise)."""
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+    def __eq__(self, other):
+        return isinstance(other, _Key) and other.obj is self.obj
 
 
 class NanoStream:

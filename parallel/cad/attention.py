@@ -151,6 +151,9 @@ class CADAttention(Strategy):
         self._shape: Shape | None = None   # the latest layer's shapes: what plan_ahead plans for
         self._layer = None                 # ... and the model's description of it
         self._worker: PlanAhead | None = None
+        # this strategy's key in a shard's memo: an object, not id(self), which a strategy made
+        # after this one is freed may get again (and find a plan that is not its own on some ranks)
+        self._memo_key = ("cad", object())
 
     @property
     def servers(self):
@@ -199,7 +202,7 @@ class CADAttention(Strategy):
         must call it for the same micro-batches in the same order, from one thread."""
         if self.options.pipeline == "joint" or self._shape is None:
             return
-        shard.memo(("cad", id(self)), lambda: self._submit(shard))
+        shard.memo(self._memo_key, lambda: self._submit(shard))
 
     def _submit(self, shard) -> Future:
         device = shard.index.device
@@ -222,7 +225,7 @@ class CADAttention(Strategy):
     def _micro_batch(self, shard, device) -> MicroBatchPlan:
         """Planned ahead (waits for it), or the pieces gathered now (collective: every rank
         reaches the first layer of a micro-batch together)."""
-        fut = shard.memo(("cad", id(self)), lambda: _done(MicroBatchPlan(
+        fut = shard.memo(self._memo_key, lambda: _done(MicroBatchPlan(
             gather_pieces(shard, self.dp_rank, self.group, device))))
         return fut.result()
 
