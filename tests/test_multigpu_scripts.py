@@ -94,3 +94,26 @@ def test_throughput_script_dry_run(tmp_path, nproc):
     d = json.loads(out.read_text())
     assert [c["ok"] for c in d["cases"]] == [True, True], d["cases"]
     assert d["goal"][0]["ratio"] is not None
+
+
+@pytest.mark.slow
+def test_one_gpu_overlap_script_smoke(tmp_path):
+    """benchmarks/cad_overlap_one_gpu.py (the one-GPU overhead of every overlap mode, issue 32)
+    in its CPU smoke mode: a row for every mode, the overhead over local attention, the mode
+    each ran, and a profile whose groups hold CAD's own ops where the exchange path is forced."""
+    out = tmp_path / "one.json"
+    _run(["benchmarks/cad_overlap_one_gpu.py", "--smoke", "--out", str(out)], 1, timeout=600)
+    d = json.loads(out.read_text())
+    modes = ["local", "none", "halves", "nanobatch", "auto", "none+x", "halves+x", "nanobatch+x"]
+    assert [r["attention"] for r in d["rows"]] == modes and not d["skipped"], d
+    assert all(r["step_s"] > 0 for r in d["rows"]), d["rows"]
+    # one process moves nothing: in place (none) unless nano-batches or a forced exchange split it
+    ran = {r["attention"]: r.get("cad_overlap") for r in d["rows"]}
+    assert ran == {"local": None, "none": 0, "halves": 0, "nanobatch": 2, "auto": 0, "none+x": 0,
+                   "halves+x": 1, "nanobatch+x": 2}, ran
+    assert {o["attention"] for o in d["overhead"]} == set(modes[1:])
+    profile = json.loads((tmp_path / d["profile_file"]).read_text())["cases"]["256 full"]
+    for mode, p in profile.items():
+        assert abs(sum(g["share"] for g in p["groups"].values()) - 1) < 1e-6 and p["top_ops"], (mode, p)
+    assert profile["halves+x"]["groups"]["cad (parallel/cad)"]["share"] > 0
+    assert "cad (parallel/cad)" not in profile["local"]["groups"]

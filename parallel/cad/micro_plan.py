@@ -100,6 +100,12 @@ class Planner:
         self.link_rate = None   # bytes/s through one rank's link (sent + received); set by the strategy
         self._cost_models: dict = {}
 
+    def in_place(self, tr: Transfers) -> bool:
+        """Whether a plan with these transfers runs in place, without an exchange: when it
+        moves nothing. (benchmarks/cad_overlap_one_gpu.py overrides this to time the exchange
+        path on one GPU, where nothing ever moves.)"""
+        return in_place.moves_nothing(tr)
+
     def cost_model(self, s: Shape) -> CostModel:
         """Built once per shape: the table is read from disk and prepared only then."""
         if s not in self._cost_models:
@@ -127,7 +133,7 @@ class Planner:
         cm = self.cost_model(s)
         p, block = self._balance(pieces, cm)
         one = transfers(p.parts, p.server, pieces)
-        if in_place.moves_nothing(one):
+        if self.in_place(one):
             return ShapePlan("none", whole=self._part(p, [one], pieces, s, cm, block, t0))
         if mode == "auto":
             side = split_documents(pieces) if layer is not None else None
@@ -149,7 +155,7 @@ class Planner:
         cm = self.cost_model(s)
         p, block = self._balance(pieces, cm)
         one = transfers(p.parts, p.server, pieces)
-        still = in_place_ok and in_place.moves_nothing(one)
+        still = in_place_ok and self.in_place(one)
         if self.options.ping_pong and str(self.options.overlap) != "none" and not still:
             return self._halves(p, pieces, s, cm, block, t0)
         return self._part(p, [one], pieces, s, cm, block, t0, in_place_ok)
@@ -191,7 +197,7 @@ class Planner:
               in_place_ok: bool = True) -> PartPlan:
         """This rank's layouts for the transfers, and the plan's totals."""
         mine = int(pieces.length[pieces.rank == self.rank].sum())
-        if in_place_ok and len(parts) == 1 and in_place.moves_nothing(parts[0]):
+        if in_place_ok and len(parts) == 1 and self.in_place(parts[0]):
             layouts = in_place.in_place_layout(parts[0], pieces, self.rank, mine)
         else:
             layouts = []
