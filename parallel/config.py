@@ -86,8 +86,8 @@ class CADConfig:
     overlap: CADOverlap = CADOverlap.auto  # auto (per micro-batch, from its plan: metric cad_overlap) |
                                            # nanobatch (DistCA's ping-pong) | halves (needs ping_pong=true)
                                            # | none; joint pipelines: auto or halves
-    link_gbps: float = 50.0     # GB/s per rank that auto prices the exchange at; 0: measured at the first
-                                # step (one timed all-to-all, the group's slowest rank)
+    link_gbps: float = 50.0     # GB/s per rank and direction that auto prices the exchange at; 0: measured
+                                # at the first step (one timed all-to-all, the group's slowest rank)
     pipeline: CADPipeline = CADPipeline.stage  # joint: pool attention across pipeline stages (needs backward=resend)
     pool: int = 0               # K > 0: K extra ranks per TP position that hold no weights and serve all attention
 

@@ -8,7 +8,9 @@ cost model prices cheapest (parallel/cad/overlap_choice.py).
   ranks and short ones) and a balanced one (one whole document per rank): every rank picks the
   same mode, the choice follows the link speed (slow: nano-batches for the skewed batch; fast:
   none), the balanced batch runs in place with no all-to-all at all, and outputs and
-  gradients equal one process's (local attention) in every case.
+  gradients equal one process's (local attention) in every case;
+- `parallel.cad.link_gbps=0` measures the link once, and every rank prices with the same
+  number (the group's slowest, agreed by one all-reduce).
 """
 from __future__ import annotations
 
@@ -90,6 +92,14 @@ def _worker(rank, world):
                 dist.all_reduce(g)
                 torch.testing.assert_close(g, ref_grads[name], rtol=1e-9, atol=1e-10,
                                            msg=f"{gbps} {docs} d{name}")
+    cfg = ParallelConfig(cp=world, cp_algo="cad", cad=CADConfig(tolerance=0.0, block=2, cost_table="none",
+                                                                link_gbps=0))
+    plan = ParallelPlan(cfg, ModelShape(4, 2, "SSS"), world)
+    plan.setup()
+    _grads(_model(plan), SKEWED, plan.build_shard(SKEWED))
+    rates = [None] * world
+    dist.all_gather_object(rates, plan.core_attention.planner.link_rate)
+    assert rates[0] > 0 and rates == [rates[0]] * world, rates
 
 
 @pytest.mark.slow
