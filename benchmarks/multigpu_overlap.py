@@ -30,7 +30,9 @@ CAD in training (`cad_in_training`): whole forward + backward passes of a model 
 softmax layers, 1024 wide; 4 micro-batches of --pp-seq-len x N tokens from the pretraining-like
 mix, bf16) at cp=N with each overlap mode (none, halves, nanobatch, auto), as trained and with
 the cut exchange injected: the exposed share of the step per mode (t_comm_alone is not
-replayed here); for auto, the mode it chose (`cad_overlap`, 0 none, 1 halves, 2 nanobatch).
+replayed here); for auto, the mode it chose (`cad_overlap`, 0 none, 1 halves, 2 nanobatch)
+and its step over the best explicit mode's (`auto_over_best_mode`); `link_gbps_measured` is
+what `parallel.cad.link_gbps=0` would measure (GB/s per direction; auto's default is 50).
 
 Pipeline bubble: `train()` at pp=N (1F1B, tiny-but-not-trivial model, --pp-steps steps) and
 the same model on one process (rank 0 before the process group exists, as in
@@ -192,6 +194,7 @@ def cad_modes_in_training(n, device, args) -> list[dict]:
     from distca.model import build_model
     from parallel.cad.attention import CADAttention
     from parallel.cad.dispatch import Exchange
+    from parallel.cad.overlap_choice import measure_link
     from parallel.config import CADConfig, ModelShape, ParallelConfig
     from parallel.plan import ParallelPlan
     mcfg = to_typed(compose_config(["experiment=tiny", *_model_overrides(args)])).model
@@ -208,6 +211,8 @@ def cad_modes_in_training(n, device, args) -> list[dict]:
         micro.append((shard.local(ids).to(device), shard.local(next_token_labels(ids, docs)).to(device),
                       shard.to(device)))
     amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # what parallel.cad.link_gbps=0 would measure here (auto's default prices 50 GB/s)
+    link = measure_link(plan.state.cad_group, device) / 2 / 1e9
     rows = []
     for overlap in ("none", "halves", "nanobatch", "auto"):
         t, chose = {}, None
@@ -229,7 +234,9 @@ def cad_modes_in_training(n, device, args) -> list[dict]:
         rows.append({"overlap": overlap, "cp": n, "seq_len": tokens, "micro_batches": len(micro),
                      "t_full_s": t[False], "t_cut_s": t[True], "exposed_s": t[False] - t[True],
                      "exposed_share": (t[False] - t[True]) / t[False] if t[False] > 0 else None,
-                     "cad_overlap": chose})
+                     "cad_overlap": chose, "link_gbps_measured": link})
+    best = min(r["t_full_s"] for r in rows[:3])
+    rows[-1]["auto_over_best_mode"] = rows[-1]["t_full_s"] / best if best > 0 else None
     return rows
 
 

@@ -81,6 +81,7 @@ def test_overlap_script_dry_run(tmp_path, nproc):
         assert [r["overlap"] for r in modes] == ["none", "halves", "nanobatch", "auto"], modes
         assert all(r["t_full_s"] > 0 and r["t_cut_s"] > 0 for r in modes), modes
         assert modes[-1]["cad_overlap"] in (0.0, 1.0, 2.0), modes  # the mode auto chose
+        assert modes[-1]["auto_over_best_mode"] > 0 and modes[0]["link_gbps_measured"] > 0, modes
         assert d["pipeline"]["bubble_theory"] > 0
 
 
