@@ -5,7 +5,8 @@ the micro-batches are drawn, so the trainer hands them over before running them
 (`ParallelPlan.plan_ahead`) and the planning of micro-batch i + 1 (and the next step's, when
 the data is drawn ahead) runs while micro-batch i computes. The metadata all-gather runs in
 the worker too, over a CPU (gloo) twin of the CAD group (`ParallelState.cad_meta_group`), so
-it never meets the layers' collectives on the training group and reads nothing off the GPU.
+it never meets the layers' collectives on the training group. (Reading the shard's piece
+lengths is the one host read, on the calling thread when the micro-batch is handed over.)
 
 One worker thread, first in first out: every rank submits the same micro-batches in the same
 order (the trainer's loop is the same everywhere), so the all-gathers on the twin group pair
