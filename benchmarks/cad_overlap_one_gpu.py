@@ -17,7 +17,8 @@ every row (its core attention swapped per mode). Modes:
 
 Cases, in the order they run: (16K, no recompute), (64K, selective), (16K, selective),
 (16K, full), (64K, full), (64K, none) (out of memory on 80 GB: recorded as such). Base modes
-before the forced ones. A torch.profiler step per mode of the first two cases gives the top
+before the forced ones. A torch.profiler step of the first two cases for local, nanobatch and
+the forced modes (none, halves and auto run local's path on one GPU) gives the top
 ops by self GPU time and the shares by group, CAD's own ops (called from parallel/cad/) and the
 nano-batch stream's (distca/model/nano_batches.py) grouped by their Python stack; written to
 `<out stem>_profile.json`. Rows run until `--budget-s` is spent; the rest are listed as skipped,
@@ -60,6 +61,7 @@ FORCED = ("none+x", "halves+x", "nanobatch+x")
 CASES = ((16384, "none"), (65536, "selective"), (16384, "selective"), (16384, "full"),
          (65536, "full"), (65536, "none"))
 SMOKE_CASES = ((256, "full"),)
+PROFILED = ("local", "nanobatch", "none+x", "halves+x", "nanobatch+x")
 # the op groups of a profile: attention first (the kernel also runs inside CAD's server)
 GROUPS = (("attention", ("attn", "flash", "fmha")),
           ("matmul", ("gemm", "matmul", "sm90", "cutlass", "nvjet", "xmma", "addmm", "aten::mm", "aten::bmm")),
@@ -222,7 +224,8 @@ def main() -> int:
     ap.add_argument("--long-steps", type=int, default=3, help="timed steps per row above 16K")
     ap.add_argument("--long-warmup", type=int, default=1)
     ap.add_argument("--profiled", type=int, default=2, help="profile the modes of the first N cases")
-    ap.add_argument("--profile-modes", nargs="+", default=None, help="which modes (default: all)")
+    ap.add_argument("--profile-modes", nargs="+", default=list(PROFILED),
+                    help="which modes to profile (none, halves and auto run local's path on one GPU)")
     ap.add_argument("--budget-s", type=float, default=420.0, help="start no row after this many seconds")
     ap.add_argument("--no-forced", action="store_true", help="skip the +x (exchange path) modes")
     ap.add_argument("--out", default="benchmarks/results/cad_overlap_one_gpu.json")
@@ -232,7 +235,7 @@ def main() -> int:
     cases = CASES
     if args.smoke:
         args.model, args.steps, args.warmup, args.long_steps, args.long_warmup = "tiny", 1, 1, 1, 1
-        args.profile_modes = args.profile_modes or ["local", "nanobatch", "halves+x"]
+        args.profile_modes = ["local", "nanobatch", "halves+x"]
         cases = SMOKE_CASES
     device = torch.device("cpu" if args.smoke or not torch.cuda.is_available() else "cuda")
     cost_table = "none" if device.type == "cpu" else "auto"
@@ -274,7 +277,7 @@ def main() -> int:
                     m = core.step_metrics()
                     row["cad_overlap"] = m.get("cad_overlap")
                     row["cad_plan_ms"] = m.get("cad_plan_ms")
-                if ci < args.profiled and (args.profile_modes is None or mode in args.profile_modes):
+                if ci < args.profiled and mode in args.profile_modes:
                     profiles.setdefault(f"{tokens} {policy}", {})[mode] = profile(bench, tokens)
             except torch.OutOfMemoryError as e:
                 row["error"] = f"OOM: {str(e)[:160]}"

@@ -221,7 +221,7 @@ def cad_modes_in_training(n, device, args) -> list[dict]:
             core = CADAttention(plan.state.cad_group, plan.dp_rank, cad, exchange=exchange)
             model = build_model(mcfg, vocab, core, plan.linear_attention, seed=0).to(device).train()
 
-            def step():
+            def step(model=model):
                 model.zero_grad(set_to_none=True)
                 for ids, labels, shard in micro:
                     with amp:

@@ -26,7 +26,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from distca.config import compose_config, to_typed
 from distca.data.labels import next_token_labels
-from distca.model import build_model
 from kernels.flash_attn.reference import attention_varlen_reference
 from parallel.cad.dispatch import transfers
 from parallel.cad.in_place import InPlaceAttention, in_place_layout, moves_nothing

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 
 from tests.test_env_vars_documented import ROOT, variables_read
 

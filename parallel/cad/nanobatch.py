@@ -31,7 +31,7 @@ import torch
 
 from kernels.precision import accumulator_dtype
 from parallel.cad import in_place
-from parallel.cad.dispatch import Exchange, Layout
+from parallel.cad.dispatch import Exchange
 from parallel.cad.pingpong import lse_rows, pool_rows
 from parallel.cad.server import serve_backward, serve_forward
 from parallel.cad.tasks import PieceTable, expand_ranges
