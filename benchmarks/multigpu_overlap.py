@@ -11,10 +11,11 @@ Attention step = forward + backward of one core-attention call on this rank's sh
 iteration ending with a device synchronize and a barrier (so the slowest rank counts).
 
     t_full        the step as it runs in training
-    t_cut         the same step with DISTCA_CAD_CUT_PAYLOAD=1 (parallel/cad/dispatch.py
-                  Exchange sends one element per peer and receives zeros): same kernels,
-                  same collectives' count and latency, ~no bytes. CAD only: the switch lives
-                  in CAD's Exchange alone, so ring/allgather have no t_cut.
+    t_cut         the same step with the strategy given benchmarks/cad_cut_exchange.py's
+                  CutExchange (`CADAttention(..., exchange=CutExchange)`: one element per
+                  peer, zeros back): same kernels, same collectives' count and latency, ~no
+                  bytes. CAD only: the others take no injected exchange, so ring/allgather
+                  have no t_cut. The CAD attention rows run overlap=halves (a plain call).
     t_comm_alone  every collective the full step issued (recorded through parallel.comm's
                   observer: op, group, payload, splits), replayed back to back with no
                   compute between them: the communication's own time.
@@ -25,9 +26,13 @@ For ring and allgather (no cut switch), `comm_share_upper` = t_comm_alone / t_fu
 reported instead: the share of the step communication would take if none of it were hidden.
 Values: results are only timed, and the cut run's outputs are wrong by design.
 
-CAD in training (`cad_in_training`): whole training steps at cp=N with each overlap mode
-(none, halves, nanobatch), pretraining-like documents, as trained and with payloads cut: the
-exposed share of the step per mode (t_comm_alone is not replayed here).
+CAD in training (`cad_in_training`): whole forward + backward passes of a model (--pp-layers
+softmax layers, 1024 wide; 4 micro-batches of --pp-seq-len x N tokens from the pretraining-like
+mix, bf16) at cp=N with each overlap mode (none, halves, nanobatch, auto), as trained and with
+the cut exchange injected: the exposed share of the step per mode (t_comm_alone is not
+replayed here); for auto, the mode it chose (`cad_overlap`, 0 none, 1 halves, 2 nanobatch)
+and its step over the best explicit mode's (`auto_over_best_mode`); `link_gbps_measured` is
+what `parallel.cad.link_gbps=0` would measure (GB/s per direction; auto's default is 50).
 
 Pipeline bubble: `train()` at pp=N (1F1B, tiny-but-not-trivial model, --pp-steps steps) and
 the same model on one process (rank 0 before the process group exists, as in
@@ -88,14 +93,19 @@ def _doc_lens(tokens: int, mix: str, seed: int) -> list[int]:
     return [x for x in lens if x > 0]
 
 
-def _strategy_step(algo: str, n: int, device, args):
-    """(step function, plan) for one attention forward + backward on this rank's shard."""
+def _strategy_step(algo: str, n: int, device, args, exchange=None):
+    """The step function of one attention forward + backward on this rank's shard (CAD with
+    `exchange` injected when given)."""
+    from parallel.cad.attention import CADAttention
     from parallel.config import CADConfig, ModelShape, ParallelConfig
     from parallel.plan import ParallelPlan
-    cad = CADConfig(cost_table="none" if args.dry_run else "auto")
+    cad = CADConfig(cost_table="none" if args.dry_run else "auto", overlap="halves")
     cfg = ParallelConfig(cp=n, dp=1, cp_algo=algo, cad=cad)
     plan = ParallelPlan(cfg, ModelShape(heads=args.heads, kv_heads=args.kv_heads, layers="S"), n)
     plan.setup(device)
+    core = plan.core_attention
+    if exchange is not None:
+        core = CADAttention(plan.state.cad_group, plan.dp_rank, cad, exchange=exchange)
     shard = plan.build_shard(_doc_lens(args.tokens, args.docs, 0))
     t, d = shard.num_tokens, args.head_dim
     g = torch.Generator().manual_seed(dist.get_rank())
@@ -104,7 +114,7 @@ def _strategy_step(algo: str, n: int, device, args):
     leaves = [x.requires_grad_() for x in (q, k, v)]
 
     def step():
-        o = plan.core_attention(*leaves, shard, d ** -0.5)
+        o = core(*leaves, shard, d ** -0.5)
         torch.autograd.grad(o, leaves, do)
     return step
 
@@ -150,7 +160,7 @@ def _replay(events):
 
 
 def attention_overlap(n, device, args) -> list[dict]:
-    from parallel.cad import dispatch
+    from benchmarks.cad_cut_exchange import CutExchange
     rows = []
     for algo in args.algos:
         step = _strategy_step(algo, n, device, args)
@@ -162,11 +172,8 @@ def attention_overlap(n, device, args) -> list[dict]:
                "t_comm_alone_s": t_comm, "collectives_per_step": len(events),
                "bytes_sent_per_rank": sum(e[2].numel() * e[2].element_size() for e in events if e[2] is not None)}
         if algo == "cad":
-            dispatch.CUT_PAYLOAD = True  # the module attribute the env variable sets at import
-            try:
-                t_cut = _median_time(step, device, args.warmup, args.iters)
-            finally:
-                dispatch.CUT_PAYLOAD = False
+            t_cut = _median_time(_strategy_step(algo, n, device, args, CutExchange), device,
+                                 args.warmup, args.iters)
             raw = 1 - (t_full - t_cut) / t_comm if t_comm > 0 else float("nan")
             row.update(t_cut_s=t_cut, exposed_s=t_full - t_cut, hidden_fraction_raw=raw,
                        hidden_fraction=min(1.0, max(0.0, raw)))
@@ -176,35 +183,71 @@ def attention_overlap(n, device, args) -> list[dict]:
     return rows
 
 
-def cad_modes_in_training(n, args) -> list[dict]:
-    """CAD's overlap modes inside whole training steps (cp = N, documents from the
-    pretraining-like mix, so micro-batches split into nano-batches): the median step as
-    trained and with CAD's payloads cut; exposed = the difference. Only the nano-batch mode
-    can hide traffic under the projections and MLP, so this is what decides between them."""
-    from distca.train import train
-    from parallel.cad import dispatch
+def cad_modes_in_training(n, device, args) -> list[dict]:
+    """CAD's overlap modes inside whole forward + backward passes of a model (cp = N, documents
+    from the pretraining-like mix, so micro-batches split into nano-batches): the median step as
+    trained and with the cut exchange injected; exposed = the difference. Only the nano-batch
+    mode can hide traffic under the projections and MLP, so this is what decides between them."""
+    from benchmarks.cad_cut_exchange import CutExchange
+    from distca.config import compose_config, to_typed
+    from distca.data.labels import next_token_labels
+    from distca.model import build_model
+    from parallel.cad.attention import CADAttention
+    from parallel.cad.dispatch import Exchange
+    from parallel.cad.overlap_choice import measure_link
+    from parallel.config import CADConfig, ModelShape, ParallelConfig
+    from parallel.plan import ParallelPlan
+    mcfg = to_typed(compose_config(["experiment=tiny", *_model_overrides(args)])).model
+    shape = ModelShape(mcfg.heads, mcfg.kv_heads, mcfg.layers, mcfg.ffn_hidden)
+    plan = ParallelPlan(ParallelConfig(cp=n, dp=1, cp_algo="cad"), shape, n)
+    plan.setup(device)  # the groups, once; each mode gets its own strategy over them
+    tokens = args.pp_seq_len * n
+    vocab = 256
+    micro = []
+    for i in range(4):
+        docs = _doc_lens(tokens, "pretrain", 100 + i)
+        ids = torch.randint(0, vocab, (tokens,), generator=torch.Generator().manual_seed(i))
+        shard = plan.build_shard(docs)
+        micro.append((shard.local(ids).to(device), shard.local(next_token_labels(ids, docs)).to(device),
+                      shard.to(device)))
+    amp = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    # what parallel.cad.link_gbps=0 would measure here (auto's default prices 50 GB/s)
+    link = measure_link(plan.state.cad_group, device) / 2 / 1e9
     rows = []
-    for overlap in ("none", "halves", "nanobatch"):
-        over = [f"parallel.cp={n}", "parallel.cp_algo=cad", f"parallel.cad.overlap={overlap}",
-                "data=synthetic_pretrain", f"data.seq_len={args.pp_seq_len * n}"]
-        t = {}
-        for cut in (False, True):
-            dispatch.CUT_PAYLOAD = cut
-            try:
-                t[cut] = _median_step(train(_train_cfg(args, f"{args.workdir}/cad_{overlap}_{cut}", *over)))
-            finally:
-                dispatch.CUT_PAYLOAD = False
-        rows.append({"overlap": overlap, "cp": n, "seq_len": args.pp_seq_len * n, "t_full_s": t[False],
-                     "t_cut_s": t[True], "exposed_s": t[False] - t[True],
-                     "exposed_share": (t[False] - t[True]) / t[False] if t[False] > 0 else None})
+    for overlap in ("none", "halves", "nanobatch", "auto"):
+        t, chose = {}, None
+        for cut, exchange in ((False, Exchange), (True, CutExchange)):
+            cad = CADConfig(overlap=overlap, cost_table="none" if args.dry_run else "auto")
+            core = CADAttention(plan.state.cad_group, plan.dp_rank, cad, exchange=exchange)
+            model = build_model(mcfg, vocab, core, plan.linear_attention, seed=0).to(device).train()
+
+            def step(model=model):
+                model.zero_grad(set_to_none=True)
+                for ids, labels, shard in micro:
+                    with amp:
+                        loss = model(ids, shard, labels)
+                    loss.backward()
+            t[cut] = _median_time(step, device, args.warmup, args.iters)
+            if not cut:
+                chose = core.step_metrics().get("cad_overlap")
+            del model
+        rows.append({"overlap": overlap, "cp": n, "seq_len": tokens, "micro_batches": len(micro),
+                     "t_full_s": t[False], "t_cut_s": t[True], "exposed_s": t[False] - t[True],
+                     "exposed_share": (t[False] - t[True]) / t[False] if t[False] > 0 else None,
+                     "cad_overlap": chose, "link_gbps_measured": link})
+    best = min(r["t_full_s"] for r in rows[:3])
+    rows[-1]["auto_over_best_mode"] = rows[-1]["t_full_s"] / best if best > 0 else None
     return rows
+
+
+def _model_overrides(args) -> list[str]:
+    return ["model.layers=" + "S" * max(args.pp_layers, 2)] + ([] if args.dry_run else [
+        "model.hidden=1024", "model.heads=16", "model.kv_heads=4", "model.ffn_hidden=2816"])
 
 
 def _train_cfg(args, run_dir, *over):
     from distca.config import compose_config
-    m = ["model.layers=" + "S" * max(args.pp_layers, 2)] + ([] if args.dry_run else
-                                                            ["model.hidden=1024", "model.heads=16",
-                                                             "model.kv_heads=4", "model.ffn_hidden=2816"])
+    m = _model_overrides(args)
     return compose_config(["experiment=tiny", f"data.seq_len={args.pp_seq_len}", "train.global_batch_size=8",
                            "logger.progress=false", "checkpoint.save_final=false", "train.warmup_steps=1",
                            f"train.steps={args.pp_steps}", "train.dtype=bf16", f"run_dir={run_dir}",
@@ -254,15 +297,15 @@ def main() -> int:
         out["skipped"].append({"what": "everything", "reason": "overlap and bubble need >= 2 ranks"})
     else:
         out["attention"] = attention_overlap(n, device, args)
-        out["cad_in_training"] = cad_modes_in_training(n, args)
+        out["cad_in_training"] = cad_modes_in_training(n, device, args)
         h = train(_train_cfg(args, f"{args.workdir}/pp{n}", f"parallel.pp={n}"))
         t_pp = _median_step(h)
         out["pipeline"] = {"pp": n, "t_one_process_s": one, "t_pp_s": t_pp,
                            "bubble_measured": 1 - (one / n) / t_pp if one else None,
                            "bubble_theory": h[0].get("pp_bubble"), "layers": args.pp_layers,
                            "seq_len": args.pp_seq_len}
-        out["skipped"].append({"what": "tp overlap", "reason": "no cut switch for TP collectives yet "
-                               "(only CAD's Exchange may change in this issue)"})
+        out["skipped"].append({"what": "tp overlap", "reason": "TP collectives take no injected "
+                               "exchange yet, so they have no payload-cut baseline"})
     if rank == 0:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(out, indent=1))

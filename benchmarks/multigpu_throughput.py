@@ -10,7 +10,7 @@ with its last log lines.
 Per case the JSON holds the layout and why, the medians over steps after --warmup (excluded)
 of the trainer's metrics.jsonl: tokens/s per GPU (tokens_per_s / N), MFU, peak memory
 (max_mem_gib is this rank's; rank 0's file is read, and the max over ranks is in the trainer's
-log only), cad_imbalance_before/_after, cad_bytes, cad_moved_work. `goal` compares cad with
+log only), cad_imbalance_before/_after, cad_bytes, cad_moved_work, cad_overlap. `goal` compares cad with
 the best of ring/allgather/usp per (model, length, mix); the issue's goal is >= 1.15 at 512K,
 pretrain mix, both models.
 
@@ -41,7 +41,7 @@ LENGTHS = {"128k": 131072, "512k": 524288}
 MIXES = {"pretrain": "data=synthetic_pretrain", "longdoc": "data=synthetic_longctx"}
 ALGOS = ("ring", "allgather", "usp", "cad")
 METRICS = ("tokens_per_s", "mfu", "max_mem_gib", "step_time_s", "cad_imbalance_before",
-           "cad_imbalance_after", "cad_bytes", "cad_moved_work", "tflops_per_gpu")
+           "cad_imbalance_after", "cad_bytes", "cad_moved_work", "cad_overlap", "tflops_per_gpu")
 
 
 def layout(nproc: int, length: str, dry: bool) -> tuple[dict, str]:

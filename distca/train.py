@@ -77,6 +77,7 @@ def _train(run: Run, stop: StopSignals) -> list[dict]:
             samples = [run.packer.next_sample() for _ in range(t.global_batch_size)]
             n_labels = global_label_count(samples)
             micro = rank_micro_batches(samples, plan, t.micro_batch_size, run.device)
+            plan.plan_ahead([mb.shard for mb in micro])  # CAD: micro-batch i + 1 plans while i runs
             # forward, backward, update
             local_sum, pipeline_metrics = one_step.forward_backward(trainer, micro, n_labels, step)
             lr = lr_at(step, t)

@@ -56,6 +56,7 @@ PPSchedule = Choice("PPSchedule", [("1f1b", "1f1b"), ("interleaved", "interleave
 
 
 class CADOverlap(Choice):
+    auto = "auto"            # per micro-batch, the cheapest of the three by a cost model of its plan
     none = "none"            # one dispatch, one kernel, one return
     halves = "halves"        # two halves of the tasks, one's all-to-all under the other's kernel
     nanobatch = "nanobatch"  # two nano-batches of documents, comm under the other's layer work
@@ -82,8 +83,11 @@ class CADConfig:
     cost_table: str = "auto"    # auto (the GPU's measured table: h200 on H200s, else h100; causal FLOPs
                                 # on CPU) | h100 | h200 | none | a JSON path
     backward: CADBackward = CADBackward.stateful  # what servers keep between forward and backward
-    overlap: CADOverlap = CADOverlap.nanobatch  # nanobatch (DistCA's ping-pong) | halves | none; halves
-                                                # needs ping_pong=true (false: none); joint pipelines: halves
+    overlap: CADOverlap = CADOverlap.auto  # auto (per micro-batch, from its plan: metric cad_overlap) |
+                                           # nanobatch (DistCA's ping-pong) | halves (needs ping_pong=true)
+                                           # | none; joint pipelines: auto or halves
+    link_gbps: float = 50.0     # GB/s per rank and direction that auto prices the exchange at; 0: measured
+                                # at the first step (one timed all-to-all, the group's slowest rank)
     pipeline: CADPipeline = CADPipeline.stage  # joint: pool attention across pipeline stages (needs backward=resend)
     pool: int = 0               # K > 0: K extra ranks per TP position that hold no weights and serve all attention
 

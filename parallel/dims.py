@@ -131,6 +131,7 @@ class ParallelState:
     cp_group: object = None
     dpcp_group: object = None     # all DP x CP ranks of one (tp, pp) position: gradients, loss
     cad_group: object = None      # the CAD group: dpcp_group, plus its TP position's pool ranks
+    cad_meta_group: object = None  # a CPU (gloo) twin of cad_group: CAD's plan-ahead metadata
     model_group: object = None    # with a pool: every model rank (checkpoints); None = the world
     pool_index: int | None = None  # this rank's index in the attention pool; None: a model rank
     tp_group: object = None       # the ranks that split one layer's weights (adjacent ranks)
@@ -142,10 +143,12 @@ class ParallelState:
     @staticmethod
     def create(dims: ParallelDims, device: torch.device | None = None,
                ulysses: int | None = None, tied_embeddings: bool = False,
-               cad_across_pp: bool = False) -> "ParallelState":
+               cad_across_pp: bool = False, cad_meta: bool = False) -> "ParallelState":
         """Build every group (USP's when `ulysses` is given; the first and last pipeline
-        stage's pair when embeddings are tied and pp > 1). Must be called on all ranks in the
-        same order: creating a group is collective."""
+        stage's pair when embeddings are tied and pp > 1; with `cad_meta` a gloo twin of each
+        CAD group, where CAD all-gathers plan metadata from a background thread without
+        meeting the training collectives). Must be called on all ranks in the same order:
+        creating a group is collective."""
         device = device or torch.device("cpu")
         if not dist.is_initialized():
             if dims.world_size != 1:
@@ -180,6 +183,11 @@ class ParallelState:
                     setattr(st, attr, g)
         if st.cad_group is None:  # no pool: the CAD group is the DP x CP group
             st.cad_group = st.dpcp_group
+        if cad_meta:
+            for ranks in lists.get("cad_group", lists["dpcp_group"]):
+                g = dist.new_group(ranks, backend="gloo")
+                if rank in ranks:
+                    st.cad_meta_group = g
         return st
 
 

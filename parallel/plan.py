@@ -114,7 +114,7 @@ class ParallelPlan:
                              "cannot keep state between them")
         if c.pp_schedule != PPSchedule("1f1b"):
             raise ValueError(f"{field} runs the lock-step 1F1B schedule; set parallel.pp_schedule=1f1b")
-        if c.cad.overlap == "nanobatch":
+        if c.cad.overlap == "nanobatch":  # auto: halves (or none where nothing moves) per tick
             raise ValueError(f"{field} runs one CAD call per layer and tick (a backward tick replans "
                              "micro-batches in other stages' company, which two nano-batches per "
                              "micro-batch do not follow); set parallel.cad.overlap=halves")
@@ -161,7 +161,8 @@ class ParallelPlan:
         usp = self.core_algo == CPAlgo.usp
         st = ParallelState.create(self.dims, device, ulysses=self.cfg.ulysses if usp else None,
                                   tied_embeddings=self.model.tied_embeddings,
-                                  cad_across_pp=self.joint_pipeline)
+                                  cad_across_pp=self.joint_pipeline,
+                                  cad_meta=self.core_algo == CPAlgo.cad and not self.joint_pipeline)
         self.state = st
         self.core_attention = self._build_core(st)
         linear = "lasp2" if self.dims.cp > 1 else "local"
@@ -182,7 +183,7 @@ class ParallelPlan:
             stream = st.dp_rank if st.pool_index is None else self.dims.dp + st.pool_index
             if self.joint_pipeline:  # every stage's micro-batch is a stream of its own
                 stream = st.pp_rank * self.dims.dp + st.dp_rank
-            return cls(st.cad_group, stream, self.cfg.cad)
+            return cls(st.cad_group, stream, self.cfg.cad, meta_group=st.cad_meta_group)
         return cls(st.cp_group)  # ring, ulysses
 
     def build_shard(self, doc_lens: list[int]) -> Shard:
@@ -201,6 +202,13 @@ class ParallelPlan:
     def is_pool(self) -> bool:
         """This rank is in the dedicated CAD attention pool (parallel.cad.pool)."""
         return self._state().pool_index is not None
+
+    def plan_ahead(self, shards: list[Shard]) -> None:
+        """The micro-batches about to run, in order (every rank calls this for its own, at the
+        same point of the loop): CAD starts planning them in the background, so planning
+        micro-batch i + 1 overlaps micro-batch i. No collective on the training groups."""
+        for shard in shards:
+            self.core_attention.plan_ahead(shard)
 
     def step_metrics(self) -> dict[str, float]:
         """What the strategies measured since the last call (one optimizer step)."""

@@ -140,7 +140,7 @@ def _worker(rank, world, cases):
             assert sent.item() == m["cad_bytes"], (what, sent.item(), m["cad_bytes"])
         assert set(m) == {"cad_imbalance_before", "cad_imbalance_after", "cad_bytes",
                           "cad_moved_work", "cad_moved_queries", "cad_block", "cad_server_bytes",
-                          "cad_plan_ms"}, m
+                          "cad_plan_ms", "cad_overlap"}, m
         assert m["cad_block"] <= block, (what, m)
         # the planner did its job: with tolerance 0 and small blocks an imbalanced step
         # must come out better balanced, by running attention off the ranks that own it

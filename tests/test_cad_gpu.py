@@ -1,5 +1,7 @@
 """CAD on a GPU (one process): the CUDA path (device index tensors, the Triton varlen kernel
 over received tasks, int32 cu_seqlens) against local attention, bf16, outputs and grads.
+One process moves nothing, so the product runs in place; each case also runs with the exchange
+path forced (a planner whose `in_place` answers no), as it runs where work moves.
 Skipped without CUDA. Run on the GPU machine: pytest -m gpu tests/test_cad_gpu.py
 """
 from __future__ import annotations
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 from parallel.cad.attention import CADAttention
+from parallel.cad.micro_plan import Planner
 from parallel.config import CADConfig
 from parallel.context.local import LocalCoreAttention
 from parallel.context.shard import build_shard
@@ -16,8 +19,21 @@ pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 
+class ExchangeAlways(Planner):
+    def in_place(self, tr) -> bool:
+        return False
+
+
+def cad(forced: bool, **options) -> CADAttention:
+    strategy = CADAttention(options=CADConfig(**options))
+    if forced:
+        strategy.planner = ExchangeAlways(strategy.options, strategy.rank, strategy.size)
+    return strategy
+
+
+@pytest.mark.parametrize("forced", [False, True], ids=["in-place", "exchange"])
 @pytest.mark.parametrize("ping_pong", [False, True])
-def test_cad_on_gpu_matches_local_attention(ping_pong):
+def test_cad_on_gpu_matches_local_attention(ping_pong, forced):
     dev = torch.device("cuda")
     g = torch.Generator().manual_seed(0)
     doc_lens = [7000, 130, 1, 2500, 9000, 77, 4000]
@@ -35,7 +51,7 @@ def test_cad_on_gpu_matches_local_attention(ping_pong):
         return [o.detach().float()] + [x.grad.float() for x in leaves]
 
     ref = run(LocalCoreAttention())
-    got = run(CADAttention(options=CADConfig(ping_pong=ping_pong, block=128)))
+    got = run(cad(forced, ping_pong=ping_pong, block=128, overlap="halves" if ping_pong else "none"))
     for name, a, b in zip(("o", "dq", "dk", "dv"), got, ref):
         # same kernel, same segments up to the ping-pong split: bf16 rounding only
         err = (a - b).abs().max().item()
@@ -74,10 +90,11 @@ def test_cad_under_activation_checkpointing_on_gpu():
 
 @pytest.mark.parametrize("options", [dict(overlap="nanobatch"), dict(overlap="nanobatch", backward="resend"),
                                      dict(overlap="halves", backward="resend"),
-                                     dict(overlap="none", backward="resend")],
-                         ids=["nanobatch", "nanobatch-resend", "halves-resend", "none-resend"])
+                                     dict(overlap="none", backward="resend"), dict(overlap="auto")],
+                         ids=["nanobatch", "nanobatch-resend", "halves-resend", "none-resend", "auto"])
+@pytest.mark.parametrize("forced", [False, True], ids=["in-place", "exchange"])
 @pytest.mark.parametrize("recompute", ["none", "full"])
-def test_cad_modes_match_local_attention_in_a_model_on_gpu(options, recompute):
+def test_cad_modes_match_local_attention_in_a_model_on_gpu(options, recompute, forced):
     """Every CAD overlap / backward mode in a hybrid model (SLSS, the Triton kernels, bf16
     autocast) on the GPU: loss and gradients of local attention, to bf16 rounding."""
     from distca.config import compose_config, to_typed
@@ -100,7 +117,7 @@ def test_cad_modes_match_local_attention_in_a_model_on_gpu(options, recompute):
         return loss.item(), [p.grad.float() for p in model.parameters()]
 
     ref_loss, ref = run(LocalCoreAttention())
-    loss, got = run(CADAttention(options=CADConfig(block=64, **options)))
+    loss, got = run(cad(forced, block=64, **options))
     assert abs(loss - ref_loss) <= 1e-2 * abs(ref_loss), (loss, ref_loss)
     for a, b in zip(got, ref):
         err = (a - b).abs().max().item()

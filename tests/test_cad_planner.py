@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from parallel.cad.dispatch import transfers
-from parallel.cad.metadata import _payload, decode
+from parallel.cad.metadata import decode, payload
 from parallel.cad.planner import fitting_block, plan, server_memory, split_halves
 from parallel.cad.tasks import (CostModel, TaskTable, causal_pairs, contiguous_pieces,
                               prefix_pairs)
@@ -182,19 +182,19 @@ def test_contiguous_pieces_match_build_shard():
         payloads = []
         for dp, lens in enumerate(docs):
             for c in range(cp):
-                payloads.append(_payload(build_shard(lens, c, cp, "contiguous"), dp))
+                payloads.append(payload(build_shard(lens, c, cp, "contiguous"), dp))
         got, want = decode(payloads), contiguous_pieces(docs, cp)
         for f in ("rank", "doc", "start", "length", "local"):
             assert np.array_equal(getattr(got, f), getattr(want, f)), (cp, f)
 
 
 def test_decode_rejects_inconsistent_shards():
-    a = _payload(build_shard([4, 4], 0, 2), 0)
-    b = _payload(build_shard([5, 3], 1, 2), 0)
+    a = payload(build_shard([4, 4], 0, 2), 0)
+    b = payload(build_shard([5, 3], 1, 2), 0)
     with pytest.raises(ValueError, match="doc_lens"):
         decode([a, b])
     with pytest.raises(ValueError, match="exactly once"):  # the same half twice
-        decode([a, _payload(build_shard([4, 4], 0, 2), 0)])
+        decode([a, payload(build_shard([4, 4], 0, 2), 0)])
     with pytest.raises(ValueError, match="exactly once"):  # half the tokens missing
         decode([a])
 

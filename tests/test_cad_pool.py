@@ -6,7 +6,7 @@ error naming the field. Groups: each TP position's CAD group is its DP x CP rank
 pool ranks. Training (fp32, experiment=tiny, documents of mixed lengths, gloo) gives the loss
 of one process, with every attention task run on the pool (moved work = 1), and pool ranks
 holding no parameter bytes:
-- 3 ranks: cp=2 + pool=1 with full recompute (halves); nano-batches on the hybrid SLSS;
+- 3 ranks: cp=2 + pool=1 with full recompute (overlap auto); nano-batches on the hybrid SLSS;
   the resend backward; and a checkpoint written at step 2 resumes to the same trajectory;
 - 4 ranks: dp=2 + pool=2 (selective recompute); tp=2 + pool=1 (one pool rank per TP position).
 """

@@ -25,16 +25,16 @@ MEMORY_CAP = 60000  # bytes per server: below the uncapped peaks at these sizes,
 def _cad_runs(rank, world, ref, tmp, data):
     import torch.distributed as dist
 
-    from parallel.cad.attention import CADAttention
+    from parallel.cad.micro_plan import Planner
     plans = []
-    inner = CADAttention._plan_step
+    inner = Planner.plan
 
-    def spy(self, *a, **k):  # every micro-batch's plan, in order
-        step = inner(self, *a, **k)
-        plans.append(step.totals)
-        return step
+    def spy(self, *a, **k):  # every micro-batch's plan, in order (planned ahead or in place)
+        planned = inner(self, *a, **k)
+        plans.append(planned.whole.totals)
+        return planned
 
-    CADAttention._plan_step = spy
+    Planner.plan = spy
     peaks = {}  # the most a server held, per layout
     for dp, cp in LAYOUTS:
         plans.clear()

@@ -63,10 +63,21 @@ class Counting:
         self.calls += 1
         return self.inner(*args, **kwargs)
 
+    # the nano-batch interface (distca/model/nano_batches.py), declared so the model sees it
+    def nano_rows(self, shard, device, layer):  # strategies without nano-batches: never split
+        inner = getattr(self.inner, "nano_rows", None)
+        return inner(shard, device, layer) if inner is not None else None
+
     def start(self, q, k, v, shard, nano, scale):
         self.calls += nano == 0
         self.nano_calls += 1
         return self.inner.start(q, k, v, shard, nano, scale)
+
+    def serve(self, handle):
+        return self.inner.serve(handle)
+
+    def collect(self, handle):
+        return self.inner.collect(handle)
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -99,7 +110,7 @@ def _worker(rank, world, cases):
         ids, labels = shard.local(tokens), shard.local(next_token_labels(tokens, doc_lens))
         counters = [core, linear]
         plain, _, _ = _grads(model, "none", ids, labels, shard, counters)
-        if algo == "cad" and options.get("overlap", "nanobatch") == "nanobatch":  # phased (the default)
+        if algo == "cad" and options.get("overlap") == "nanobatch":  # phased
             assert core.nano_calls == 2 * layers.count("S"), (label, core.nano_calls)
             # ... and gives the gradients of the one-call path (fp64)
             core.inner.options.overlap = "halves"

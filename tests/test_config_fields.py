@@ -124,7 +124,7 @@ def test_torchrun_prints_a_config_error_once(tmp_path):
 @pytest.mark.parametrize("override, choices", [
     ("parallel.cp_algo=rnig", "local, ring, allgather, ulysses, usp, cad"),
     ("parallel.cad.backward=keep", "stateful, resend"),
-    ("parallel.cad.overlap=always", "none, halves, nanobatch"),
+    ("parallel.cad.overlap=always", "auto, none, halves, nanobatch"),
     ("train.device=tpu", "auto, cpu, cuda"),
     ("model.linear_decay=alibi", "head, token, none"),
     ("logger.mode=dryrun", "online, offline"),
@@ -202,14 +202,18 @@ def test_deprecated_key_warns_once_and_trains(tmp_path):
     assert (tmp_path / "metrics.jsonl").exists()
 
 
-def test_cad_nanobatch_combinations():
-    """Nano-batches are CAD's default overlap; they run with TP and the resend backward, not
-    with the joint pipeline (whose error names the fix)."""
+def test_cad_overlap_combinations():
+    """auto is CAD's default overlap (nano-batches among its choices); nano-batches run with TP
+    and the resend backward, not with the joint pipeline (whose error names the fix), where
+    auto runs halves."""
     cad = ["parallel.cp_algo=cad"]
-    assert plan_for(*cad, "parallel.cp=2", world=2).cfg.cad.overlap == "nanobatch"
-    assert plan_for(*cad, "parallel.tp=2", "parallel.cp=2", world=4).cfg.cad.overlap == "nanobatch"
-    assert plan_for(*cad, "parallel.cp=2", "parallel.cad.backward=resend", world=2).cfg.cad.backward == "resend"
+    assert plan_for(*cad, "parallel.cp=2", world=2).cfg.cad.overlap == "auto"
+    nano = [*cad, "parallel.cad.overlap=nanobatch"]
+    assert plan_for(*nano, "parallel.tp=2", "parallel.cp=2", world=4).cfg.cad.overlap == "nanobatch"
+    assert plan_for(*nano, "parallel.cp=2", "parallel.cad.backward=resend", world=2).cfg.cad.backward == "resend"
     joint = [*cad, "parallel.pp=2", "parallel.cad.pipeline=joint", "parallel.cad.backward=resend"]
-    msg = plan_error(*joint, world=2)
+    msg = plan_error(*joint, "parallel.cad.overlap=nanobatch", world=2)
     assert "parallel.cad.pipeline=joint" in msg and "parallel.cad.overlap=halves" in msg
+    assert plan_for(*joint, world=2).joint_pipeline  # auto
     assert plan_for(*joint, "parallel.cad.overlap=halves", world=2).joint_pipeline
+    assert "parallel.cad.link_gbps" in plan_error(*cad, "parallel.cad.link_gbps=-1", world=1)

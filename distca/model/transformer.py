@@ -11,6 +11,7 @@ from distca.model.init import initial_value
 from distca.model.layers import RMSNorm, SwiGLU, autocast_dtype
 from distca.model.linear_attention import LinearAttention
 from distca.model.rope import rope_cos_sin
+from distca.model.nano_batches import NanoBatchAttention, NanoLayer, NanoSequenceLayout, NanoStream
 from distca.model.softmax_attention import SoftmaxAttention
 from distca_kernels.linear_ce import linear_cross_entropy_sum
 
@@ -38,12 +39,9 @@ class Block(nn.Module):
         self.mlp = SwiGLU(dim, ffn)
         # set by tensor parallelism (tp > 1, parallel/tensor/reshard.py: NanoSequenceParallel):
         # the residual stream is row-sharded; nano-batches move and gather their own rows
-        self.nano_sp = None
+        self.nano_sp: NanoSequenceLayout | None = None
 
     def forward(self, x, shard, rope, recompute_mlp: bool = False):
-        rows = self._nano_rows(x, shard)
-        if rows is not None:
-            return self._forward_nanobatches(x, shard, rope, recompute_mlp, rows)
         x = x + self.mixer(self.mixer_norm(x), shard, rope)
         if recompute_mlp:
             # selective recompute: the attention half above keeps its activations (no attention,
@@ -54,40 +52,45 @@ class Block(nn.Module):
     def _mlp_branch(self, x):
         return self.mlp(self.mlp_norm(x))
 
-    def _nano_rows(self, x, shard):
-        """Two nano-batches' rows when the mixer's strategy runs them in phases (CAD with
-        overlap=nanobatch), else None."""
-        split = getattr(getattr(self.mixer, "core_attention", None), "nano_rows", None)
-        return split(shard, x.device) if split is not None else None
+    # ---- nano-batches (distca/model/nano_batches.py declares the interface) -----------------
+    def nano_rows(self, shard, device, dtype):
+        """Two nano-batches' rows when this block's core attention runs them in phases (a
+        NanoBatchAttention that says so for this micro-batch), else None."""
+        mix = self.mixer
+        if not isinstance(mix, SoftmaxAttention) or not isinstance(mix.core_attention, NanoBatchAttention):
+            return None
+        return mix.core_attention.nano_rows(shard, device, self.nano_layer(dtype))
 
-    def _forward_nanobatches(self, x, shard, rope, recompute_mlp, rows):
+    def nano_layer(self, dtype) -> NanoLayer:
+        """This block's shapes and linear FLOPs per token (2 forward + 4 backward per weight;
+        on this rank's slices under tensor parallelism)."""
+        mix, mlp = self.mixer, self.mlp
+        after = mix.out.weight.numel() + mlp.gate_up.weight.numel() + mlp.down.weight.numel()
+        return NanoLayer(mix.heads, mix.kv_heads, mix.head_dim, dtype,
+                         6.0 * mix.qkv.weight.numel(), 6.0 * after)
+
+    def forward_nanobatches(self, x0, x1, shard, ropes, recompute_mlp: bool = False):
         """Nano-batch ping-pong: each nano-batch's attention communication runs while the other
         computes (parallel/cad/nanobatch.py has the schedule); rows are token-wise, so the
-        norms, projections and MLP of a nano-batch are those of its rows. Under sequence
-        parallelism the stream is first moved to each nano-batch sharded on its own
-        (parallel/tensor/reshard.py), so a nano-batch's gathers and scatters need no other rows."""
+        norms, projections and MLP of a nano-batch are those of its rows. x0, x1: the stream's
+        nano-batches (a NanoStream's parts: row-sharded on their own under sequence
+        parallelism); ropes: each one's (cos, sin) rows. Returns both nano-batches' outputs."""
         mix, core, sp = self.mixer, self.mixer.core_attention, self.nano_sp
-        xs = [x.index_select(0, r) for r in rows] if sp is None else sp.split(x, shard, rows)
         handles = []
-        for n, (xn, r) in enumerate(zip(xs, rows)):
+        for n, (xn, rope) in enumerate(zip((x0, x1), ropes)):
             h = self.mixer_norm(xn)
             if sp is not None:
-                h = sp.gather(h, r.numel())
-            q, k, v = mix.project(h, tuple(t.index_select(0, r) for t in rope))
+                h = sp.gather(h, rope[0].shape[0])
+            q, k, v = mix.project(h, rope)
             handles.append(core.start(q, k, v, shard, n, mix.scale))
         handles = [core.serve(h) for h in handles]
         outs = []
-        for xn, h in zip(xs, handles):
+        for xn, h in zip((x0, x1), handles):
             a = mix.output(core.collect(h))
             xn = xn + (a if sp is None else sp.scatter(a))
             mlp = checkpoint(self._mlp_branch, xn, use_reentrant=False) if recompute_mlp else self._mlp_branch(xn)
             outs.append(xn + mlp)
-        if sp is not None:
-            return sp.merge(outs, shard)
-        order = torch.cat(rows)
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
-        return torch.cat(outs).index_select(0, inverse)
+        return tuple(outs)
 
 
 class HybridLM(nn.Module):
@@ -143,13 +146,22 @@ class HybridLM(nn.Module):
         dtype = autocast_dtype(x) or x.dtype
         rope = rope_cos_sin(shard.position_ids.to(x.device), self.head_dim, self.cfg, dtype)
         mode = recompute_mode(self.cfg) if self.training and torch.is_grad_enabled() else Recompute.none
+        full, selective = mode == Recompute.full, mode == Recompute.selective
+        stream = None  # a NanoStream while consecutive blocks run nano-batches
         for i in layers:
             blk = self.blocks[i]
-            if mode == Recompute.full:
-                x = checkpoint(blk, x, shard, rope, use_reentrant=False)
-            else:
-                x = blk(x, shard, rope, mode == Recompute.selective)
-        return x
+            rows = blk.nano_rows(shard, x.device, dtype) if isinstance(blk, Block) else None
+            if rows is None:
+                if stream is not None:
+                    x, stream = stream.leave(), None
+                x = checkpoint(blk, x, shard, rope, use_reentrant=False) if full else blk(x, shard, rope, selective)
+                continue
+            if stream is None:  # the stream splits once for a run of such blocks
+                stream = NanoStream(x, shard, rows, blk.nano_sp, rope)
+            args = (*stream.parts, shard, stream.ropes)
+            stream.parts = list(checkpoint(blk.forward_nanobatches, *args, use_reentrant=False) if full
+                                else blk.forward_nanobatches(*args, selective))
+        return x if stream is None else stream.leave()
 
     def head(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         x = self.norm(x)

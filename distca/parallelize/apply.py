@@ -5,8 +5,9 @@
 2. pipeline cut: this rank keeps the layers of its chunks (`pipeline_stage.py`);
 3. tensor parallelism: each kept layer sliced to this TP rank's part, sequence parallelism
    between blocks (`tensor_parallel.py`);
-4. CAD nano-batches under sequence parallelism: each block moves its row-sharded stream into
-   each nano-batch's own rows (parallel/tensor/reshard.py);
+4. CAD nano-batches under sequence parallelism: each block gets the move of the row-sharded
+   stream into each nano-batch's own rows (parallel/tensor/reshard.py; the model's
+   NanoSequenceLayout, run once per run of nano-batch blocks);
 5. materialise on the device (`materialize.py`): this rank's parameters only, from their
    initial values for `train.seed` (the same weights at every layout) or streamed from a
    Hugging Face folder (`model.init_from`); a CAD pool rank gets phantoms and reads nothing;

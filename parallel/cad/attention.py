@@ -18,29 +18,33 @@ Options: `parallel.config.CADConfig` (`parallel.cad.*`), checked by `check_cad_c
               leaves nothing worth moving); "h100", "none" (FLOPs), or a JSON path
   backward    "stateful": servers keep what they received until the backward; "resend":
               servers keep nothing, origins resend it (parallel/cad/pingpong.py)
-  overlap     "halves" (with ping_pong): two halves of the tasks inside one call; "none";
-              "nanobatch": the model runs two nano-batches of documents in phases
-              (start / serve / collect, parallel/cad/nanobatch.py) around each other's work
+  overlap     "auto": per micro-batch, the cheapest of the others by a cost model of its plan
+              (parallel/cad/overlap_choice.py; metric cad_overlap); "halves" (with ping_pong):
+              two halves of the tasks inside one call; "none"; "nanobatch": the model runs two
+              nano-batches of documents in phases (start / serve / collect,
+              parallel/cad/nanobatch.py) around each other's work
+  link_gbps   the link speed auto prices the exchange at (0: measured once)
   pool        K > 0: the last K ranks of the group are a dedicated attention pool (no
               weights, no tokens of their own: parallel/cad/pool.py) and the only servers
 """
 from __future__ import annotations
 
 import os
-import time
-import weakref
+from concurrent.futures import Future
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from parallel.cad.dispatch import build_layout, transfers
-from parallel.cad.metadata import gather_pieces
-from parallel.cad.nanobatch import (NanoCall, NanoCollect, NanoServe, NanoStart, nano_rows,
-                                    split_documents, sub_pieces)
+from parallel.cad import overlap_choice
+from parallel.cad.dispatch import Exchange
+from parallel.cad.in_place import InPlaceAttention
+from parallel.cad.metadata import gather_payloads, gather_pieces, payload
+from parallel.cad.micro_plan import MicroBatchPlan, Planner, Shape, ShapePlan
+from parallel.cad.nanobatch import NanoCall, NanoCollect, NanoServe, NanoStart
 from parallel.cad.pingpong import CADFunction, StepRuntime
-from parallel.cad.planner import fitting_block, plan, server_memory, split_halves
-from parallel.cad.tasks import TABLES, CostModel, table_for_device
+from parallel.cad.plan_ahead import PlanAhead
+from parallel.cad.tasks import TABLES
 from parallel.config import CADConfig
 from parallel.context.strategy import Strategy
 
@@ -62,8 +66,12 @@ def check_cad_config(c: CADConfig, group_size: int) -> None:
         raise ValueError(f"parallel.cad.ping_pong={c.ping_pong!r} must be true or false")
     if c.memory_cap is not None and (isinstance(c.memory_cap, bool) or not c.memory_cap > 0):
         raise ValueError(f"parallel.cad.memory_cap={c.memory_cap!r} must be > 0 bytes, or null for no cap")
-    if c.overlap not in ("none", "halves", "nanobatch"):
-        raise ValueError(f"parallel.cad.overlap={c.overlap!r} must be none, halves or nanobatch")
+    if c.overlap not in ("auto", "none", "halves", "nanobatch"):
+        raise ValueError(f"parallel.cad.overlap={c.overlap!r} must be auto, none, halves or nanobatch")
+    g = c.link_gbps
+    if isinstance(g, bool) or not isinstance(g, (int, float)) or not g >= 0:
+        raise ValueError(f"parallel.cad.link_gbps={g!r} must be a number >= 0 (GB/s per rank and "
+                         "direction that overlap=auto prices the exchange at; 0: measure it)")
     p = c.pool
     if isinstance(p, bool) or not isinstance(p, int) or p < 0:
         raise ValueError(f"parallel.cad.pool={p!r} must be an integer >= 0 (0: no dedicated pool)")
@@ -84,67 +92,79 @@ def check_cad_config(c: CADConfig, group_size: int) -> None:
                          "use auto")
 
 
-# Plans kept per strategy: the current micro-batch and those before it that a schedule may
-# come back to (activation recompute; a pipeline keeps up to pp x pp_virtual micro-batches in
-# flight), so they do not replan.
-# Every rank sees the same sequence of shards, so hits and misses (a miss all-gathers) agree.
-CACHED_STEPS = 16
-
-
-class _Step:
-    """Everything planned for one micro-batch (one shard object)."""
-
-    def __init__(self, shard, pieces, transfers, metrics, totals):
-        self.shard_ref = weakref.ref(shard)   # identity, not equality: a new shard replans
-        self.pieces = pieces
-        self.transfers = transfers            # one Transfers per ping-pong half
-        self.layouts = {}                     # {(hq, hkv, head_dim, device): [Layout per half]}
-        self.metrics = metrics                # this micro-batch's plan, as logged
-        self.totals = totals                  # the sums step metrics are built from
-
-
-def step_metrics(totals: list[dict]) -> dict:
+def step_metrics(totals: list[dict], overlaps: list[int] | None = None) -> dict:
     """One optimizer step's CAD metrics from its micro-batches' plans. Micro-batches run one
     after another, so a step's attention time follows the sum over micro-batches of the
     busiest rank's load: imbalance is that sum over the sum of the mean loads; bytes, moved
-    queries and planning time add up; moved work is a share of the step's attention cost."""
+    queries and planning time add up; moved work is a share of the step's attention cost;
+    cad_overlap is the mean over micro-batches of the mode run (0 none, 1 halves, 2 nanobatch)."""
     if not totals:
         return {}
     add = lambda key: float(sum(t[key] for t in totals))  # noqa: E731
     ratio = lambda a, b: add(a) / add(b) if add(b) > 0 else 1.0  # noqa: E731
-    return {"cad_imbalance_before": ratio("max_before", "mean_before"),
-            "cad_imbalance_after": ratio("max_after", "mean_after"),
-            "cad_bytes": add("bytes"),
-            "cad_moved_work": ratio("moved_cost", "cost"),
-            "cad_moved_queries": add("moved_queries"),
-            "cad_block": float(min(t["block"] for t in totals)),
-            "cad_server_bytes": float(max(t["server_bytes"] for t in totals)),
-            "cad_plan_ms": add("plan_ms")}
+    out = {"cad_imbalance_before": ratio("max_before", "mean_before"),
+           "cad_imbalance_after": ratio("max_after", "mean_after"),
+           "cad_bytes": add("bytes"),
+           "cad_moved_work": ratio("moved_cost", "cost"),
+           "cad_moved_queries": add("moved_queries"),
+           "cad_block": float(min(t["block"] for t in totals)),
+           "cad_server_bytes": float(max(t["server_bytes"] for t in totals)),
+           "cad_plan_ms": add("plan_ms")}
+    if overlaps:
+        out["cad_overlap"] = float(np.mean(overlaps))
+    return out
+
+
+def _done(value) -> Future:
+    fut: Future = Future()
+    fut.set_result(value)
+    return fut
 
 
 class CADAttention(Strategy):
+    """CAD's core-attention strategy. Besides the plain call (`__call__`) it implements the
+    nano-batch interface the model declares (distca/model/nano_batches.py: NanoBatchAttention:
+    `nano_rows`, `start`, `serve`, `collect`) and `plan_ahead`.
+
+    `exchange`: the all-to-all in flight every CAD call builds (dispatch.Exchange); a measuring
+    tool may pass another with its interface. `meta_group`: a CPU (gloo) twin of `group` over
+    which `plan_ahead` all-gathers metadata from its background thread (without one, the
+    all-gather runs on the calling thread)."""
     default_layout = "contiguous"  # any layout works (CAD reads the shard's pieces); cheapest
 
-    def __init__(self, group=None, dp_rank: int = 0, options: CADConfig | None = None):
+    def __init__(self, group=None, dp_rank: int = 0, options: CADConfig | None = None,
+                 exchange=Exchange, meta_group=None):
         self.group = group      # the CAD group: every DP x CP rank of one (tp, pp) position
         self.size = dist.get_world_size(group) if group is not None else 1
         self.rank = dist.get_rank(group) if group is not None else 0
         self.dp_rank = dp_rank  # which micro-batch stream this rank's shard belongs to
         self.options = options if options is not None else CADConfig()
         check_cad_config(self.options, self.size - self.options.pool)
-        # who serves: the pool (the group's last ranks), or servers=K spread over the group
-        pool = self.options.pool
-        self.servers = np.arange(self.size - pool, self.size) if pool else self.options.servers
-        self.num_servers = pool or self.options.servers or self.size
+        self.exchange = exchange
+        self.meta_group = meta_group
+        self.planner = Planner(self.options, self.rank, self.size)
         self._tick: dict | None = None  # pipeline=joint: the current lock-step tick's plan
         self._silent = False
         self.last_metrics: dict = {}   # the newest micro-batch's plan
-        self._steps: list[_Step] = []
-        self._since_step: list[dict] = []  # plans made since the last step_metrics()
-        self._cost_models: dict = {}
+        self._since_step: list[dict] = []  # plans run since the last step_metrics()
+        self._overlaps: list[int] = []     # the mode of every micro-batch run since then
+        self._shape: Shape | None = None   # the latest layer's shapes: what plan_ahead plans for
+        self._layer = None                 # ... and the model's description of it
+        self._worker: PlanAhead | None = None
+        # this strategy's key in a shard's memo: an object, not id(self), which a strategy made
+        # after this one is freed may get again (and find a plan that is not its own on some ranks)
+        self._memo_key = ("cad", object())
+
+    @property
+    def servers(self):
+        return self.planner.servers
+
+    @property
+    def num_servers(self) -> int:
+        return self.planner.num_servers
 
     def step_metrics(self) -> dict:
-        """CAD metrics of every micro-batch planned since the last call (one optimizer step),
+        """CAD metrics of every micro-batch run since the last call (one optimizer step),
         then starts over. Keys: cad_imbalance_before / _after (max over mean attention cost,
         over every rank before planning and over the servers after), cad_bytes (bytes
         crossing ranks in one softmax layer's forward + backward, whole group), cad_moved_work
@@ -152,9 +172,10 @@ class CADAttention(Strategy):
         (query tokens run off their rank, per layer), cad_block (the cut block used; smaller
         than parallel.cad.block when pieces are too short for it), cad_server_bytes (the most
         any server holds for its tasks in one layer: what parallel.cad.memory_cap bounds),
-        cad_plan_ms."""
-        out = step_metrics(self._since_step)
-        self._since_step = []
+        cad_plan_ms, cad_overlap (the mode run: 0 none, 1 halves, 2 nanobatch; the mean over
+        the step's micro-batches)."""
+        out = step_metrics(self._since_step, self._overlaps)
+        self._since_step, self._overlaps = [], []
         return out
 
     def __call__(self, q, k, v, shard, softmax_scale: float):
@@ -165,11 +186,143 @@ class CADAttention(Strategy):
             key = (q.shape[1], k.shape[1], q.shape[2], q.element_size(), q.is_cuda, str(q.device))
             now = lambda: self._tick_layouts(key)  # noqa: E731  (resolved when the backward runs)
             rt = StepRuntime(None if self._silent else now(), self.group, softmax_scale, resend=True,
-                             backward_layouts=now, silent=self._silent)
+                             backward_layouts=now, silent=self._silent, exchange=self.exchange)
             return CADFunction.apply(q, k, v, rt)
-        layouts = self._layouts(q, k, shard)
-        return CADFunction.apply(q, k, v, StepRuntime(layouts, self.group, softmax_scale,
-                                                      resend=self.options.backward == "resend"))
+        part = self._whole(q, k, shard)
+        if part.in_place:  # the plan moves nothing: no exchange at all
+            return InPlaceAttention.apply(q, k, v, part.on(q.device), softmax_scale)
+        return CADFunction.apply(q, k, v, StepRuntime(part.on(q.device), self.group, softmax_scale,
+                                                      resend=self.options.backward == "resend",
+                                                      exchange=self.exchange))
+
+    # ---- planning ahead --------------------------------------------------------------------
+    def plan_ahead(self, shard) -> None:
+        """Start planning this micro-batch in the background (for the shapes of the latest
+        layer; the first micro-batch of a run plans where it runs). Every rank of the group
+        must call it for the same micro-batches in the same order, from one thread."""
+        if self.options.pipeline == "joint" or self._shape is None:
+            return
+        shard.memo(self._memo_key, lambda: self._submit(shard))
+
+    def _submit(self, shard) -> Future:
+        device = shard.index.device
+        self._link(device)  # a measured link speed is agreed now, on this thread's group
+        shape, layer, mine = self._shape, self._layer, payload(shard, self.dp_rank)
+        if self.size > 1 and self.meta_group is None:  # no twin group: gather here and now
+            pieces = gather_payloads(mine, self.group, device)
+            gather = lambda: pieces  # noqa: E731
+        else:
+            gather = lambda: gather_payloads(mine, self.meta_group, torch.device("cpu"))  # noqa: E731
+
+        def job():
+            pieces = gather()
+            return MicroBatchPlan(pieces, {shape: self.planner.plan(pieces, shape, layer)})
+        if self._worker is None:
+            self._worker = PlanAhead()
+        return self._worker.submit(job)
+
+    # ---- one micro-batch's plans -----------------------------------------------------------
+    def _micro_batch(self, shard, device) -> MicroBatchPlan:
+        """Planned ahead (waits for it), or the pieces gathered now (collective: every rank
+        reaches the first layer of a micro-batch together)."""
+        fut = shard.memo(self._memo_key, lambda: _done(MicroBatchPlan(
+            gather_pieces(shard, self.dp_rank, self.group, device))))
+        return fut.result()
+
+    def _shape_plan(self, shard, device, shape: Shape, layer=None) -> tuple[MicroBatchPlan, ShapePlan]:
+        mb = self._micro_batch(shard, device)
+        if shape not in mb.shapes:
+            self._link(device)
+            mb.shapes[shape] = self.planner.plan(mb.pieces, shape, layer)
+        return mb, mb.shapes[shape]
+
+    def _link(self, device) -> None:
+        """The link speed auto prices the exchange at: parallel.cad.link_gbps (per direction,
+        so sent + received move at twice it), or measured once over the group (collective)."""
+        if self.planner.link_rate is not None or str(self.options.overlap) != "auto":
+            return
+        gbps = float(self.options.link_gbps)
+        if gbps > 0:
+            self.planner.link_rate = 2 * gbps * 1e9
+        elif self.size > 1:
+            self.planner.link_rate = overlap_choice.measure_link(self.group, device)
+
+    def _whole(self, q, k, shard):
+        """The plain call's plan for this shard and shape (made now if no plan has it)."""
+        shape = Shape(q.shape[1], k.shape[1], q.shape[2], q.element_size(), q.is_cuda)
+        if shape != self._shape:
+            self._shape, self._layer = shape, None
+        mb, sp = self._shape_plan(shard, q.device, shape)
+        if sp.whole is None:  # nano-batches were planned, but this call is a plain one
+            sp.whole = self.planner.whole(mb.pieces, shape)
+        self._count(sp, "whole")
+        return sp.whole
+
+    def _layouts(self, q, k, shard) -> list:
+        """This rank's layouts of the plain call (one per half; the InPlace alone when the plan
+        moves nothing)."""
+        part = self._whole(q, k, shard)
+        return [part.on(q.device)] if part.in_place else part.on(q.device)
+
+    def _count(self, sp: ShapePlan, which: str) -> None:
+        """A plan's totals go into the step metrics when it first runs (not again when
+        activation recompute runs it a second time)."""
+        if which in sp.counted:
+            return
+        sp.counted.add(which)
+        if which == "whole":
+            totals = [sp.whole.totals]
+            mode = "halves" if len(sp.whole.transfers) == 2 else "none"
+        else:
+            totals = [p.totals for p in sp.nano.parts]
+            mode = "nanobatch"
+        if sp.decide_ms:
+            totals[0] = {**totals[0], "plan_ms": totals[0]["plan_ms"] + sp.decide_ms}
+        self._since_step += totals
+        self._overlaps.append(overlap_choice.CODES[mode])
+        self.last_metrics = step_metrics(totals, [overlap_choice.CODES[mode]])
+
+    # ---- nano-batches (the model's NanoBatchAttention interface) ----------------------------
+    def nano_rows(self, shard, device, layer):
+        """(rows of nano-batch 0, rows of nano-batch 1) in this rank's local order, or None
+        when the model should make one ordinary call (overlap none or halves; auto choosing
+        either; a side with no tokens anywhere in the group: one document). `layer` describes
+        the block (heads, kv_heads, head_dim, dtype, flops_before, flops_after per token on
+        this rank): the shapes the plan is made for and what auto prices nano-batches with."""
+        o = self.options
+        if str(o.overlap) not in ("auto", "nanobatch") or o.pipeline == "joint" or self._tick is not None:
+            return None
+        elem = torch.empty((), dtype=layer.dtype).element_size()
+        shape = Shape(layer.heads, layer.kv_heads, layer.head_dim, elem, device.type == "cuda")
+        self._shape, self._layer = shape, layer
+        _, sp = self._shape_plan(shard, device, shape, layer)
+        return sp.nano.rows_on(device) if sp.mode == "nanobatch" else None
+
+    def start(self, q, k, v, shard, nano: int, softmax_scale: float):
+        """Post nano-batch `nano`'s q/k/v all-to-all; returns its handle for serve/collect."""
+        shape = Shape(q.shape[1], k.shape[1], q.shape[2], q.element_size(), q.is_cuda)
+        _, sp = self._shape_plan(shard, q.device, shape)
+        if sp.nano is None:
+            raise RuntimeError(f"CAD: nano-batch {nano} started for shapes {tuple(shape)} that "
+                               "nano_rows did not plan nano-batches for (its layer description "
+                               "must match q, k, v)")
+        if nano == 0:
+            self._count(sp, "nano")
+        part = sp.nano.parts[nano]
+        layout = part.on(q.device) if part.in_place else part.on(q.device)[0]
+        call = NanoCall(layout, self.group, softmax_scale, resend=self.options.backward == "resend",
+                        exchange=self.exchange)
+        return (NanoStart.apply(q, k, v, call), call, (q, k, v))
+
+    def serve(self, handle):
+        """Wait for the dispatch, run the kernel, post the o return."""
+        edge, call, qkv = handle
+        return (NanoServe.apply(edge, call), call, qkv)
+
+    def collect(self, handle):
+        """Wait for o: [T_nano, Hq, D]."""
+        edge, call, qkv = handle
+        return NanoCollect.apply(edge, *qkv, call)
 
     # ---- pooled across pipeline stages (pipeline=joint): the stage drives the ticks -------
     def begin_tick(self, shard, device, forward: bool) -> None:
@@ -178,7 +331,7 @@ class CADAttention(Strategy):
         Collective. Forward ticks' plans feed the step metrics (backward ticks replan the same
         micro-batches in other company; their planning time is counted)."""
         self._tick = {"pieces": gather_pieces(shard, self.dp_rank, self.group, device),
-                      "tokens": shard.num_tokens, "layouts": {}, "plan": None, "forward": forward}
+                      "layouts": {}, "plan": None, "forward": forward}
 
     def end_ticks(self) -> None:
         self._tick = None
@@ -201,146 +354,17 @@ class CADAttention(Strategy):
         if key not in tick["layouts"]:
             hq, hkv, d, elem, cuda, device = key
             if tick["plan"] is None:
-                tick["plan"] = self._plan_pieces(tick["pieces"], hq, hkv, d, elem, cuda)
-                cm, halves, totals = tick["plan"]
+                # every tick exchanges (an idle stage's silent pass relies on the tick's layouts)
+                tick["plan"] = self.planner.whole(tick["pieces"], Shape(hq, hkv, d, elem, cuda),
+                                                  in_place_ok=False)
+                totals = tick["plan"].totals
                 if tick["forward"]:
                     self._since_step.append(totals)
+                    self._overlaps.append(overlap_choice.CODES["halves" if len(tick["plan"].transfers) == 2
+                                                               else "none"])
                 else:  # only its planning time: the micro-batches were counted forward
                     self._since_step.append({**{k: 0.0 for k in totals}, "block": totals["block"],
                                              "plan_ms": totals["plan_ms"]})
                 self.last_metrics = step_metrics([totals])
-            _, halves, _ = tick["plan"]
-            layouts = []
-            for tr in halves:
-                layouts.append(build_layout(tr, tick["pieces"], self.rank, self.size, tick["tokens"],
-                                            hq, hkv, torch.device(device),
-                                            prior=layouts[-1] if layouts else None))
-            tick["layouts"][key] = layouts
+            tick["layouts"][key] = tick["plan"].on(torch.device(device))
         return tick["layouts"][key]
-
-    # ---- nano-batches (overlap=nanobatch): the model calls these instead of __call__ --------
-    def nano_rows(self, shard, device):
-        """(rows of nano-batch 0, rows of nano-batch 1) in this rank's local order, or None
-        when the model should make one ordinary call (overlap is not nanobatch, or a side
-        has no tokens anywhere in the group: one document)."""
-        if self.options.overlap != "nanobatch":
-            return None
-        return self._nano(shard, device)["rows"]
-
-    def start(self, q, k, v, shard, nano: int, softmax_scale: float):
-        """Post nano-batch `nano`'s q/k/v all-to-all; returns its handle for serve/collect."""
-        st = self._nano(shard, q.device)
-        key = (q.shape[1], k.shape[1], q.shape[2], str(q.device))
-        if key not in st["layouts"]:
-            st["layouts"][key] = self._plan_nano(st, q, k)
-        call = NanoCall(st["layouts"][key][nano], self.group, softmax_scale,
-                        resend=self.options.backward == "resend")
-        return (NanoStart.apply(q, k, v, call), call, (q, k, v))
-
-    def serve(self, handle):
-        """Wait for the dispatch, run the kernel, post the o return."""
-        edge, call, qkv = handle
-        return (NanoServe.apply(edge, call), call, qkv)
-
-    def collect(self, handle):
-        """Wait for o: [T_nano, Hq, D]."""
-        edge, call, qkv = handle
-        return NanoCollect.apply(edge, *qkv, call)
-
-    def _nano(self, shard, device) -> dict:
-        def build():  # collective (metadata all-gather): every rank reaches it at the same layer
-            pieces = gather_pieces(shard, self.dp_rank, self.group, device)
-            side = split_documents(pieces)
-            rows = None
-            if (side == 0).any() and (side == 1).any():
-                rows = tuple(torch.from_numpy(nano_rows(pieces, side == s, self.rank)).to(device)
-                             for s in (0, 1))
-            return {"pieces": pieces, "side": side, "rows": rows, "layouts": {}}
-        return shard.memo(("cad_nano", id(self)), build)
-
-    def _plan_nano(self, st, q, k) -> list:
-        layouts = []
-        for s in (0, 1):
-            sub, _ = sub_pieces(st["pieces"], st["side"] == s)
-            _, (tr,), totals = self._plan_pieces(sub, q.shape[1], k.shape[1], q.shape[2], q.element_size(),
-                                                 q.is_cuda, halves=False)
-            mine = int(sub.length[sub.rank == self.rank].sum())
-            layouts.append(build_layout(tr, sub, self.rank, self.size, mine, q.shape[1], k.shape[1],
-                                        q.device))
-            self._since_step.append(totals)
-        self.last_metrics = step_metrics(self._since_step[-2:])
-        return layouts
-
-    # ---- planning (once per shard) ---------------------------------------------------------
-    def _layouts(self, q, k, shard):
-        step = next((st for st in self._steps if st.shard_ref() is shard), None)
-        if step is None:
-            step = self._plan_step(q, k, shard)
-            self._steps = [step] + self._steps[:CACHED_STEPS - 1]
-            self.last_metrics = step.metrics
-            self._since_step.append(step.totals)
-        key = (q.shape[1], k.shape[1], q.shape[2], str(q.device))
-        if key not in step.layouts:
-            layouts = []
-            for tr in step.transfers:  # a later half reads the keys earlier halves received
-                layouts.append(build_layout(tr, step.pieces, self.rank, self.size, shard.num_tokens,
-                                            q.shape[1], k.shape[1], q.device,
-                                            prior=layouts[-1] if layouts else None))
-            step.layouts[key] = layouts
-        return step.layouts[key]
-
-    def _plan_step(self, q, k, shard) -> _Step:
-        pieces = gather_pieces(shard, self.dp_rank, self.group, q.device)
-        cm, halves, totals = self._plan_pieces(pieces, q.shape[1], k.shape[1], q.shape[2],
-                                               q.element_size(), q.is_cuda)
-        return _Step(shard, pieces, halves, step_metrics([totals]), totals)
-
-    def _cost_model(self, hq: int, hkv: int, d: int, elem: int, cuda: bool) -> CostModel:
-        """Built once per shape: the table is read from disk and prepared only then, not in
-        every micro-batch's plan."""
-        key = (hq, hkv, d, elem, cuda)
-        if key not in self._cost_models:
-            o = self.options
-            auto = table_for_device(torch.cuda.get_device_name()) if cuda else None
-            table = {"auto": auto, "none": None}.get(o.cost_table, o.cost_table)
-            self._cost_models[key] = CostModel(hq, hkv, d, elem, table=table)
-        return self._cost_models[key]
-
-    def _plan_pieces(self, pieces, hq: int, hkv: int, d: int, elem: int, cuda: bool, halves: bool = True):
-        """(cost model, Transfers per half, totals) of one plan over the group's pieces (one
-        part unless halves and ping_pong, overlap not none)."""
-        o = self.options
-        cm = self._cost_model(hq, hkv, d, elem, cuda)
-        t0 = time.perf_counter()
-        tasks = pieces.tasks()
-        block = fitting_block(tasks, self.num_servers, o.block, float(o.tolerance))
-        p = plan(tasks, self.size, cm, tolerance=float(o.tolerance), block=block,
-                 servers=self.servers, memory_cap=o.memory_cap)
-        # nanobatch's plain calls (a micro-batch that is one document) still split in halves
-        if halves and o.ping_pong and o.overlap != "none":
-            half = split_halves(p, cm, block)
-            groups = [np.nonzero(half == h)[0] for h in (0, 1)]
-        else:
-            groups = [np.arange(len(p.parts))]
-        parts = []
-        for g in groups:  # keys go to a server once per step: a later half skips what it holds
-            parts.append(transfers(p.parts.take(g), p.server[g], pieces,
-                                   held=parts[-1] if parts else None))
-        return cm, parts, _totals(p, parts, cm, block, self.size, o, t0)
-
-
-def _totals(p, halves, cm, block, size, o, t0) -> dict:
-    """One plan's sums, what step metrics are built from."""
-    plan_ms = (time.perf_counter() - t0) * 1e3
-    moved = p.server != p.parts.owner
-    after = p.load_after[p.servers]
-    before = p.load_before[:size - o.pool]  # the ranks that own tokens (a pool owns none)
-    return {"max_before": float(before.max(initial=0.0)),
-            "mean_before": float(before.mean()) if before.size else 0.0,
-            "max_after": float(after.max(initial=0.0)),
-            "mean_after": float(after.mean()) if after.size else 0.0,
-            "bytes": float(sum(tr.remote_bytes(cm, o.backward == "resend") for tr in halves)),
-            "cost": float(p.cost.sum()), "moved_cost": float(p.cost[moved].sum()),
-            "moved_queries": float(p.parts.q_len[moved].sum()), "block": block,
-            "server_bytes": float(server_memory(p.parts, p.server, size, cm).max(initial=0.0)),
-            "plan_ms": plan_ms}

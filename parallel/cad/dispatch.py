@@ -19,8 +19,7 @@ Every rank computes every layout from the same global plan; only its own slices 
 """
 from __future__ import annotations
 
-import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import torch
@@ -159,6 +158,12 @@ class Layout:
     def num_server_queries(self) -> int:
         return int(self.srv_q_slots.numel())
 
+    def to(self, device) -> "Layout":
+        """The same layout with its index tensors on `device` (plans are built on the CPU,
+        possibly ahead of time in another thread, and moved once when first used)."""
+        return Layout(**{f.name: (v.to(device) if isinstance(v := getattr(self, f.name), torch.Tensor) else v)
+                         for f in fields(self)})
+
 
 def build_layout(tr: Transfers, pieces: PieceTable, me: int, num_ranks: int,
                  local_tokens: int, hq: int, hkv: int, device, prior: Layout | None = None) -> Layout:
@@ -255,15 +260,13 @@ def build_layout(tr: Transfers, pieces: PieceTable, me: int, num_ranks: int,
         prior_rows_total=earlier)
 
 
-# Overlap measurement only (benchmarks/multigpu_overlap.py): with DISTCA_CAD_CUT_PAYLOAD=1 every
-# Exchange sends one element per peer instead of its payload and receives zeros, so a step
-# keeps its collectives' count, order and latency but moves ~no bytes. Results are WRONG then:
-# only time such a run. Read once, at import; tests flip the module attribute.
-CUT_PAYLOAD = os.environ.get("DISTCA_CAD_CUT_PAYLOAD", "0") == "1"
-
-
 class Exchange:
     """One all-to-all in flight (or done). `wait()` returns the received buffer.
+
+    CAD's autograd functions build every exchange through the class their strategy was given
+    (`CADAttention(..., exchange=...)`, this one by default), so a measuring tool can hand in
+    another with the same interface (benchmarks/multigpu_overlap.py cuts the payloads) without
+    the product carrying a switch for it.
 
     On GPU an async NCCL collective runs on the process group's own stream, so work issued
     on the compute stream after `start` overlaps it; `wait` makes the compute stream wait."""
@@ -275,16 +278,8 @@ class Exchange:
         if group is None or dist.get_world_size(group) == 1:
             self.recv = send
             return
-        if CUT_PAYLOAD:  # zeros, not garbage: NaNs could change the kernels' speed
-            self.recv.zero_()
-            peers = dist.get_world_size(group)
-            send, send_splits = send.new_zeros(peers), [1] * peers
-            self._cut = send.new_empty(peers)
-            recv_splits, recv = send_splits, self._cut
-        else:
-            recv = self.recv
         self._send = send  # keep alive until the collective finishes
-        self.work = comm.all_to_all_single(recv, send, recv_splits, send_splits, group,
+        self.work = comm.all_to_all_single(self.recv, send, recv_splits, send_splits, group,
                                            async_op=async_op)
 
     def wait(self) -> torch.Tensor:

@@ -15,7 +15,8 @@ from parallel import comm
 from parallel.cad.tasks import PieceTable
 
 
-def _payload(shard, dp_rank: int) -> np.ndarray:
+def payload(shard, dp_rank: int) -> np.ndarray:
+    """What this rank contributes: its DP rank, its micro-batch's documents, its pieces."""
     cu = shard.cu_seqlens.detach().cpu().numpy().astype(np.int64)
     return np.concatenate([
         np.array([dp_rank, len(shard.doc_lens), len(shard.piece_docs)], dtype=np.int64),
@@ -27,7 +28,12 @@ def _payload(shard, dp_rank: int) -> np.ndarray:
 
 def gather_pieces(shard, dp_rank: int, group, device) -> PieceTable:
     """The group-wide piece table (ranks are ranks of `group`)."""
-    mine = _payload(shard, dp_rank)
+    return gather_payloads(payload(shard, dp_rank), group, device)
+
+
+def gather_payloads(mine: np.ndarray, group, device) -> PieceTable:
+    """The piece table from every rank's `payload` (collective over `group`, through tensors on
+    `device`; a CPU group and device read nothing off a GPU)."""
     if group is None or dist.get_world_size(group) == 1:
         payloads = [mine]
     else:

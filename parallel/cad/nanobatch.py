@@ -19,6 +19,10 @@ needs goes through `ctx.save_for_backward` (activation checkpointing frees and r
 With `backward=resend` the server keeps nothing: serve returns the LSE beside o, collect keeps
 the origin's q, k, v, o and LSE, and collect's backward resends q/k/v (the forward's dispatch
 rows) with [dO | o] and the LSE; serve's backward rebuilds its rows from them.
+
+A nano-batch whose plan moves nothing (parallel/cad/in_place.py) exchanges nothing: start only
+hands q, k, v on, serve runs the kernel on them in place, collect returns o; the phases and
+their order stay, so the model's schedule does not change.
 """
 from __future__ import annotations
 
@@ -26,7 +30,8 @@ import numpy as np
 import torch
 
 from distca_kernels.precision import accumulator_dtype
-from parallel.cad.dispatch import Exchange, Layout
+from parallel.cad import in_place
+from parallel.cad.dispatch import Exchange
 from parallel.cad.pingpong import lse_rows, pool_rows
 from parallel.cad.server import serve_backward, serve_forward
 from parallel.cad.tasks import PieceTable, expand_ranges
@@ -75,21 +80,25 @@ def nano_rows(pieces: PieceTable, keep: np.ndarray, me: int) -> np.ndarray:
 
 
 class NanoCall:
-    """One nano-batch's attention in one layer: its layout and the exchanges in flight."""
+    """One nano-batch's attention in one layer: its layout (an `in_place.InPlace` when its plan
+    moves nothing) and the exchanges in flight."""
 
-    def __init__(self, layout: Layout, group, scale: float, resend: bool = False):
+    def __init__(self, layout, group, scale: float, resend: bool = False, exchange=Exchange):
         self.L, self.group, self.scale, self.resend = layout, group, scale, resend
+        self.exchange = exchange  # the all-to-all in flight (dispatch.Exchange unless injected)
+        self.local = isinstance(layout, in_place.InPlace)
         self.shape = None
         # forward: dispatch, then the return (o; o and LSE with resend); backward: dO (with
-        # resend: q/k/v, [dO | o], LSE), then [dq|dk|dv]
+        # resend: q/k/v, [dO | o], LSE), then [dq|dk|dv]. In place: q/k/v, then o; dO, then
+        # (dq, dk, dv)
         self.inflight = None
         self.d_pool_template = None
 
 
 def _dispatch(call: NanoCall, q, k, v) -> Exchange:
     L = call.L
-    return Exchange(pool_rows(q, k, v).index_select(0, L.send_rows), L.send_splits, L.recv_splits,
-                    call.group, async_op=True)
+    return call.exchange(pool_rows(q, k, v).index_select(0, L.send_rows), L.send_splits, L.recv_splits,
+                         call.group, async_op=True)
 
 
 class NanoStart(torch.autograd.Function):
@@ -97,13 +106,16 @@ class NanoStart(torch.autograd.Function):
     def forward(ctx, q, k, v, call: NanoCall):
         T, hq, d = q.shape
         call.shape = (T, hq, k.shape[1], d)
-        call.inflight = _dispatch(call, q, k, v)
+        call.inflight = (q, k, v) if call.local else _dispatch(call, q, k, v)
         ctx.call = call
         return q.new_empty(0)
 
     @staticmethod
     def backward(ctx, _):
         call = ctx.call
+        if call.local:
+            grads, call.inflight = call.inflight, None
+            return (*grads, None)
         T, hq, hkv, d = call.shape
         d_pool = call.d_pool_template.new_zeros((T * (hq + 2 * hkv), d))
         d_pool.index_add_(0, call.L.send_rows, call.inflight.wait())
@@ -117,22 +129,29 @@ class NanoServe(torch.autograd.Function):
     def forward(ctx, handle, call: NanoCall):
         T, hq, hkv, d = call.shape
         L = call.L
+        ctx.call = call
+        if call.local:
+            call.inflight, saved = in_place.forward(L, *call.inflight, call.scale)
+            ctx.save_for_backward(*saved)
+            return handle.new_empty(0)
         recv = call.inflight.wait()
         o_rows, (o_srv, lse_srv) = serve_forward(L, recv, hq, hkv, d, call.scale)
-        call.inflight = [Exchange(o_rows, L.q_recv_splits, L.q_send_splits, call.group, async_op=True)]
+        call.inflight = [call.exchange(o_rows, L.q_recv_splits, L.q_send_splits, call.group, async_op=True)]
         if call.resend:
             lse = lse_rows(L, lse_srv, accumulator_dtype(recv.dtype))
-            call.inflight.append(Exchange(lse, L.q_recv_splits, L.q_send_splits, call.group,
-                                          async_op=True))
+            call.inflight.append(call.exchange(lse, L.q_recv_splits, L.q_send_splits, call.group,
+                                               async_op=True))
         else:
             ctx.save_for_backward(recv, o_srv, lse_srv)
-        ctx.call = call
         return handle.new_empty(0)
 
     @staticmethod
     def backward(ctx, _):
         call, L = ctx.call, ctx.call.L
         T, hq, hkv, d = call.shape
+        if call.local:
+            call.inflight = in_place.backward(L, call.inflight, ctx.saved_tensors, call.scale)
+            return call.inflight[0].new_empty(0), None
         if call.resend:
             recv, do_o, lse = [ex.wait() for ex in call.inflight]
             d_o_recv = do_o[:, :d]
@@ -143,7 +162,7 @@ class NanoServe(torch.autograd.Function):
             d_o_recv = call.inflight.wait()
         d_recv = serve_backward(L, recv, o_srv, lse_srv, d_o_recv, hq, hkv, d, call.scale)
         call.d_pool_template = d_recv
-        call.inflight = Exchange(d_recv, L.recv_splits, L.send_splits, call.group, async_op=True)
+        call.inflight = call.exchange(d_recv, L.recv_splits, L.send_splits, call.group, async_op=True)
         return recv.new_empty(0), None
 
 
@@ -152,29 +171,35 @@ class NanoCollect(torch.autograd.Function):
     def forward(ctx, handle, q, k, v, call: NanoCall):
         T, hq, hkv, d = call.shape
         L = call.L
+        ctx.call = call
+        if call.local:
+            o, call.inflight = call.inflight, None
+            return o
         back = [ex.wait() for ex in call.inflight]
         call.inflight = None
-        o = q.new_zeros((T, hq, d))
+        o = q.new_empty((T, hq, d))  # every query of the nano-batch comes back exactly once
         o.index_copy_(0, L.q_tok, back[0].view(-1, hq, d))
         if call.resend:  # the origin keeps what the server needs again; o as a copy (the caller owns o)
-            lse = q.new_zeros((T, hq), dtype=accumulator_dtype(q.dtype))
+            lse = q.new_empty((T, hq), dtype=accumulator_dtype(q.dtype))
             lse.index_copy_(0, L.q_tok, back[1].view(-1, hq))
             ctx.save_for_backward(q, k, v, o.clone(), lse)
-        ctx.call = call
         return o
 
     @staticmethod
     def backward(ctx, d_o):
         call, L = ctx.call, ctx.call.L
+        if call.local:
+            call.inflight = d_o
+            return d_o.new_empty(0), None, None, None, None
         d = call.shape[3]
         rows = d_o.contiguous().index_select(0, L.q_tok).reshape(-1, d)
         if not call.resend:
-            call.inflight = Exchange(rows, L.q_send_splits, L.q_recv_splits, call.group, async_op=True)
+            call.inflight = call.exchange(rows, L.q_send_splits, L.q_recv_splits, call.group, async_op=True)
             return d_o.new_empty(0), None, None, None, None
         q, k, v, o, lse = ctx.saved_tensors
         do_o = torch.cat([rows, o.index_select(0, L.q_tok).reshape(-1, d)], dim=1)
         call.inflight = [_dispatch(call, q, k, v),
-                         Exchange(do_o, L.q_send_splits, L.q_recv_splits, call.group, async_op=True),
-                         Exchange(lse.index_select(0, L.q_tok).reshape(-1), L.q_send_splits,
-                                  L.q_recv_splits, call.group, async_op=True)]
+                         call.exchange(do_o, L.q_send_splits, L.q_recv_splits, call.group, async_op=True),
+                         call.exchange(lse.index_select(0, L.q_tok).reshape(-1), L.q_send_splits,
+                                       L.q_recv_splits, call.group, async_op=True)]
         return d_o.new_empty(0), None, None, None, None

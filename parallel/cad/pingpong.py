@@ -45,9 +45,10 @@ class StepRuntime:
     serves the tick's tasks with the others."""
 
     def __init__(self, layouts: list[Layout] | None, group, softmax_scale: float, resend: bool = False,
-                 backward_layouts=None, silent: bool = False):
+                 backward_layouts=None, silent: bool = False, exchange=Exchange):
         self.layouts, self.group, self.scale, self.resend = layouts, group, softmax_scale, resend
         self.backward_layouts, self.silent = backward_layouts, silent
+        self.exchange = exchange  # the all-to-all in flight (dispatch.Exchange unless injected)
 
 
 def pool_rows(q, k, v):
@@ -79,7 +80,7 @@ class CADFunction(torch.autograd.Function):
 
         def dispatch(h):
             L = halves[h]
-            return Exchange(pool.index_select(0, L.send_rows), L.send_splits, L.recv_splits,
+            return rt.exchange(pool.index_select(0, L.send_rows), L.send_splits, L.recv_splits,
                             rt.group, async_op=True)
 
         inflight = dispatch(0)
@@ -91,15 +92,16 @@ class CADFunction(torch.autograd.Function):
                 inflight = dispatch(h + 1)  # overlaps this half's kernel
             buf = torch.cat(recvs) if L.prior_rows else recv  # keys an earlier half received
             o_rows, (o_srv, lse_srv) = serve_forward(L, buf, hq, hkv, d, rt.scale)
-            back = [Exchange(o_rows, L.q_recv_splits, L.q_send_splits, rt.group, async_op=True)]
+            back = [rt.exchange(o_rows, L.q_recv_splits, L.q_send_splits, rt.group, async_op=True)]
             if rt.resend:
-                back.append(Exchange(lse_rows(L, lse_srv, lse_dtype), L.q_recv_splits, L.q_send_splits,
+                back.append(rt.exchange(lse_rows(L, lse_srv, lse_dtype), L.q_recv_splits, L.q_send_splits,
                                      rt.group, async_op=True))
             else:
                 saved += [recv, o_srv, lse_srv]
             returns.append(back)
-        o = q.new_zeros(q.shape)
-        lse = q.new_zeros((T, hq), dtype=lse_dtype) if rt.resend else None
+        # every local query is served exactly once, in one half: the halves' rows cover o
+        o = q.new_empty(q.shape)
+        lse = q.new_empty((T, hq), dtype=lse_dtype) if rt.resend else None
         for L, back in zip(halves, returns):
             o.index_copy_(0, L.q_tok, back[0].wait().view(-1, hq, d))
             if rt.resend:
@@ -126,18 +128,18 @@ class CADFunction(torch.autograd.Function):
             q, k, v, o, lse = saved
             pool = pool_rows(q, k, v)
             # every half's q/k/v up front: a later half's server also reads earlier halves' keys
-            qkv = [Exchange(pool.index_select(0, L.send_rows), L.send_splits, L.recv_splits,
+            qkv = [rt.exchange(pool.index_select(0, L.send_rows), L.send_splits, L.recv_splits,
                             rt.group, async_op=True) for L in halves]
 
         def dispatch(h):
             L = halves[h]
             rows = d_o.index_select(0, L.q_tok).reshape(-1, d)
             if not rt.resend:
-                return [Exchange(rows, L.q_send_splits, L.q_recv_splits, rt.group, async_op=True)]
+                return [rt.exchange(rows, L.q_send_splits, L.q_recv_splits, rt.group, async_op=True)]
             # dO and o share one exchange (same rows); the fp32 LSE goes apart
             do_o = torch.cat([rows, o.index_select(0, L.q_tok).reshape(-1, d)], dim=1)
-            return [Exchange(do_o, L.q_send_splits, L.q_recv_splits, rt.group, async_op=True),
-                    Exchange(lse.index_select(0, L.q_tok).reshape(-1), L.q_send_splits,
+            return [rt.exchange(do_o, L.q_send_splits, L.q_recv_splits, rt.group, async_op=True),
+                    rt.exchange(lse.index_select(0, L.q_tok).reshape(-1), L.q_send_splits,
                              L.q_recv_splits, rt.group, async_op=True)]
 
         inflight = dispatch(order[0])
@@ -168,7 +170,7 @@ class CADFunction(torch.autograd.Function):
                 d_recv = d_buf
             if h in extra:
                 d_recv = d_recv + extra.pop(h)
-            returns[h] = Exchange(d_recv.contiguous(), L.recv_splits, L.send_splits, rt.group,
+            returns[h] = rt.exchange(d_recv.contiguous(), L.recv_splits, L.send_splits, rt.group,
                                   async_op=True)
         d_pool = d_o.new_zeros((T * (hq + 2 * hkv), d))
         for h in order:

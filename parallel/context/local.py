@@ -11,7 +11,7 @@ class LocalCoreAttention(Strategy):
 
     def __call__(self, q, k, v, shard, softmax_scale: float):
         cu = shard.cu_seqlens.to(q.device)
-        m = shard.max_piece_len
+        m = shard.memo("max_piece_len", lambda: shard.max_piece_len)  # a host read: once per micro-batch
         return flash_attn_varlen_func(q, k, v, cu, cu, m, m, softmax_scale=softmax_scale, causal=True)
 
 

@@ -11,12 +11,17 @@ class Strategy:
     `default_layout` is the shard layout the plan picks under `parallel.cp_layout=auto`;
     `layouts` are the layouts it runs on (the plan refuses others at config time);
     `step_metrics()` returns what the strategy measured since the last call (one optimizer
-    step), merged into the trainer's step metrics."""
+    step), merged into the trainer's step metrics; `plan_ahead(shard)` is told of a
+    micro-batch before it runs."""
     default_layout = "contiguous"
     layouts: tuple[str, ...] = LAYOUTS
 
     def step_metrics(self) -> dict[str, float]:
         return {}
+
+    def plan_ahead(self, shard) -> None:
+        """A micro-batch this strategy will run soon: start planning it (CAD plans in a
+        background thread); the others plan nothing."""
 
 
 def check_call(q, k, v, shard, n: int, rank: int, who: str) -> None:

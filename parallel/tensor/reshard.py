@@ -89,11 +89,12 @@ def move_rows(x: torch.Tensor, move: RowMove, group) -> torch.Tensor:
 
 
 class NanoSequenceParallel:
-    """Sequence parallelism for a block that runs CAD's two nano-batches (the model's Block
-    calls these; tensor parallelism injects one per block): `split` moves the row-sharded
-    stream to the nano-batch layout, `gather` / `scatter` are one nano-batch's all-gather before
-    its column-parallel projection and reduce-scatter after its row-parallel output (its MLP
-    keeps its own hooks), `merge` moves the block's output back."""
+    """Sequence parallelism for blocks that run CAD's two nano-batches: the model's declared
+    `NanoSequenceLayout` (distca/model/nano_batches.py; tensor parallelism injects one per
+    block). `split` moves the row-sharded stream to the nano-batch layout (where a run of such
+    blocks starts), `gather` / `scatter` are one nano-batch's all-gather before its
+    column-parallel projection and reduce-scatter after its row-parallel output (its MLP keeps
+    its own hooks), `merge` moves the stream back (after the run's last block)."""
 
     def __init__(self, group):
         self.group = group
