@@ -15,8 +15,9 @@ With USE_TMA (GPU, sm_90+) the tiles each program streams (q/dO for dK/dV, K/V f
 through segment-bounded TMA descriptors (segment_tma.py): rows past the segment end read as
 zeros, as the masked pointer loads give, without the per-thread address registers.
 
-The one-kernel alternative with atomic dQ is triton_backward_fused.py; on the H100 with
-Triton 3.6 it measured slower than this pair (benchmarks/results/attention_h100.json).
+The one-kernel backward with dQ added into an fp32 buffer exists only in Gluon, for Hopper
+(gluon_backward_fused.py); a Triton version of it measured slower than this pair on the H100
+and was removed (block_config.AttentionConfigs says by how much).
 """
 import triton
 import triton.language as tl
