@@ -1,17 +1,28 @@
-"""Backward kernels that each carry a slice of one state, so nothing spills from registers.
+"""Backward Triton kernels, each carrying a slice of one state so that nothing spills from
+registers.
 
-The fused pair in `triton_backward.py` carries a whole K x V fp32 state (and, in dq, a second
-one for dM) per program; at K = V = 128 the sm_90 compiler spills hundreds of bytes per
-thread there. Here the same gradients (formulas in `triton_backward.py`) come from three
-kernels whose outputs need no cross-program sums:
+With b the chunk-local cumulative log-decay and D_ij = exp(b_i - b_j) for i >= j (0
+otherwise), per chunk with entering state S and state gradient dH at its end:
 
-  dq_split_kernel  K split in BKS columns, carries S[kb, :]   (forward states)
-  dk_split_kernel  K split in BKS columns, carries dH[kb, :]  (state gradients)
-  dv_split_kernel  V split in BVS columns, carries dH[:, vb]
+  dq_i = scale [sum_j D_ij (do_i . v_j) k_j + exp(b_i) do_i S^T]
+  dk_j = scale sum_i D_ij (do_i . v_j) q_i + exp(b_last - b_j) v_j dH^T
+  dv_j = scale sum_i D_ij (q_i . k_j) do_i + exp(b_last - b_j) k_j dH
+  dH(entering) = exp(b_last) dH + scale sum_i exp(b_i) q_i^T do_i
 
-dM (what the reverse segment scan needs) comes from `segment_state_kernel(FROM_START=True)`.
-The price is recomputing the BT x BT score tiles once per slice; which way is faster is
-measured by `benchmarks/linear_attention.py`.
+Three kernels whose outputs need no cross-program sums:
+
+  dq_split_kernel  K split in BKS columns, carries S[kb, :]   (forward states), walks forwards
+  dk_split_kernel  K split in BKS columns, carries dH[kb, :]  (state gradients), walks backwards
+  dv_split_kernel  V split in BVS columns, carries dH[:, vb], walks backwards
+
+dH at each segment's end comes from the reverse segment scan over dM, the segments' sums
+dM = scale sum_i exp(G_i - G_start) q_i^T do_i (`segment_state_kernel(FROM_START=True)`).
+For the log-decay gradient dq and dk emit per-token partials q.dq and k.dk, one per K slice:
+the gradient w.r.t. the cumulative decay G_t is q_t.dq_t - k_t.dk_t (see `chunked.py`).
+The price of the slices is recomputing the BT x BT score tiles once per slice. Two kernels
+carrying whole K x V states (dq with dM, then dk with dv) were measured too and removed: the
+sm_90 compiler spilled 560-650 bytes per thread there and fwd+bwd ran at 7.98 against 8.93
+Mtok/s for these at 64K tokens (PERFORMANCE.md, run 1).
 """
 from __future__ import annotations
 
