@@ -51,6 +51,20 @@ def store_segment_rows(desc, seg_start, seg_len, row, head, value, BLOCK: tl.con
 
 
 @triton.jit
+def load_key_rows(DESC, ptrs, k_start, n, start_n, kv_head, col_ok, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  MASKED: tl.constexpr, USE_TMA: tl.constexpr):
+    """A K or V tile, rows start_n.. of one kv head: through its segment descriptor, or by
+    pointer loads, masked by col_ok (rows at or past the segment end read as 0) where MASKED."""
+    if USE_TMA:
+        tile = load_segment_rows(DESC, k_start, n, start_n, kv_head, BLOCK_N, HEAD_DIM)
+    elif MASKED:
+        tile = tl.load(ptrs, mask=col_ok[:, None], other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile
+
+
+@triton.jit
 def load_query_and_grad_rows(Q_DESC, DO_DESC, q_base, do_base, q_start, m, start_m, head, rows, row_ok, offs_d,
                              stride_qt, stride_dot, BLOCK_M: tl.constexpr, HEAD_DIM: tl.constexpr,
                              USE_TMA: tl.constexpr):
