@@ -24,16 +24,9 @@ import triton.language as tl
 
 from distca_kernels.triton_loader import interpreter_requested, load_kernels
 
-_ranges = load_kernels("distca_kernels.flash_attn.tile_ranges", interpreter_requested())
-query_slot = _ranges.query_slot
-query_tile = _ranges.query_tile
-key_slot = _ranges.key_slot
-key_tile = _ranges.key_tile
-keys_of_query_tile = _ranges.keys_of_query_tile
-queries_of_key_tile = _ranges.queries_of_key_tile
-_tma = load_kernels("distca_kernels.flash_attn.segment_tma", interpreter_requested())
-load_key_rows = _tma.load_key_rows
-load_query_and_grad_rows = _tma.load_query_and_grad_rows
+# the helper files built in the same mode as this one (see distca_kernels/triton_loader.py)
+tile_ranges = load_kernels("distca_kernels.flash_attn.tile_ranges", interpreter_requested())
+segment_tma = load_kernels("distca_kernels.flash_attn.segment_tma", interpreter_requested())
 
 LOG2E = tl.constexpr(1.4426950408889634)
 
@@ -84,8 +77,8 @@ def _dkdv_tile(dk, dv, k, v, Q_DESC, DO_DESC, q_base, do_base, lse_base, delta_b
     the updated (dk, dv). MASKED for q tiles on the causal diagonal."""
     rows = start_m + offs_m
     row_ok = rows < m
-    q, do = load_query_and_grad_rows(Q_DESC, DO_DESC, q_base, do_base, q_start, m, start_m, head, rows, row_ok,
-                                     offs_d, stride_qt, stride_dot, BLOCK_M, HEAD_DIM, USE_TMA)
+    q, do = segment_tma.load_query_and_grad_rows(Q_DESC, DO_DESC, q_base, do_base, q_start, m, start_m, head, rows,
+                                                 row_ok, offs_d, stride_qt, stride_dot, BLOCK_M, HEAD_DIM, USE_TMA)
     lse2 = tl.load(lse_base + rows, mask=row_ok, other=0.0) * LOG2E
     delta = tl.load(delta_base + rows, mask=row_ok, other=0.0)
     s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION) * qk_scale_log2
@@ -124,10 +117,10 @@ def attention_backward_dkdv_kernel(
     DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
 ):
-    slot, kv_head, seg = key_slot(SCHEDULE, num_slots)
+    slot, kv_head, seg = tile_ranges.key_slot(SCHEDULE, num_slots)
     if seg < 0:
         return
-    q_start, m, k_start, n, col0 = key_tile(CU_Q, CU_K, SCHEDULE, slot, seg, BLOCK_N)
+    q_start, m, k_start, n, col0 = tile_ranges.key_tile(CU_Q, CU_K, SCHEDULE, slot, seg, BLOCK_N)
 
     offs_n = col0 + tl.arange(0, BLOCK_N)
     offs_m = tl.arange(0, BLOCK_M)
@@ -138,7 +131,7 @@ def attention_backward_dkdv_kernel(
     dk = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_DIM], tl.float32)
 
-    diag, lo, full_lo, masked_hi = queries_of_key_tile(col0, m, n, BLOCK_N, BLOCK_M, CAUSAL)
+    diag, lo, full_lo, masked_hi = tile_ranges.queries_of_key_tile(col0, m, n, BLOCK_N, BLOCK_M, CAUSAL)
 
     # Rows past the segment end load q = dO = 0 (and lse = delta = 0): their P is 1 but every
     # product it enters is 0, so they add nothing. Keys past the end only reach rows of dK/dV
@@ -174,8 +167,10 @@ def _dq_tile(dq, q, do, lse2, delta, K_DESC, V_DESC, k_ptrs, v_ptrs, k_start, n,
     if MASKED:
         cols = start_n + offs_n
         col_ok = cols < n
-    k = load_key_rows(K_DESC, k_ptrs, k_start, n, start_n, kv_head, col_ok, BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
-    v = load_key_rows(V_DESC, v_ptrs, k_start, n, start_n, kv_head, col_ok, BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
+    k = segment_tma.load_key_rows(K_DESC, k_ptrs, k_start, n, start_n, kv_head, col_ok, BLOCK_N, HEAD_DIM,
+                                  MASKED, USE_TMA)
+    v = segment_tma.load_key_rows(V_DESC, v_ptrs, k_start, n, start_n, kv_head, col_ok, BLOCK_N, HEAD_DIM,
+                                  MASKED, USE_TMA)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale_log2
     if MASKED:
         keep = col_ok[None, :]
@@ -210,10 +205,11 @@ def attention_backward_dq_kernel(
     DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
 ):
-    slot, head, seg = query_slot(SCHEDULE, num_slots, group)
+    slot, head, seg = tile_ranges.query_slot(SCHEDULE, num_slots, group)
     if seg < 0:
         return
-    q_start, m, k_start, n, kv_head, row0 = query_tile(CU_Q, CU_K, SCHEDULE, slot, seg, head, group, BLOCK_M)
+    q_start, m, k_start, n, kv_head, row0 = tile_ranges.query_tile(CU_Q, CU_K, SCHEDULE, slot, seg, head, group,
+                                                                   BLOCK_M)
 
     offs_m = row0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -225,7 +221,7 @@ def attention_backward_dq_kernel(
     delta = tl.load(DELTA + head.to(tl.int64) * stride_lse_h + q_start + offs_m, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    diag, full_hi, hi = keys_of_query_tile(row0, m, n, BLOCK_M, CAUSAL)
+    diag, full_hi, hi = tile_ranges.keys_of_query_tile(row0, m, n, BLOCK_M, CAUSAL)
     full_end = (full_hi // BLOCK_N) * BLOCK_N
 
     k_base = K + k_start.to(tl.int64) * stride_kt + kv_head * stride_kh

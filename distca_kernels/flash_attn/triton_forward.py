@@ -18,14 +18,9 @@ import triton.language as tl
 
 from distca_kernels.triton_loader import interpreter_requested, load_kernels
 
-_ranges = load_kernels("distca_kernels.flash_attn.tile_ranges", interpreter_requested())
-query_slot = _ranges.query_slot
-query_tile = _ranges.query_tile
-keys_of_query_tile = _ranges.keys_of_query_tile
-_tma = load_kernels("distca_kernels.flash_attn.segment_tma", interpreter_requested())
-load_segment_rows = _tma.load_segment_rows
-load_key_rows = _tma.load_key_rows
-store_segment_rows = _tma.store_segment_rows
+# the helper files built in the same mode as this one (see distca_kernels/triton_loader.py)
+tile_ranges = load_kernels("distca_kernels.flash_attn.tile_ranges", interpreter_requested())
+segment_tma = load_kernels("distca_kernels.flash_attn.segment_tma", interpreter_requested())
 
 
 @triton.jit
@@ -38,7 +33,8 @@ def _attend_tile(acc, m_i, l_i, q, K_DESC, V_DESC, k_ptrs, v_ptrs, k_start, n, s
     if MASKED:
         cols = start_n + offs_n
         col_ok = cols < n
-    k = load_key_rows(K_DESC, k_ptrs, k_start, n, start_n, kv_head, col_ok, BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
+    k = segment_tma.load_key_rows(K_DESC, k_ptrs, k_start, n, start_n, kv_head, col_ok, BLOCK_N, HEAD_DIM,
+                                  MASKED, USE_TMA)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
     if MASKED:
         keep = col_ok[None, :]
@@ -54,7 +50,8 @@ def _attend_tile(acc, m_i, l_i, q, K_DESC, V_DESC, k_ptrs, v_ptrs, k_start, n, s
     p = tl.exp2(s * qk_scale_log2 - m_shift[:, None])
     alpha = tl.exp2(m_i - m_shift)
     l_i = l_i * alpha + tl.sum(p, 1)
-    v = load_key_rows(V_DESC, v_ptrs, k_start, n, start_n, kv_head, col_ok, BLOCK_N, HEAD_DIM, MASKED, USE_TMA)
+    v = segment_tma.load_key_rows(V_DESC, v_ptrs, k_start, n, start_n, kv_head, col_ok, BLOCK_N, HEAD_DIM,
+                                  MASKED, USE_TMA)
     acc = acc * alpha[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, m_new, l_i
@@ -78,10 +75,11 @@ def attention_forward_kernel(
     DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
 ):
-    slot, head, seg = query_slot(SCHEDULE, num_slots, group)
+    slot, head, seg = tile_ranges.query_slot(SCHEDULE, num_slots, group)
     if seg < 0:
         return
-    q_start, m, k_start, n, kv_head, row0 = query_tile(CU_Q, CU_K, SCHEDULE, slot, seg, head, group, BLOCK_M)
+    q_start, m, k_start, n, kv_head, row0 = tile_ranges.query_tile(CU_Q, CU_K, SCHEDULE, slot, seg, head, group,
+                                                                   BLOCK_M)
 
     offs_m = row0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -93,7 +91,7 @@ def attention_forward_kernel(
     k_base = K + k_start.to(tl.int64) * stride_kt + kv_head * stride_kh
     v_base = V + k_start.to(tl.int64) * stride_vt + kv_head * stride_vh
     if USE_TMA:
-        q = load_segment_rows(Q_DESC, q_start, m, row0, head, BLOCK_M, HEAD_DIM)
+        q = segment_tma.load_segment_rows(Q_DESC, q_start, m, row0, head, BLOCK_M, HEAD_DIM)
     else:
         q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
 
@@ -101,7 +99,7 @@ def attention_forward_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    diag, full_hi, hi = keys_of_query_tile(row0, m, n, BLOCK_M, CAUSAL)
+    diag, full_hi, hi = tile_ranges.keys_of_query_tile(row0, m, n, BLOCK_M, CAUSAL)
     full_end = (full_hi // BLOCK_N) * BLOCK_N
 
     # phase 1: K/V tiles seen entirely by every row of this q tile (no mask)
@@ -129,7 +127,7 @@ def attention_forward_kernel(
     o = (acc / tl.where(seen, l_i, 1.0)[:, None]).to(O.dtype.element_ty)
     lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
     if USE_TMA:
-        store_segment_rows(O_DESC, q_start, m, row0, head, o, BLOCK_M, HEAD_DIM)
+        segment_tma.store_segment_rows(O_DESC, q_start, m, row0, head, o, BLOCK_M, HEAD_DIM)
     else:
         o_base = O + q_start.to(tl.int64) * stride_ot + head * stride_oh
         tl.store(o_base + offs_m[:, None] * stride_ot + offs_d[None, :], o, mask=row_ok[:, None])
