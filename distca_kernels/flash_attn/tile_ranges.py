@@ -1,9 +1,9 @@
-"""Device helpers every Triton attention kernel shares: which program does what, and which
-tiles of the other side a tile meets.
+"""Device helpers every Triton attention kernel shares: which slot, segment and tile a program
+owns (its prologue), and which tiles of the other side a tile meets.
 
 Loaded by distca_kernels/triton_loader.py like the kernel files, so the helpers are built in the same mode
 (compiled or interpreted) as the kernels that call them. The Gluon kernels have their own
-copies in gluon_tma.py (Gluon functions call only Gluon functions).
+copies in gluon_tile_ranges.py (Gluon functions call only Gluon functions).
 """
 import triton
 import triton.language as tl
