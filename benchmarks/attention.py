@@ -11,8 +11,8 @@ TFLOP/s count useful FLOPs only: 4 * D * H per visible (query, key) pair forward
 backward (5 matmuls; our backward runs 7, recomputing P twice, and the extra 2 are not counted).
 
 --sweep first times a few tile configurations of our kernels (forward, then the dK/dV and dQ
-kernels of the backward: Triton with TMA or pointer loads, or Gluon; the opt-in fused backward
-for the record) on causal 16K and the packed documents, once each, and uses the fastest for
+kernels of the backward: Triton with TMA or pointer loads, or Gluon; then the one-kernel Gluon
+backward) on causal 16K and the packed documents, once each, and uses the fastest for
 the main table. One pass is noisy (~5% between runs); the defaults in
 distca_kernels/flash_attn/block_config.py come from benchmarks/attention_variants.py, which
 interleaves several rounds. Without --sweep the main table runs those defaults.
@@ -155,7 +155,8 @@ def sweep(heads, dim, log):
                   TileConfig(128, 64, 8, 3, tma=True, gluon=True)]
     dq_cands = [TileConfig(128, 64, 8, 3), TileConfig(128, 64, 8, 3, tma=True), TileConfig(128, 128, 8, 2, tma=True),
                 TileConfig(128, 64, 8, 3, tma=True, gluon=True), TileConfig(128, 128, 8, 3, tma=True, gluon=True)]
-    fused_cands = [TileConfig(128, 64, 8, 3, tma=True), TileConfig(128, 64, 8, 2)]
+    # the one-kernel Gluon backward takes one tile shape (64-query steps, two warpgroups)
+    fused_cands = [TileConfig(128, 64, 8, tma=True, gluon=True)]
     rows = []
 
     def timed(kind, cfg, make_fn, flops_factor):
@@ -193,7 +194,7 @@ def sweep(heads, dim, log):
     best = replace(best, dkdv=min(dkdv_cands, key=lambda c: timed("bwd/dkdv", c, bwd_fn(replace(best, dkdv=c)), 2.5)))
     dq_ms = {c: timed("bwd/dq", c, bwd_fn(replace(best, dq=c)), 2.5) for c in dq_cands}
     best = replace(best, dq=min(dq_ms, key=dq_ms.get))
-    # the one-kernel backward (atomic dQ) replaces the pair only where it is faster in total
+    # the one-kernel backward (dQ reduce-added) replaces the pair only where it is faster in total
     fused_ms = {c: timed("bwd/fused", c, bwd_fn(replace(best, fused=c)), 2.5) for c in fused_cands}
     fastest = min(fused_ms, key=fused_ms.get)
     if fused_ms[fastest] < min(dq_ms.values()):

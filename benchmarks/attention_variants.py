@@ -14,8 +14,9 @@ attention_variants_ws_h100.json; the result files before it timed their lockstep
   gluon-bwd   Triton forward, Gluon dK/dV and dQ
   gluon       Gluon forward and backward
   gluon-dq128 as gluon, with 128 x 128 dQ tiles (the default since this comparison)
-  fused       Gluon forward, the one-kernel Triton backward with atomic dQ (TMA, 128 x 64)
   gluon-fused Gluon forward, the one-kernel Gluon backward (TMA reduce-add of dQ, 128 x 64)
+attention_variants_h100.json also has "fused": Gluon forward and a one-kernel Triton backward
+with atomic dQ (TMA, 128 x 64), since removed for being slower than the pair.
 
 Usage (GPU machine): python benchmarks/attention_variants.py --rounds 5 --out $OUT/attention_variants.json
 --profile VARIANT runs one forward and backward of causal 16K x 4 and nothing else, for a profiler:
@@ -56,7 +57,6 @@ def variants():
         "gluon-bwd": AttentionConfigs(fwd_triton, dkdv_gluon, dq_gluon),
         "gluon": AttentionConfigs(fwd_gluon, dkdv_gluon, dq_gluon),
         "gluon-dq128": AttentionConfigs(fwd_gluon, dkdv_gluon, dq_gluon_128),
-        "fused": AttentionConfigs(fwd_gluon, dkdv_gluon, dq_gluon_128, fused=TileConfig(128, 64, 8, 3, tma=True)),
         "gluon-fused": AttentionConfigs(fwd_gluon, dkdv_gluon, dq_gluon_128,
                                         fused=TileConfig(128, 64, 8, tma=True, gluon=True)),
     }

@@ -10,7 +10,8 @@ our output and gradients against the fp32 torch reference, and our output agains
 
 (`results/linear_attention_h100.json` came from that with `--deadline-s 170 --variant-size 0
 --lightning-max 65536 --flash-max 16384`, to fit the lease; `..._run1.json` from an earlier
-kernel version, defaults, with both backward variants timed.) Also: a segment-length sweep
+kernel version, defaults, which also timed a second backward variant, since removed, under
+"backward_variants"; --variant-size is gone with it.) Also: a segment-length sweep
 for ours, and a fixed-total-tokens sweep (B = TOTAL / T), where tokens/s should not depend on T.
 
 Baselines come from wheels (see ../shared/DEVICE.md); a missing one is recorded as such.
@@ -186,8 +187,6 @@ def main():
                     help="skip points once this many seconds have passed")
     ap.add_argument("--lightning-max", type=int, default=262144)
     ap.add_argument("--flash-max", type=int, default=65536)
-    ap.add_argument("--variant-size", type=int, default=65536,
-                    help="tokens at which both of our backward variants are timed (0: skip)")
     ap.add_argument("--segment-sweep", type=str, default="4096:1,4,16;65536:4,16,64",
                     help="T:chunks_per_segment,... points timed for ours ('' to skip)")
     ap.add_argument("--fixed-total", type=str, default="1048576:4096,65536,1048576",
@@ -251,24 +250,6 @@ def main():
         gen = torch.Generator(device=dev).manual_seed(t + b)
         return [torch.randn(b, t, h, d, generator=gen, device=dev, dtype=torch.bfloat16)
                 for _ in range(4)]
-
-    # Our two backward variants at one size; the faster one runs the sweep.
-    if args.variant_size:
-        t = args.variant_size
-        q, k, v, do = inputs(t)
-        leaves = [x.requires_grad_() for x in (q, k, v)]
-        variants = {}
-        for variant in ("split", "fused"):
-            chunked.BACKWARD = variant
-            _try(f"ours-{variant}", lambda: _row(t, *measure(lambda: ours(*leaves, g_gamma),
-                                                             leaves, do, args.budget_s)),
-                 variants, t)
-        timed = {k: v["fwdbwd_ms"] for k, v in variants.items() if isinstance(v, dict)}
-        chunked.BACKWARD = min(timed, key=timed.get).split("-")[1] if timed else "split"
-        info["backward_variants"] = {"tokens": t, **variants, "chosen": chunked.BACKWARD}
-        del q, k, v, do, leaves
-        torch.cuda.empty_cache()
-    info["backward_variant_used"] = chunked.BACKWARD
 
     for t in args.sizes:
         results[str(t)] = row = {}
@@ -339,9 +320,9 @@ def main():
                 torch.cuda.empty_cache()
 
     from triton.runtime import Autotuner
-    from distca_kernels.lightning_attn import triton_backward_split, triton_forward
+    compiled = chunked.kernels_for(False)  # the module copies the runs above launched
     choices = {}
-    for mod in (triton_forward, triton_backward_split):
+    for mod in (compiled.forward, compiled.backward_split):
         for name in dir(mod):
             obj = getattr(mod, name)
             if isinstance(obj, Autotuner):
@@ -379,7 +360,7 @@ def main():
                 print(f"{t:>8} {name:10s} {r}")
     for label, r in list(sweep.items()) + list(fixed.items()):
         print(f"{label:34s} {r}")
-    print("summary", summary, "variant", info["backward_variant_used"])
+    print("summary", summary)
 
 
 if __name__ == "__main__":

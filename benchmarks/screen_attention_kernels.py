@@ -6,7 +6,7 @@ ptxas and cuobjdump: distca_kernels/flash_attn/sm90_compile.py); run with the sa
 the GPU machine, since register allocation changes between releases.
 
 Usage: python benchmarks/screen_attention_kernels.py [--dtype bf16] [--head-dim 128] [--tma-only]
-           [--kinds forward,fused,dkdv,dq,g-forward,g-dkdv,g-dq,g-fused]
+           [--kinds forward,dkdv,dq,g-forward,g-dkdv,g-dq,g-fused]
 """
 from __future__ import annotations
 
@@ -18,10 +18,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import triton  # noqa: E402
 
-from distca_kernels.flash_attn.sm90_compile import (dkdv_source, dq_source, forward_source, fused_source,  # noqa: E402
-                                             gluon_source, resources)
+from distca_kernels.flash_attn.sm90_compile import (dkdv_source, dq_source, forward_source,  # noqa: E402
+                                                    gluon_source, resources)
 
-ALL_KINDS = "forward,fused,dkdv,dq,g-forward,g-dkdv,g-dq,g-fused"
+ALL_KINDS = "forward,dkdv,dq,g-forward,g-dkdv,g-dq,g-fused"
 
 
 def main():
@@ -37,9 +37,6 @@ def main():
     for tma in ((True,) if args.tma_only else (False, True)):
         for bm, bn, w, s in ((128, 128, 8, 3), (128, 64, 8, 3), (128, 128, 8, 2)):
             cands.append(("forward", (bm, bn, w, s, tma), lambda bm=bm, bn=bn, tma=tma: forward_source(dt, d, bm, bn, tma)))
-        for bn, bm, w, s in ((128, 64, 8, 2), (128, 64, 8, 3), (128, 32, 8, 3), (128, 32, 8, 2), (64, 64, 4, 2),
-                             (64, 64, 8, 3), (128, 64, 4, 2)):
-            cands.append(("fused", (bn, bm, w, s, tma), lambda bn=bn, bm=bm, tma=tma: fused_source(dt, d, bn, bm, tma)))
         for bn, bm, w, s in ((128, 64, 8, 3), (128, 64, 8, 2), (128, 32, 8, 3), (128, 128, 8, 2)):
             cands.append(("dkdv", (bn, bm, w, s, tma), lambda bn=bn, bm=bm, tma=tma: dkdv_source(dt, d, bn, bm, tma)))
         for bm, bn, w, s in ((128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2), (128, 32, 8, 3)):

@@ -9,7 +9,7 @@ import torch
 import distca_kernels.flash_attn.interface as interface
 import distca_kernels.flash_attn.triton_attention as triton_attention
 from distca_kernels.flash_attn import flash_attn_varlen_func
-from distca_kernels.flash_attn.block_config import FUSED_MAX_GROUP, select_configs
+from distca_kernels.flash_attn.block_config import FUSED_MAX_GROUP, AttentionConfigs, TileConfig, select_configs
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -21,6 +21,15 @@ def test_fused_backward_only_when_nondeterministic_and_no_gqa(dtype):
     # unmeasured shapes keep the pair
     assert select_configs(64, dtype, interpret=False, group=1, deterministic=False).fused is None
     assert select_configs(128, torch.float32, interpret=False, group=1, deterministic=False).fused is None
+
+
+def test_fused_backward_config_must_be_gluon():
+    """The one-kernel backward exists only in Gluon: a Triton tile config for it is refused
+    when the configs are built, not silently replaced by the pair at the first backward."""
+    pair = dict(forward=TileConfig(16, 16), dkdv=TileConfig(16, 16), dq=TileConfig(16, 16))
+    with pytest.raises(ValueError, match="fused must be a Gluon config"):
+        AttentionConfigs(**pair, fused=TileConfig(128, 64, 8, 2))
+    AttentionConfigs(**pair, fused=TileConfig(128, 64, 8, tma=True, gluon=True))
 
 
 def _captured_deterministic(monkeypatch, **kwargs):

@@ -85,8 +85,6 @@ def _variants():
     return {
         "default": base,
         "pointer-loads": pointer,
-        "fused-tma": replace(base, fused=TileConfig(128, 64, 8, 3, tma=True)),
-        "fused-pointer": replace(base, fused=TileConfig(128, 64, 8, 2)),
         "fused-gluon": replace(base, fused=TileConfig(128, 64, 8, tma=True, gluon=True)),
         "dq-128x128": replace(triton, dq=TileConfig(128, 128, 8, 2, tma=True)),
         "triton-tma": triton,
@@ -96,7 +94,7 @@ def _variants():
     }
 
 
-@pytest.mark.parametrize("variant", ["default", "pointer-loads", "fused-tma", "fused-pointer", "fused-gluon", "dq-128x128",
+@pytest.mark.parametrize("variant", ["default", "pointer-loads", "fused-gluon", "dq-128x128",
                                      "triton-tma", "gluon-forward-128x64", "gluon-dkdv-128x32", "gluon-dq-128x64"])
 def test_kernel_variants(variant):
     """Every forward/backward path (TMA or pointer loads, two-kernel or fused backward, other

@@ -53,21 +53,10 @@ CASES = [
 ]
 
 
-FUSED = AttentionConfigs(forward=TileConfig(16, 16), dkdv=TileConfig(16, 16), dq=TileConfig(16, 16),
-                         fused=TileConfig(16, 16))
-
-
-def public_fused(q, k, v, cu_q, cu_k, mq, mk, scale, causal):
-    scale = scale if scale is not None else q.shape[-1] ** -0.5
-    return TritonVarlenAttention.apply(q, k, v, cu_q, cu_k, scale, causal, True, FUSED)
-
-
-# default: the dK/dV + dQ kernel pair; fused: the opt-in one-kernel backward with atomic dQ
-@pytest.mark.parametrize("backward", ["default", "fused"])
 @pytest.mark.parametrize("lq,lk,hq,hkv,d,causal", CASES)
-def test_kernel_matches_fp64_reference(lq, lk, hq, hkv, d, causal, backward, no_reference):
+def test_kernel_matches_fp64_reference(lq, lk, hq, hkv, d, causal, no_reference):
     inp = make_inputs(lq, lk, hq, hkv, d, torch.float32, seed=len(lq) * 7 + d)
-    got = run_with_grads(public if backward == "default" else public_fused, inp, causal)
+    got = run_with_grads(public, inp, causal)
     compare_to_oracle(got, fp64_oracle(inp, causal), FP32_TOL, LSE_TOL)
 
 
@@ -87,16 +76,13 @@ def test_random_packed_documents(no_reference):
     compare_to_oracle(got, fp64_oracle(inp, True, scale=0.3), FP32_TOL, LSE_TOL)
 
 
-@pytest.mark.parametrize("fwd,dkdv,dq,fused", [
-    ((32, 16), (16, 32), (32, 16), None),
-    ((16, 32), (32, 16), (16, 32), None),
-    ((32, 16), (16, 16), (16, 16), (32, 16)),
-    ((16, 32), (16, 16), (16, 16), (16, 32)),
+@pytest.mark.parametrize("fwd,dkdv,dq", [
+    ((32, 16), (16, 32), (32, 16)),
+    ((16, 32), (32, 16), (16, 32)),
 ])
-def test_other_tile_shapes(fwd, dkdv, dq, fused):
+def test_other_tile_shapes(fwd, dkdv, dq):
     """The masked/unmasked loop split must hold for any tile shape, not just the default."""
-    cfg = AttentionConfigs(forward=TileConfig(*fwd), dkdv=TileConfig(*dkdv), dq=TileConfig(*dq),
-                           fused=TileConfig(*fused) if fused else None)
+    cfg = AttentionConfigs(forward=TileConfig(*fwd), dkdv=TileConfig(*dkdv), dq=TileConfig(*dq))
     lq, lk = [41, 7, 0, 64], [70, 7, 3, 64]
 
     def with_cfg(q, k, v, cu_q, cu_k, mq, mk, scale, causal):
@@ -105,6 +91,19 @@ def test_other_tile_shapes(fwd, dkdv, dq, fused):
     inp = make_inputs(lq, lk, 2, 1, 16, torch.float32, seed=11)
     for causal in (True, False):
         compare_to_oracle(run_with_grads(with_cfg, inp, causal), fp64_oracle(inp, causal, 0.25), FP32_TOL, LSE_TOL)
+
+
+def test_gluon_fused_config_takes_the_pair_where_gluon_cannot_run(no_reference):
+    """A config with the one-kernel Gluon backward (the default with deterministic=False on
+    Hopper) must run the dK/dV + dQ pair where Gluon cannot, here the interpreter."""
+    cfg = AttentionConfigs(forward=TileConfig(16, 16), dkdv=TileConfig(16, 16), dq=TileConfig(16, 16),
+                           fused=TileConfig(128, 64, 8, tma=True, gluon=True))
+
+    def with_cfg(q, k, v, cu_q, cu_k, mq, mk, scale, causal):
+        return TritonVarlenAttention.apply(q, k, v, cu_q, cu_k, 0.5, causal, True, cfg, False)
+
+    inp = make_inputs([37, 5], [37, 9], 4, 2, 16, torch.float32, seed=12)
+    compare_to_oracle(run_with_grads(with_cfg, inp, True), fp64_oracle(inp, True, 0.5), FP32_TOL, LSE_TOL)
 
 
 def test_fp16_forward_in_interpreter(no_reference):

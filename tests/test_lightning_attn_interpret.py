@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from distca_kernels.lightning_attn import chunk_lightning_attn, chunked, lightning_attn_reference, uses_triton
+from distca_kernels.lightning_attn import chunk_lightning_attn, lightning_attn_reference, uses_triton
 from distca_kernels.lightning_attn.chunked import chunk_lightning_attn_triton
 
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
@@ -75,18 +75,14 @@ def test_batch_rows_are_separate_sequences(decay):
     _check(_case(2, 35, 2, 16, 16, decay, n_states=2, seed=7), seed=7)
 
 
-@pytest.mark.parametrize("variant", ["split", "fused"])
 @pytest.mark.parametrize("decay", ["none", "gamma", "g"])
-def test_varlen_documents_reset_state(decay, variant, monkeypatch):
-    monkeypatch.setattr(chunked, "BACKWARD", variant)
+def test_varlen_documents_reset_state(decay):
     # documents of 1, 0, 16, 33, 1 and 7 tokens: boundaries inside chunks, empty and 1-token
     cu = torch.tensor([0, 1, 1, 17, 50, 51, 58])
     _check(_case(1, 58, 2, 16, 16, decay, n_states=6, seed=8), cu=cu, seed=8)
 
 
-@pytest.mark.parametrize("variant", ["split", "fused"])
-def test_odd_head_dims_and_several_state_slices(variant, monkeypatch):
-    monkeypatch.setattr(chunked, "BACKWARD", variant)
+def test_odd_head_dims_and_several_state_slices():
     # K=20 pads to 32, V=40 to 64; slices of 16 -> K in two slices, V in three, both ragged
     _check(_case(1, 37, 2, 20, 40, "g", n_states=1, seed=9), seed=9, block=16)
 

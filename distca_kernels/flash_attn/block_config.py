@@ -24,8 +24,8 @@ class TileConfig:
     block_cols: int
     num_warps: int = 4
     num_stages: int = 2
-    # GPU only: stream tiles (and, in the fused backward, reduce dQ) through TMA descriptors;
-    # used where the device is sm_90+ and the tensors meet TMA's 16-byte alignment rules
+    # GPU only: the Triton kernels stream tiles through TMA descriptors; used where the
+    # device is sm_90+ and the tensors meet TMA's 16-byte alignment rules
     tma: bool = False
     # Hopper (sm_90) 16-bit: the Gluon kernels that overlap the elementwise work with the
     # tensor cores (gluon_forward.py, gluon_backward.py, gluon_backward_fused.py; they always
@@ -48,16 +48,24 @@ class TileConfig:
 class AttentionConfigs:
     """forward: (q rows, kv cols); dkdv: (kv rows, q cols); dq: (q rows, kv cols).
 
-    fused: (kv rows, q cols) of the one-kernel backward that adds dQ into an fp32 buffer
-    (gluon_backward_fused.py with gluon=True, else triton_backward_fused.py), whose dQ rounding
-    depends on the order programs add; None runs the dkdv and dq kernels, bitwise-reproducible.
-    A Gluon fused config runs only where Gluon can (else the dkdv/dq pair runs).
+    fused: (kv rows, q cols) of the one-kernel Gluon backward that adds dQ into an fp32 buffer
+    (gluon_backward_fused.py), whose dQ rounding depends on the order programs add; it runs
+    where Gluon can (Hopper, 16-bit, TMA-able inputs), elsewhere the dkdv and dq kernels do.
+    None always runs those two, bitwise-reproducible. (A Triton one-kernel backward with
+    atomic dQ was removed: no config chose it, and its backward took 1.23-1.34x the Triton
+    pair's time on the H100, benchmarks/results/attention_variants_h100.json, "fused" against
+    "triton", fwd+bwd minus fwd.)
     """
 
     forward: TileConfig
     dkdv: TileConfig
     dq: TileConfig
     fused: TileConfig | None = None
+
+    def __post_init__(self):
+        if self.fused is not None and not self.fused.gluon:
+            raise ValueError(f"AttentionConfigs.fused must be a Gluon config (gluon=True), got {self.fused}: "
+                             f"the one-kernel backward exists only in Gluon; use fused=None for the Triton pair")
 
 
 # Interpreter (CPU): correctness only, small tiles so short test sequences span several.

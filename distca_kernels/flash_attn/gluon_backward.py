@@ -34,10 +34,11 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from distca_kernels.flash_attn.gluon_tile_ranges import (
+    key_slot,
     key_tile_walk,
     keys_of_query_tile,
-    query_program,
-    segment_extent,
+    query_slot,
+    query_tile,
 )
 from distca_kernels.flash_attn.gluon_tma import (
     cta_barrier,
@@ -73,16 +74,11 @@ def gluon_attention_backward_dkdv_kernel(
     key_layout: gl.constexpr = gl.SliceLayout(1, st_layout)
     query_layout: gl.constexpr = gl.SliceLayout(0, st_layout)
 
-    pid = gl.program_id(0)
-    # one kv head's tiles after another's (tile_order.py says why)
-    slot = pid % num_slots
-    kv_head = pid // num_slots
-    seg = gl.load(SCHEDULE + 2 * slot)
+    slot, kv_head, seg = key_slot(SCHEDULE, num_slots)
     if seg < 0:
         return
-    tile = gl.load(SCHEDULE + 2 * slot + 1)
     q_start, m, k_start, n, col0, diag, lo, num_masked, per_head, steps = key_tile_walk(
-        CU_Q, CU_K, seg, tile, BLOCK_N, BLOCK_M, GROUP, CAUSAL)
+        CU_Q, CU_K, SCHEDULE, slot, seg, BLOCK_N, BLOCK_M, GROUP, CAUSAL)
 
     k_smem = gl.allocate_shared_memory(dtype, K_DESC.block_type.shape, K_DESC.layout)
     v_smem = gl.allocate_shared_memory(dtype, V_DESC.block_type.shape, V_DESC.layout)
@@ -195,15 +191,10 @@ def gluon_attention_backward_dq_kernel(
     row_layout: gl.constexpr = gl.SliceLayout(1, s_layout)
     col_layout: gl.constexpr = gl.SliceLayout(0, s_layout)
 
-    pid = gl.program_id(0)
-    slot, head = query_program(pid, num_slots, group)
-    seg = gl.load(SCHEDULE + 2 * slot)
+    slot, head, seg = query_slot(SCHEDULE, num_slots, group)
     if seg < 0:
         return
-    tile = gl.load(SCHEDULE + 2 * slot + 1)
-    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
-    kv_head = head // group
-    row0 = tile * BLOCK_M
+    q_start, m, k_start, n, kv_head, row0 = query_tile(CU_Q, CU_K, SCHEDULE, slot, seg, head, group, BLOCK_M)
 
     diag, full_hi, hi = keys_of_query_tile(row0, m, n, BLOCK_M, CAUSAL)
     num_full = full_hi // BLOCK_N  # kv tiles every row sees whole: no mask

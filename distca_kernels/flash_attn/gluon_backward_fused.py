@@ -41,7 +41,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 
-from distca_kernels.flash_attn.gluon_tile_ranges import key_tile_walk
+from distca_kernels.flash_attn.gluon_tile_ranges import key_slot, key_tile_walk
 from distca_kernels.flash_attn.gluon_tma import (
     cta_barrier,
     load_step_rows,
@@ -66,6 +66,20 @@ def _step_rows(LSE, DELTA, stride_lse_h, q_start, m, lo, per_head, first_head, s
     ok = (queries < m) & (t < steps)
     offset = head.to(gl.int64) * stride_lse_h + q_start + queries
     return gl.load(LSE + offset, mask=ok, other=0.0) * LOG2E, gl.load(DELTA + offset, mask=ok, other=0.0)
+
+
+@gluon.jit
+def _stage(x, smem, masked, keys, queries, diag, dtype: gl.constexpr):
+    """x [queries, keys], zero above the causal diagonal where `masked` (a q tile on it), into
+    smem as the next wgmma's operand, visible to both consumer warpgroups; returns masked x."""
+    if masked:
+        keep = gl.expand_dims(keys, 0) <= gl.expand_dims(queries, 1) + diag
+        x = gl.where(keep, x, 0.0)
+    smem.store(x.to(dtype))
+    fence_async_shared()
+    # inside a partition this syncs the consumer warps only (a named barrier)
+    cta_barrier()
+    return x
 
 
 @gluon.jit
@@ -152,25 +166,14 @@ def _consumers(LSE, DELTA, CU_K, k_buf, v_buf, q_ring, do_ring, p_buf, ds_buf, d
         s = warpgroup_mma_wait(1, deps=[s_tok])
         p = gl.exp2(s * qk_scale_log2 - gl.expand_dims(lse2, 1))
         masked = q_tile < num_masked
-        if masked:
-            # rows that see no key at all have lse = -inf: exp2 gives inf there, the mask drops it
-            keep = gl.expand_dims(keys, 0) <= gl.expand_dims(queries, 1) + diag
-            p = gl.where(keep, p, 0.0)
-        # the last step's MMAs have read p_smem and ds_smem (waited for before its hand-over)
-        p_smem.store(p.to(dtype))
-        fence_async_shared()
-        # inside a partition this syncs the consumer warps only (a named barrier)
-        cta_barrier()
+        # the last step's MMAs have read p_smem and ds_smem (waited for before its hand-over).
+        # Masked: rows that see no key at all have lse = -inf, exp2 gives inf there, the mask
+        # drops it; and dS is masked with where, not through p = 0, as such a row may carry a
+        # non-finite delta
+        p = _stage(p, p_smem, masked, keys, queries, diag, dtype)
         dv = warpgroup_mma(p_smem.permute((1, 0)), do, dv, is_async=True)
         dp = warpgroup_mma_wait(1, deps=[dp_tok])
-        ds = p * (dp - gl.expand_dims(delta, 1))
-        if masked:
-            # where, not just p = 0: a row that sees nothing may carry a non-finite delta
-            keep = gl.expand_dims(keys, 0) <= gl.expand_dims(queries, 1) + diag
-            ds = gl.where(keep, ds, 0.0)
-        ds_smem.store(ds.to(dtype))
-        fence_async_shared()
-        cta_barrier()
+        _stage(p * (dp - gl.expand_dims(delta, 1)), ds_smem, masked, keys, queries, diag, dtype)
         dk = warpgroup_mma(ds_smem.permute((1, 0)), q, dk, is_async=True)
         dq_tok = warpgroup_mma(ds_smem, k, zero_dq, use_acc=False, is_async=True)
         dv, dk, dq_part = warpgroup_mma_wait(0, deps=[dv, dk, dq_tok])
@@ -206,15 +209,11 @@ def gluon_attention_backward_fused_kernel(
     dtype: gl.constexpr = Q_DESC.dtype
     gl.static_assert(BLOCK_M == 64 and num_warps == 8, "one 64-row wgmma per step, two warpgroups")
     ps_layout: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-    pid = gl.program_id(0)
-    slot = pid % num_slots
-    kv_head = pid // num_slots
-    seg = gl.load(SCHEDULE + 2 * slot)
+    slot, kv_head, seg = key_slot(SCHEDULE, num_slots)
     if seg < 0:
         return
-    tile = gl.load(SCHEDULE + 2 * slot + 1)
     q_start, m, k_start, n, col0, diag, lo, num_masked, per_head, steps = key_tile_walk(
-        CU_Q, CU_K, seg, tile, BLOCK_N, BLOCK_M, GROUP, CAUSAL)
+        CU_Q, CU_K, SCHEDULE, slot, seg, BLOCK_N, BLOCK_M, GROUP, CAUSAL)
 
     k_buf = gl.allocate_shared_memory(dtype, [1] + K_DESC.block_type.shape, K_DESC.layout)
     v_buf = gl.allocate_shared_memory(dtype, [1] + V_DESC.block_type.shape, V_DESC.layout)

@@ -41,8 +41,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from distca_kernels.flash_attn.gluon_tile_ranges import (
     keys_of_query_tile,
-    query_program,
-    segment_extent,
+    query_slot,
+    query_tile,
 )
 from distca_kernels.flash_attn.gluon_tma import (
     load_tile,
@@ -213,15 +213,10 @@ def gluon_attention_forward_kernel(
 ):
     gl.static_assert(num_warps == 4, "the default partition is one consumer warpgroup")
     dtype: gl.constexpr = Q_DESC.dtype
-    pid = gl.program_id(0)
-    slot, head = query_program(pid, num_slots, group)
-    seg = gl.load(SCHEDULE + 2 * slot)
+    slot, head, seg = query_slot(SCHEDULE, num_slots, group)
     if seg < 0:
         return
-    tile = gl.load(SCHEDULE + 2 * slot + 1)
-    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
-    kv_head = head // group
-    row0 = tile * BLOCK_M
+    q_start, m, k_start, n, kv_head, row0 = query_tile(CU_Q, CU_K, SCHEDULE, slot, seg, head, group, BLOCK_M)
     diag, full_hi, hi = keys_of_query_tile(row0, m, n, BLOCK_M, CAUSAL)
     num_full = full_hi // BLOCK_N
     num_tiles = (hi + BLOCK_N - 1) // BLOCK_N

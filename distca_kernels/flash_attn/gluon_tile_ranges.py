@@ -15,6 +15,29 @@ def query_program(pid, num_slots, group):
 
 
 @gluon.jit
+def query_slot(SCHEDULE, num_slots, group):
+    """(slot, q head, segment) of a q-tile program; segment < 0: no work."""
+    slot, head = query_program(gl.program_id(0), num_slots, group)
+    return slot, head, gl.load(SCHEDULE + 2 * slot)
+
+
+@gluon.jit
+def key_slot(SCHEDULE, num_slots):
+    """(slot, kv head, segment) of a kv-tile program, one kv head's slots after another's."""
+    pid = gl.program_id(0)
+    slot = pid % num_slots
+    return slot, pid // num_slots, gl.load(SCHEDULE + 2 * slot)
+
+
+@gluon.jit
+def query_tile(CU_Q, CU_K, SCHEDULE, slot, seg, head, group, BLOCK_M: gl.constexpr):
+    """(q_start, m, k_start, n, kv head, first query) of a q-tile program with work."""
+    tile = gl.load(SCHEDULE + 2 * slot + 1)
+    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
+    return q_start, m, k_start, n, head // group, tile * BLOCK_M
+
+
+@gluon.jit
 def segment_extent(CU_Q, CU_K, seg):
     """(q_start, m, k_start, n) of a segment."""
     q_start = gl.load(CU_Q + seg)
@@ -56,12 +79,13 @@ def queries_of_key_tile(col0, m, n, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr
 
 
 @gluon.jit
-def key_tile_walk(CU_Q, CU_K, seg, tile, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, GROUP: gl.constexpr,
+def key_tile_walk(CU_Q, CU_K, SCHEDULE, slot, seg, BLOCK_N: gl.constexpr, BLOCK_M: gl.constexpr, GROUP: gl.constexpr,
                   CAUSAL: gl.constexpr):
-    """What a program owning kv tile `tile` of segment `seg` walks (the dK/dV and fused backward
-    kernels): (q_start, m, k_start, n, col0, diag, lo, num_masked, per_head, steps). Step t is
-    q tile lo + (t % per_head) * BLOCK_M of q head t // per_head of the GQA group; per head,
-    the first num_masked q tiles need the causal mask, the rest run without."""
+    """What a kv-tile program with work (key_slot) walks (the dK/dV and fused backward kernels):
+    (q_start, m, k_start, n, col0, diag, lo, num_masked, per_head, steps). Step t is q tile
+    lo + (t % per_head) * BLOCK_M of q head t // per_head of the GQA group; per head, the first
+    num_masked q tiles need the causal mask, the rest run without."""
+    tile = gl.load(SCHEDULE + 2 * slot + 1)
     q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
     col0 = tile * BLOCK_N
     diag, lo, full_lo, masked_hi = queries_of_key_tile(col0, m, n, BLOCK_N, BLOCK_M, CAUSAL)

@@ -6,7 +6,7 @@ bound per segment comes from the descriptor's geometry (the idea of triton.tools
 two extra leading dimensions whose strides, times fixed coordinates, wrap the 64-bit address
 around to zero, so that the row coordinate can be written relative to the segment's *end*.
 The hardware's bounds check on that coordinate then clips at the end of the segment: rows
-past it load as zeros and are dropped from stores and reduce-adds, exactly like masked
+past it load as zeros and are dropped from stores, exactly like masked
 pointer accesses, at no cost in registers.
 
 Address of coordinate (a, b, r, h, d), in elements:
@@ -51,10 +51,17 @@ def store_segment_rows(desc, seg_start, seg_len, row, head, value, BLOCK: tl.con
 
 
 @triton.jit
-def add_segment_rows(desc, seg_start, seg_len, row, head, value, BLOCK: tl.constexpr, DIM: tl.constexpr):
-    """Reduce-add (fp32) into rows of one head; rows at or past seg_len are left alone."""
-    desc.atomic_add([_ROWS_LIMIT_C, seg_start + seg_len, _ROWS_LIMIT_C - seg_len + row, head, 0],
-                    value.reshape(1, 1, BLOCK, 1, DIM))
+def load_key_rows(DESC, ptrs, k_start, n, start_n, kv_head, col_ok, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr,
+                  MASKED: tl.constexpr, USE_TMA: tl.constexpr):
+    """A K or V tile, rows start_n.. of one kv head: through its segment descriptor, or by
+    pointer loads, masked by col_ok (rows at or past the segment end read as 0) where MASKED."""
+    if USE_TMA:
+        tile = load_segment_rows(DESC, k_start, n, start_n, kv_head, BLOCK_N, HEAD_DIM)
+    elif MASKED:
+        tile = tl.load(ptrs, mask=col_ok[:, None], other=0.0)
+    else:
+        tile = tl.load(ptrs)
+    return tile
 
 
 @triton.jit

@@ -39,22 +39,6 @@ def forward_source(dtype, d, bm, bn, tma):
     return ASTSource(fn, sig, const)
 
 
-def fused_source(dtype, d, bn, bm, tma, group=1):
-    fn = load_kernels("distca_kernels.flash_attn.triton_backward_fused", False).attention_backward_fused_kernel
-    ptr = f"*{dtype}"
-    sig = dict(Q=ptr, K=ptr, V=ptr, DO=ptr, LSE="*fp32", DELTA="*fp32", DK=ptr, DV=ptr, DQ_ACC="*fp32",
-               Q_DESC=_desc(dtype, bm, d) if tma else ptr, DO_DESC=_desc(dtype, bm, d) if tma else ptr,
-               DQ_DESC=_desc("fp32", bm, d) if tma else "*fp32",
-               CU_Q="*i32", CU_K="*i32", SCHEDULE="*i32", qk_scale_log2="fp32", softmax_scale="fp32")
-    for name in ("stride_qt", "stride_qh", "stride_kt", "stride_kh", "stride_vt", "stride_vh",
-                 "stride_dot", "stride_doh", "stride_dkt", "stride_dkh", "stride_dvt", "stride_dvh",
-                 "stride_dqt", "stride_dqh", "stride_lse_h", "num_slots"):
-        sig[name] = "i32"
-    const = dict(GROUP=group, HEAD_DIM=d, BLOCK_N=bn, BLOCK_M=bm, CAUSAL=True, DOT_PRECISION="tf32", USE_TMA=tma)
-    sig.update({k: "constexpr" for k in const})
-    return ASTSource(fn, sig, const)
-
-
 def dkdv_source(dtype, d, bn, bm, tma, group=1):
     fn = load_kernels("distca_kernels.flash_attn.triton_backward", False).attention_backward_dkdv_kernel
     ptr = f"*{dtype}"

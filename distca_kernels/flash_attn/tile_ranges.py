@@ -1,9 +1,9 @@
-"""Device helpers every Triton attention kernel shares: which program does what, and which
-tiles of the other side a tile meets.
+"""Device helpers every Triton attention kernel shares: which slot, segment and tile a program
+owns (its prologue), and which tiles of the other side a tile meets.
 
 Loaded by distca_kernels/triton_loader.py like the kernel files, so the helpers are built in the same mode
 (compiled or interpreted) as the kernels that call them. The Gluon kernels have their own
-copies in gluon_tma.py (Gluon functions call only Gluon functions).
+copies in gluon_tile_ranges.py (Gluon functions call only Gluon functions).
 """
 import triton
 import triton.language as tl
@@ -17,6 +17,40 @@ def query_program(pid, num_slots, group):
     slot = (pid // group) % num_slots
     head = (pid // group // num_slots) * group + member
     return slot, head
+
+
+@triton.jit
+def query_slot(SCHEDULE, num_slots, group):
+    """(slot, q head, segment) of this program when programs own q tiles; segment < 0 marks a
+    schedule slot with no work (tile_order.py), whose program returns at once."""
+    slot, head = query_program(tl.program_id(0), num_slots, group)
+    return slot, head, tl.load(SCHEDULE + 2 * slot)
+
+
+@triton.jit
+def key_slot(SCHEDULE, num_slots):
+    """(slot, kv head, segment) of this program when programs own kv tiles: one kv head's
+    slots after another's (tile_order.py says why); segment < 0 as in query_slot."""
+    pid = tl.program_id(0)
+    slot = pid % num_slots
+    return slot, pid // num_slots, tl.load(SCHEDULE + 2 * slot)
+
+
+@triton.jit
+def query_tile(CU_Q, CU_K, SCHEDULE, slot, seg, head, group, BLOCK_M: tl.constexpr):
+    """(q_start, m, k_start, n, kv head, first query) of a q-tile program with work: its
+    segment's extent (segment_extent), the kv head its q head reads, its first query row."""
+    tile = tl.load(SCHEDULE + 2 * slot + 1)
+    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
+    return q_start, m, k_start, n, head // group, tile * BLOCK_M
+
+
+@triton.jit
+def key_tile(CU_Q, CU_K, SCHEDULE, slot, seg, BLOCK_N: tl.constexpr):
+    """(q_start, m, k_start, n, first key) of a kv-tile program with work."""
+    tile = tl.load(SCHEDULE + 2 * slot + 1)
+    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
+    return q_start, m, k_start, n, tile * BLOCK_N
 
 
 @triton.jit

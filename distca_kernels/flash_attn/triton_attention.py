@@ -116,8 +116,8 @@ def attention_forward(q, k, v, cu_q, cu_k, softmax_scale: float, causal: bool,
 def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: float, causal: bool,
                        configs: AttentionConfigs, interpret: bool, forward_schedule=None):
     """dq, dk, dv: the dK/dV and dQ kernels that each recompute P (deterministic), or, when
-    configs.fused is set (and, for a Gluon one, Gluon can run), one kernel that adds dQ into
-    an fp32 buffer."""
+    configs.fused is set and Gluon can run, the one Gluon kernel that adds dQ into an fp32
+    buffer."""
     kernels = load_kernels("distca_kernels.flash_attn.triton_backward", interpret)
     total_q, hq, d = q.shape
     total_k, hkv, _ = k.shape
@@ -142,10 +142,8 @@ def attention_backward(do, dlse, q, k, v, o, lse, cu_q, cu_k, softmax_scale: flo
     common = dict(HEAD_DIM=d, CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype))
     scale2 = softmax_scale * LOG2E
 
-    fused = configs.fused
-    if fused is not None and (not fused.gluon or _gluon_usable(interpret, q, k, v, do, dk, dv)):
-        _fused_backward(do, q, k, v, lse, delta, dq, dk, dv, cu_q, cu_k, softmax_scale, causal,
-                        configs.fused, interpret)
+    if configs.fused is not None and _gluon_usable(interpret, q, k, v, do, dk, dv):
+        _fused_backward(do, q, k, v, lse, delta, dq, dk, dv, cu_q, cu_k, softmax_scale, causal, configs.fused)
         return dq, dk, dv
 
     cfg = configs.dkdv
@@ -211,41 +209,24 @@ def _triton_dq(kernels, cfg, interpret, q, k, v, do, lse, delta, dq, cu_q, cu_k,
     )
 
 
-def _fused_backward(do, q, k, v, lse, delta, dq, dk, dv, cu_q, cu_k, softmax_scale, causal,
-                    cfg, interpret):
-    """dk, dv written directly; dq accumulated in fp32 (TMA reduce-adds or atomics), then cast
-    into `dq`. Gluon on Hopper where cfg.gluon says so, else Triton."""
+def _fused_backward(do, q, k, v, lse, delta, dq, dk, dv, cu_q, cu_k, softmax_scale, causal, cfg):
+    """The one-kernel Gluon backward (the caller checked that Gluon can run): dk, dv written
+    directly, dq accumulated in fp32 by TMA reduce-adds, then cast into `dq`."""
+    from distca_kernels.flash_attn.gluon_backward_fused import gluon_attention_backward_fused_kernel
+    from distca_kernels.flash_attn.gluon_tma import segment_descriptor as desc
+
     total_q, hq, d = q.shape
     total_k, hkv, _ = k.shape
     dq_acc = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
     schedule = tile_schedule(cu_k, cu_q, total_k, cfg.block_rows, causal, rows_are_queries=False)
-    if cfg.gluon:  # the caller checked that Gluon can run
-        from distca_kernels.flash_attn.gluon_backward_fused import gluon_attention_backward_fused_kernel
-        from distca_kernels.flash_attn.gluon_tma import segment_descriptor as desc
-        rows, cols = cfg.block_rows, cfg.block_cols
-        gluon_attention_backward_fused_kernel[(schedule.shape[0] * hkv,)](
-            desc(k, rows), desc(v, rows), desc(q, cols), desc(do, cols), desc(dk, rows), desc(dv, rows),
-            desc(dq_acc, cols), lse, delta, cu_q, cu_k, schedule, softmax_scale * LOG2E, softmax_scale,
-            lse.stride(0), schedule.shape[0],
-            GROUP=hq // hkv, HEAD_DIM=d, BLOCK_N=rows, BLOCK_M=cols, CAUSAL=causal, num_warps=cfg.num_warps,
-        )
-        dq.copy_(dq_acc)  # the kernel already applied the softmax scale
-        return
-    cfg = _triton_tiles(cfg)
-    kernels = load_kernels("distca_kernels.flash_attn.triton_backward_fused", interpret)
-    # K/V stay pointer loads (once per program): through TMA they raised register spills
-    use_tma, descs = _tile_sources(cfg, interpret, (q, cfg.block_cols), (do, cfg.block_cols), (dq_acc, cfg.block_cols))
-    kernels.attention_backward_fused_kernel[(schedule.shape[0] * hkv,)](
-        q, k, v, do, lse, delta, dk, dv, dq_acc, *descs, cu_q, cu_k, schedule,
-        softmax_scale * LOG2E, softmax_scale,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-        dq_acc.stride(0), dq_acc.stride(1), lse.stride(0), schedule.shape[0],
-        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_N=cfg.block_rows, BLOCK_M=cfg.block_cols,
-        CAUSAL=causal, DOT_PRECISION=_dot_precision(q.dtype), USE_TMA=use_tma,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    rows, cols = cfg.block_rows, cfg.block_cols
+    gluon_attention_backward_fused_kernel[(schedule.shape[0] * hkv,)](
+        desc(k, rows), desc(v, rows), desc(q, cols), desc(do, cols), desc(dk, rows), desc(dv, rows),
+        desc(dq_acc, cols), lse, delta, cu_q, cu_k, schedule, softmax_scale * LOG2E, softmax_scale,
+        lse.stride(0), schedule.shape[0],
+        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_N=rows, BLOCK_M=cols, CAUSAL=causal, num_warps=cfg.num_warps,
     )
-    dq.copy_(dq_acc)
+    dq.copy_(dq_acc)  # the kernel already applied the softmax scale
 
 
 class TritonVarlenAttention(torch.autograd.Function):

@@ -18,13 +18,43 @@ import triton.language as tl
 
 from distca_kernels.triton_loader import interpreter_requested, load_kernels
 
-_ranges = load_kernels("distca_kernels.flash_attn.tile_ranges", interpreter_requested())
-query_program = _ranges.query_program
-segment_extent = _ranges.segment_extent
-keys_of_query_tile = _ranges.keys_of_query_tile
-_tma = load_kernels("distca_kernels.flash_attn.segment_tma", interpreter_requested())
-load_segment_rows = _tma.load_segment_rows
-store_segment_rows = _tma.store_segment_rows
+# the helper files built in the same mode as this one (see distca_kernels/triton_loader.py)
+tile_ranges = load_kernels("distca_kernels.flash_attn.tile_ranges", interpreter_requested())
+segment_tma = load_kernels("distca_kernels.flash_attn.segment_tma", interpreter_requested())
+
+
+@triton.jit
+def _attend_tile(acc, m_i, l_i, q, K_DESC, V_DESC, k_ptrs, v_ptrs, k_start, n, start_n, kv_head, offs_m, offs_n, diag,
+                 qk_scale_log2, BLOCK_N: tl.constexpr, HEAD_DIM: tl.constexpr, MASKED: tl.constexpr,
+                 CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr):
+    """The online softmax over one K/V tile: returns the updated (acc, m_i, l_i). MASKED for
+    the tiles on the diagonal or past the segment end, the others need no mask."""
+    col_ok = None
+    if MASKED:
+        cols = start_n + offs_n
+        col_ok = cols < n
+    k = segment_tma.load_key_rows(K_DESC, k_ptrs, k_start, n, start_n, kv_head, col_ok, BLOCK_N, HEAD_DIM,
+                                  MASKED, USE_TMA)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    if MASKED:
+        keep = col_ok[None, :]
+        if CAUSAL:
+            keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
+        s = tl.where(keep, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale_log2)
+        # a row that has seen no key yet keeps m = -inf; shift by 0 instead to avoid inf - inf
+        m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale_log2)
+        m_shift = m_new
+    p = tl.exp2(s * qk_scale_log2 - m_shift[:, None])
+    alpha = tl.exp2(m_i - m_shift)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    v = segment_tma.load_key_rows(V_DESC, v_ptrs, k_start, n, start_n, kv_head, col_ok, BLOCK_N, HEAD_DIM,
+                                  MASKED, USE_TMA)
+    acc = acc * alpha[:, None]
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    return acc, m_new, l_i
 
 
 # sizes that vary call to call stay unspecialized, so a new batch shape never recompiles
@@ -45,15 +75,11 @@ def attention_forward_kernel(
     DOT_PRECISION: tl.constexpr,
     USE_TMA: tl.constexpr,
 ):
-    pid = tl.program_id(0)
-    slot, head = query_program(pid, num_slots, group)
-    seg = tl.load(SCHEDULE + 2 * slot)
+    slot, head, seg = tile_ranges.query_slot(SCHEDULE, num_slots, group)
     if seg < 0:
         return
-    tile = tl.load(SCHEDULE + 2 * slot + 1)
-    q_start, m, k_start, n = segment_extent(CU_Q, CU_K, seg)
-    kv_head = head // group
-    row0 = tile * BLOCK_M
+    q_start, m, k_start, n, kv_head, row0 = tile_ranges.query_tile(CU_Q, CU_K, SCHEDULE, slot, seg, head, group,
+                                                                   BLOCK_M)
 
     offs_m = row0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -65,7 +91,7 @@ def attention_forward_kernel(
     k_base = K + k_start.to(tl.int64) * stride_kt + kv_head * stride_kh
     v_base = V + k_start.to(tl.int64) * stride_vt + kv_head * stride_vh
     if USE_TMA:
-        q = load_segment_rows(Q_DESC, q_start, m, row0, head, BLOCK_M, HEAD_DIM)
+        q = segment_tma.load_segment_rows(Q_DESC, q_start, m, row0, head, BLOCK_M, HEAD_DIM)
     else:
         q = tl.load(q_base + offs_m[:, None] * stride_qt + offs_d[None, :], mask=row_ok[:, None], other=0.0)
 
@@ -73,29 +99,16 @@ def attention_forward_kernel(
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], tl.float32)
 
-    diag, full_hi, hi = keys_of_query_tile(row0, m, n, BLOCK_M, CAUSAL)
+    diag, full_hi, hi = tile_ranges.keys_of_query_tile(row0, m, n, BLOCK_M, CAUSAL)
     full_end = (full_hi // BLOCK_N) * BLOCK_N
 
     # phase 1: K/V tiles seen entirely by every row of this q tile (no mask)
     k_ptrs = k_base + offs_n[:, None] * stride_kt + offs_d[None, :]
     v_ptrs = v_base + offs_n[:, None] * stride_vt + offs_d[None, :]
     for start_n in range(0, full_end, BLOCK_N):
-        if USE_TMA:
-            k = load_segment_rows(K_DESC, k_start, n, start_n, kv_head, BLOCK_N, HEAD_DIM)
-        else:
-            k = tl.load(k_ptrs)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale_log2)
-        p = tl.exp2(s * qk_scale_log2 - m_new[:, None])
-        alpha = tl.exp2(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if USE_TMA:
-            v = load_segment_rows(V_DESC, k_start, n, start_n, kv_head, BLOCK_N, HEAD_DIM)
-        else:
-            v = tl.load(v_ptrs)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, K_DESC, V_DESC, k_ptrs, v_ptrs, k_start, n, start_n, kv_head,
+                                     offs_m, offs_n, diag, qk_scale_log2, BLOCK_N, HEAD_DIM, False, CAUSAL,
+                                     DOT_PRECISION, USE_TMA)
         k_ptrs += BLOCK_N * stride_kt
         v_ptrs += BLOCK_N * stride_vt
 
@@ -103,30 +116,9 @@ def attention_forward_kernel(
     k_ptrs = k_base + full_end.to(tl.int64) * stride_kt + offs_n[:, None] * stride_kt + offs_d[None, :]
     v_ptrs = v_base + full_end.to(tl.int64) * stride_vt + offs_n[:, None] * stride_vt + offs_d[None, :]
     for start_n in range(full_end, hi, BLOCK_N):
-        cols = start_n + offs_n
-        col_ok = cols < n
-        if USE_TMA:
-            k = load_segment_rows(K_DESC, k_start, n, start_n, kv_head, BLOCK_N, HEAD_DIM)
-        else:
-            k = tl.load(k_ptrs, mask=col_ok[:, None], other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
-        keep = col_ok[None, :]
-        if CAUSAL:
-            keep = keep & (cols[None, :] <= offs_m[:, None] + diag)
-        s = tl.where(keep, s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale_log2)
-        # a row that has seen no key yet keeps m = -inf; shift by 0 instead to avoid inf - inf
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.exp2(s * qk_scale_log2 - m_safe[:, None])
-        alpha = tl.exp2(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if USE_TMA:
-            v = load_segment_rows(V_DESC, k_start, n, start_n, kv_head, BLOCK_N, HEAD_DIM)
-        else:
-            v = tl.load(v_ptrs, mask=col_ok[:, None], other=0.0)
-        acc = acc * alpha[:, None]
-        acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
-        m_i = m_new
+        acc, m_i, l_i = _attend_tile(acc, m_i, l_i, q, K_DESC, V_DESC, k_ptrs, v_ptrs, k_start, n, start_n, kv_head,
+                                     offs_m, offs_n, diag, qk_scale_log2, BLOCK_N, HEAD_DIM, True, CAUSAL,
+                                     DOT_PRECISION, USE_TMA)
         k_ptrs += BLOCK_N * stride_kt
         v_ptrs += BLOCK_N * stride_vt
 
@@ -135,7 +127,7 @@ def attention_forward_kernel(
     o = (acc / tl.where(seen, l_i, 1.0)[:, None]).to(O.dtype.element_ty)
     lse = tl.where(seen, (m_i + tl.log2(tl.where(seen, l_i, 1.0))) * 0.6931471805599453, float("-inf"))
     if USE_TMA:
-        store_segment_rows(O_DESC, q_start, m, row0, head, o, BLOCK_M, HEAD_DIM)
+        segment_tma.store_segment_rows(O_DESC, q_start, m, row0, head, o, BLOCK_M, HEAD_DIM)
     else:
         o_base = O + q_start.to(tl.int64) * stride_ot + head * stride_oh
         tl.store(o_base + offs_m[:, None] * stride_ot + offs_d[None, :], o, mask=row_ok[:, None])

@@ -7,7 +7,7 @@ import operator
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+from distca_kernels.arguments import FLOAT_DTYPES
 
 # cu_seqlens tensors whose values were checked, with the in-place version they had then.
 # Reading values off the GPU is a host sync; callers that keep one cu_seqlens tensor per step
@@ -21,7 +21,7 @@ def check_attention_inputs(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, ma
         if not isinstance(t, torch.Tensor) or t.dim() != 3:
             got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
             raise ValueError(f"{name} must be a 3-D tensor [tokens, heads, head_dim], got {got}")
-        if t.dtype not in _FLOAT_DTYPES:
+        if t.dtype not in FLOAT_DTYPES:
             raise ValueError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
     if k.dtype != q.dtype or v.dtype != q.dtype:
         raise ValueError(f"k and v must have q's dtype {q.dtype}, got k {k.dtype}, v {v.dtype}")

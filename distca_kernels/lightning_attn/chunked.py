@@ -7,7 +7,6 @@ documents over the flattened B*T tokens, cut into segments (see `triton_common`)
 from __future__ import annotations
 
 import functools
-import os
 
 import torch
 import triton
@@ -16,9 +15,6 @@ from distca_kernels.triton_loader import load_kernels, triton_mode
 
 MAX_HEAD_DIM = 256  # a K x V-slice fp32 state lives in registers
 _SCAN_BLOCK = 1024
-# "split" (three kernels carrying state slices) or "fused" (two kernels carrying whole
-# states; they spill registers at K = V = 128). The benchmark measures both.
-BACKWARD = os.environ.get("DISTCA_LIGHTNING_BWD", "split")
 
 
 class Kernels:
@@ -27,7 +23,6 @@ class Kernels:
     def __init__(self, interpret: bool):
         self.interpret = interpret
         self.forward = load_kernels("distca_kernels.lightning_attn.triton_forward", interpret)
-        self.backward_fused = load_kernels("distca_kernels.lightning_attn.triton_backward", interpret)
         self.backward_split = load_kernels("distca_kernels.lightning_attn.triton_backward_split", interpret)
         self.common = load_kernels("distca_kernels.lightning_attn.triton_common", interpret)
 
@@ -182,9 +177,6 @@ def forward(q, k, v, decay, g32, gamma32, scale, initial_state, plan):
 def backward(q, k, v, do, dfinal, decay, g32, gamma32, scale, s_seg, a_seg, plan, need_dg):
     """Returns dq, dk, dv (input dtype), d initial_state [N, H, K, V] fp32, and the
     per-token gradient w.r.t. the cumulative log-decay (fp32 [TT, H]) or None."""
-    if BACKWARD == "fused":
-        return _backward_fused(q, k, v, do, dfinal, decay, g32, gamma32, scale, s_seg, a_seg,
-                               plan, need_dg)
     dev = q.device
     tt, h = plan.TT, plan.H
     dfin = None if dfinal is None else dfinal.to(torch.float32).contiguous()
@@ -210,38 +202,6 @@ def backward(q, k, v, do, dfinal, decay, g32, gamma32, scale, s_seg, a_seg, plan
              (q, k, do, dv, g32, gamma32, plan.seg_bos, plan.seg_eos, e_seg, scale, h),
              dict(K=plan.K, V=plan.V, BT=plan.BT, BKF=plan.BK, DECAY=decay,
                   DOT_PREC=plan.dot_prec))
-    dG = (dgq.sum(0) - dgk.sum(0)) if need_dg else None
-    return dq, dk, dv, dinit, dG
-
-
-def _backward_fused(q, k, v, do, dfinal, decay, g32, gamma32, scale, s_seg, a_seg, plan,
-                    need_dg):
-    dev = q.device
-    tt, h = plan.TT, plan.H
-    bv = plan.block or min(128, plan.BVF)
-    nv = triton.cdiv(plan.V, bv)
-    part = torch.float32 if nv > 1 else q.dtype
-    dq = torch.empty(nv, tt, h, plan.K, dtype=part, device=dev)
-    dk = torch.empty(nv, tt, h, plan.K, dtype=part, device=dev)
-    dv = torch.empty(tt, h, plan.V, dtype=v.dtype, device=dev)
-    dgq = torch.empty(nv if need_dg else 1, tt if need_dg else 1, h, dtype=torch.float32,
-                      device=dev)
-    dgk = torch.empty_like(dgq)
-    dm = torch.empty_like(s_seg)
-    opts = {} if plan.k.interpret else {"num_warps": 8 if plan.BK * bv >= 128 * 128 else 4,
-                                 "num_stages": 2}
-    meta = dict(K=plan.K, V=plan.V, BT=plan.BT, BK=plan.BK, BV=bv, DECAY=decay,
-                NEED_DG=need_dg, DOT_PREC=plan.dot_prec, **opts)
-    grid = (plan.S * h * nv,)
-    plan.k.backward_fused.dq_kernel[grid](q, k, v, do, dq, dgq, g32, gamma32, plan.seg_bos, plan.seg_eos, s_seg, dm,
-                    scale, tt, h, **meta)
-    dfin = None if dfinal is None else dfinal.to(torch.float32).contiguous()
-    e_seg, dinit = _scan(plan, dm, a_seg, dfin, reverse=True)
-    del dm
-    plan.k.backward_fused.dkv_kernel[grid](q, k, v, do, dk, dv, dgk, g32, gamma32, plan.seg_bos, plan.seg_eos, e_seg,
-                     scale, tt, h, **meta)
-    dq = dq[0] if nv == 1 else dq.sum(0).to(q.dtype)
-    dk = dk[0] if nv == 1 else dk.sum(0).to(k.dtype)
     dG = (dgq.sum(0) - dgk.sum(0)) if need_dg else None
     return dq, dk, dv, dinit, dG
 

@@ -24,6 +24,57 @@ INTERPRET = interpreter_requested()
 
 
 @triton.jit
+def segment_program(seg_bos, seg_eos, H, DIM, BLOCK: tl.constexpr):
+    """(segment, head, slice, bos, eos) of this program: one program per (segment, head,
+    BLOCK-wide slice of a DIM-wide state dimension), slices fastest; the segment's tokens are
+    bos..eos."""
+    NB = (DIM + BLOCK - 1) // BLOCK
+    pid = tl.program_id(0)
+    i_b = pid % NB
+    i_h = (pid // NB) % H
+    i_s = pid // (NB * H)
+    bos = tl.load(seg_bos + i_s).to(tl.int64)
+    eos = tl.load(seg_eos + i_s).to(tl.int64)
+    return i_s, i_h, i_b, bos, eos
+
+
+@triton.jit
+def head_log_decay(gamma, i_h, DECAY: tl.constexpr):
+    """The head's constant log-decay per token (DECAY == 1), else 0."""
+    gam = 0.0
+    if DECAY == 1:
+        gam = tl.load(gamma + i_h).to(tl.float32)
+    return gam
+
+
+@triton.jit
+def state_tile(ptr, i_s, i_h, H, K: tl.constexpr, V: tl.constexpr, ck, cv):
+    """(pointers, mask) of rows ck and columns cv of segment i_s's fp32 K x V state of head
+    i_h (states are [segments, H, K, V])."""
+    base = (i_s.to(tl.int64) * H + i_h) * K * V
+    return ptr + base + ck[:, None] * V + cv[None, :], (ck < K)[:, None] & (cv < V)[None, :]
+
+
+@triton.jit
+def load_state(ptr, i_s, i_h, H, K: tl.constexpr, V: tl.constexpr, ck, cv):
+    """Rows ck, columns cv of segment i_s's state of head i_h (0 past K, V): the state a
+    program carries through the segment's chunks."""
+    ptrs, mask = state_tile(ptr, i_s, i_h, H, K, V, ck, cv)
+    return tl.load(ptrs, mask=mask, other=0.)
+
+
+@triton.jit
+def chunk_start(bos, c, n_chunks, BT: tl.constexpr, REVERSE: tl.constexpr):
+    """First token of step c of a walk over a segment's chunks: from its start, or REVERSE from
+    its end."""
+    if REVERSE:
+        t0 = bos + (n_chunks - 1 - c) * BT
+    else:
+        t0 = bos + c * BT
+    return t0
+
+
+@triton.jit
 def chunk_log_decay(g, gam, t0, eos, i_h, H, BT: tl.constexpr, DECAY: tl.constexpr):
     """Return (b [BT], b_last): cumulative log-decay from the chunk start, and its value at the
     chunk's last valid row. Rows past the end of the segment repeat b_last."""
@@ -56,6 +107,42 @@ def store_rows(ptr, val, t0, eos, i_h, H, D: tl.constexpr, cols, BT: tl.constexp
     mask = (t < eos)[:, None] & (cols < D)[None, :]
     tl.store(ptr + (t[:, None] * H + i_h) * D + cols[None, :], val.to(ptr.dtype.element_ty),
              mask=mask)
+
+
+@triton.jit
+def state_product(x, S, dt, TRANS_S: tl.constexpr, DOT_PREC: tl.constexpr):
+    """x S, or x S^T with TRANS_S; S (fp32) cast to the operands' dtype."""
+    if TRANS_S:
+        xs = tl.dot(x, tl.trans(S.to(dt)), input_precision=DOT_PREC)
+    else:
+        xs = tl.dot(x, S.to(dt), input_precision=DOT_PREC)
+    return xs
+
+
+@triton.jit
+def forward_walk_step(S, x, y, z, kt, vt, g, gam, t0, eos, i_h, H, causal, BT: tl.constexpr,
+                      DECAY: tl.constexpr, TRANS_S: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One chunk of a walk that carries (a slice of) the forward state S = sum exp(G_end - G_j)
+    k_j^T v_j: returns (rows, S after the chunk), with
+        rows_i = sum_{j <= i} exp(b_i - b_j) (x_i . y_j) z_j + exp(b_i) x_i S  (S^T with TRANS_S).
+    The output kernel takes (x, y, z) = (q, k, v); dq, the same walk on do, takes (do, v, k)
+    and S^T. Rows are unscaled; kt, vt are the chunk's k and v tiles."""
+    dt = x.dtype
+    s = tl.dot(x, tl.trans(y), input_precision=DOT_PREC)
+    if DECAY == 0:
+        s = tl.where(causal, s, 0.)
+        out = state_product(x, S, dt, TRANS_S, DOT_PREC)
+        out = tl.dot(s.to(dt), z, out, input_precision=DOT_PREC)
+        S = tl.dot(tl.trans(kt), vt, S, input_precision=DOT_PREC)
+    else:
+        b, b_last = chunk_log_decay(g, gam, t0, eos, i_h, H, BT, DECAY)
+        s = s * tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
+        # diag(exp(b)) (x S): scale the product's rows, so x feeds the MMA unchanged
+        out = state_product(x, S, dt, TRANS_S, DOT_PREC) * tl.exp(b)[:, None]
+        out = tl.dot(s.to(dt), z, out, input_precision=DOT_PREC)
+        vd = (vt * tl.exp(b_last - b)[:, None]).to(dt)
+        S = tl.dot(tl.trans(kt), vd, S * tl.exp(b_last), input_precision=DOT_PREC)
+    return out, S
 
 
 # DISTCA_LIGHTNING_AUTOTUNE=0 skips tuning (tests: one compile per variant instead of several).

@@ -16,11 +16,7 @@ import triton.language as tl
 from distca_kernels.triton_loader import interpreter_requested, load_kernels
 
 # the helpers built in the same mode as this file (see distca_kernels/triton_loader.py)
-_common = load_kernels("distca_kernels.lightning_attn.triton_common", interpreter_requested())
-chunk_log_decay = _common.chunk_log_decay
-load_rows = _common.load_rows
-store_rows = _common.store_rows
-tuned = _common.tuned
+common = load_kernels("distca_kernels.lightning_attn.triton_common", interpreter_requested())
 
 
 @triton.jit
@@ -35,34 +31,23 @@ def _segment_state_kernel(a, b, g, gamma, seg_bos, seg_eos, m_out, a_out, scale,
     FROM_START=True (backward; a=q, b=do): dM = scale sum_i exp(G_i - G_start) q_i^T do_i,
     walking the chunks backwards so that each step only decays by one chunk.
     """
-    NV = (V + BV - 1) // BV
-    pid = tl.program_id(0)
-    i_v = pid % NV
-    i_h = (pid // NV) % H
-    i_s = pid // (NV * H)
-    bos = tl.load(seg_bos + i_s).to(tl.int64)
-    eos = tl.load(seg_eos + i_s).to(tl.int64)
+    i_s, i_h, i_v, bos, eos = common.segment_program(seg_bos, seg_eos, H, V, BV)
     ck = tl.arange(0, BK)
     cv = i_v * BV + tl.arange(0, BV)
     rows = tl.arange(0, BT)
-    gam = 0.0
-    if DECAY == 1:
-        gam = tl.load(gamma + i_h).to(tl.float32)
+    gam = common.head_log_decay(gamma, i_h, DECAY)
     dt = a.dtype.element_ty
     m = tl.zeros([BK, BV], dtype=tl.float32)
     gsum = tl.zeros([BT], dtype=tl.float32)
     n_chunks = tl.cdiv(eos - bos, BT).to(tl.int32)
     for c in range(0, n_chunks):
-        if FROM_START:
-            t0 = bos + (n_chunks - 1 - c) * BT
-        else:
-            t0 = bos + c * BT
-        at = load_rows(a, t0, eos, i_h, H, K, ck, BT)
-        bt = load_rows(b, t0, eos, i_h, H, V, cv, BT)
+        t0 = common.chunk_start(bos, c, n_chunks, BT, FROM_START)
+        at = common.load_rows(a, t0, eos, i_h, H, K, ck, BT)
+        bt = common.load_rows(b, t0, eos, i_h, H, V, cv, BT)
         if DECAY == 0:
             m = tl.dot(tl.trans(at), bt, m, input_precision=DOT_PREC)
         else:
-            bb, b_last = chunk_log_decay(g, gam, t0, eos, i_h, H, BT, DECAY)
+            bb, b_last = common.chunk_log_decay(g, gam, t0, eos, i_h, H, BT, DECAY)
             if FROM_START:
                 w = tl.exp(bb)
             else:
@@ -72,9 +57,8 @@ def _segment_state_kernel(a, b, g, gamma, seg_bos, seg_eos, m_out, a_out, scale,
             if DECAY == 2:
                 gsum += tl.load(g + (t0 + rows) * H + i_h, mask=(t0 + rows) < eos,
                                 other=0.).to(tl.float32)
-    base = (i_s.to(tl.int64) * H + i_h) * K * V
-    tl.store(m_out + base + ck[:, None] * V + cv[None, :], m * scale,
-             mask=(ck < K)[:, None] & (cv < V)[None, :])
+    m_ptrs, m_mask = common.state_tile(m_out, i_s, i_h, H, K, V, ck, cv)
+    tl.store(m_ptrs, m * scale, mask=m_mask)
     if FROM_START == 0:
         if DECAY == 2:
             a_tot = tl.sum(gsum, axis=0)
@@ -83,8 +67,8 @@ def _segment_state_kernel(a, b, g, gamma, seg_bos, seg_eos, m_out, a_out, scale,
         tl.store(a_out + i_s.to(tl.int64) * H + i_h, a_tot, mask=i_v == 0)
 
 
-segment_state_kernel = tuned(_segment_state_kernel, key=["BK", "V", "BT", "DECAY", "FROM_START"],
-                             tune_block="BV", candidates=[(128, 8, 2), (64, 4, 2)])
+segment_state_kernel = common.tuned(_segment_state_kernel, key=["BK", "V", "BT", "DECAY", "FROM_START"],
+                                    tune_block="BV", candidates=[(128, 8, 2), (64, 4, 2)])
 
 
 @triton.jit
@@ -123,48 +107,25 @@ def _output_kernel(q, k, v, o, g, gamma, seg_bos, seg_eos, s_seg, scale, H,
                    K: tl.constexpr, V: tl.constexpr, BT: tl.constexpr,
                    BK: tl.constexpr, BV: tl.constexpr,
                    DECAY: tl.constexpr, DOT_PREC: tl.constexpr):
-    NV = (V + BV - 1) // BV
-    pid = tl.program_id(0)
-    i_v = pid % NV
-    i_h = (pid // NV) % H
-    i_s = pid // (NV * H)
-    bos = tl.load(seg_bos + i_s).to(tl.int64)
-    eos = tl.load(seg_eos + i_s).to(tl.int64)
+    i_s, i_h, i_v, bos, eos = common.segment_program(seg_bos, seg_eos, H, V, BV)
     ck = tl.arange(0, BK)
     cv = i_v * BV + tl.arange(0, BV)
     rows = tl.arange(0, BT)
     causal = rows[:, None] >= rows[None, :]
-    gam = 0.0
-    if DECAY == 1:
-        gam = tl.load(gamma + i_h).to(tl.float32)
-    dt = q.dtype.element_ty
-    base = (i_s.to(tl.int64) * H + i_h) * K * V
-    S = tl.load(s_seg + base + ck[:, None] * V + cv[None, :],
-                mask=(ck < K)[:, None] & (cv < V)[None, :], other=0.)
+    gam = common.head_log_decay(gamma, i_h, DECAY)
+    S = common.load_state(s_seg, i_s, i_h, H, K, V, ck, cv)
     n_chunks = tl.cdiv(eos - bos, BT).to(tl.int32)
     for c in range(0, n_chunks):
-        t0 = bos + c * BT
-        qt = load_rows(q, t0, eos, i_h, H, K, ck, BT)
-        kt = load_rows(k, t0, eos, i_h, H, K, ck, BT)
-        vt = load_rows(v, t0, eos, i_h, H, V, cv, BT)
-        s = tl.dot(qt, tl.trans(kt), input_precision=DOT_PREC)
-        if DECAY == 0:
-            s = tl.where(causal, s, 0.)
-            ot = tl.dot(qt, S.to(dt), input_precision=DOT_PREC)
-            ot = tl.dot(s.to(dt), vt, ot, input_precision=DOT_PREC)
-            S = tl.dot(tl.trans(kt), vt, S, input_precision=DOT_PREC)
-        else:
-            b, b_last = chunk_log_decay(g, gam, t0, eos, i_h, H, BT, DECAY)
-            s = s * tl.exp(tl.where(causal, b[:, None] - b[None, :], float("-inf")))
-            # diag(exp(b)) (q S): scale the product's rows, so q feeds the MMA unchanged
-            ot = tl.dot(qt, S.to(dt), input_precision=DOT_PREC) * tl.exp(b)[:, None]
-            ot = tl.dot(s.to(dt), vt, ot, input_precision=DOT_PREC)
-            vd = (vt * tl.exp(b_last - b)[:, None]).to(dt)
-            S = tl.dot(tl.trans(kt), vd, S * tl.exp(b_last), input_precision=DOT_PREC)
-        store_rows(o, ot * scale, t0, eos, i_h, H, V, cv, BT)
+        t0 = common.chunk_start(bos, c, n_chunks, BT, False)
+        qt = common.load_rows(q, t0, eos, i_h, H, K, ck, BT)
+        kt = common.load_rows(k, t0, eos, i_h, H, K, ck, BT)
+        vt = common.load_rows(v, t0, eos, i_h, H, V, cv, BT)
+        ot, S = common.forward_walk_step(S, qt, kt, vt, kt, vt, g, gam, t0, eos, i_h, H, causal, BT, DECAY, False,
+                                         DOT_PREC)
+        common.store_rows(o, ot * scale, t0, eos, i_h, H, V, cv, BT)
 
 
 # BV=128 computes q k^T once per chunk but spills ~120 bytes/thread; BV=64 spills nothing at
 # 8 warps, ~24 bytes at 4 warps (which fit two programs per multiprocessor).
-output_kernel = tuned(_output_kernel, key=["BK", "V", "BT", "DECAY"], tune_block="BV",
-                      candidates=[(64, 8, 2), (64, 8, 3), (128, 8, 2), (64, 4, 2)])
+output_kernel = common.tuned(_output_kernel, key=["BK", "V", "BT", "DECAY"], tune_block="BV",
+                             candidates=[(64, 8, 2), (64, 8, 3), (128, 8, 2), (64, 4, 2)])

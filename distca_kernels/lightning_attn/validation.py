@@ -9,23 +9,15 @@ import math
 
 import torch
 
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def _is_tensor(x, name):
-    if not isinstance(x, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+from distca_kernels.arguments import FLOAT_DTYPES, require_float_tensor, require_tensor
 
 
 def validate_inputs(q, k, v, g_gamma, g, scale, initial_state, output_final_state, cu_seqlens):
     """Raise ValueError for malformed arguments; return the number of sequences N."""
     for name, x in (("q", q), ("k", k), ("v", v)):
-        _is_tensor(x, name)
+        require_float_tensor(name, x)
         if x.dim() != 4:
             raise ValueError(f"{name} must be 4-D [B, T, H, D], got shape {tuple(x.shape)}")
-        if x.dtype not in _FLOATS:
-            raise ValueError(f"{name} must be a float16/bfloat16/float32/float64 tensor, "
-                             f"got {x.dtype}")
     b, t, h, kd = q.shape
     if k.shape != q.shape:
         raise ValueError(f"k must have q's shape {tuple(q.shape)}, got {tuple(k.shape)}")
@@ -41,12 +33,12 @@ def validate_inputs(q, k, v, g_gamma, g, scale, initial_state, output_final_stat
     if g_gamma is not None and g is not None:
         raise ValueError("g_gamma and g are two forms of the decay: pass one of them, or neither")
     if g_gamma is not None:
-        _is_tensor(g_gamma, "g_gamma")
+        require_tensor("g_gamma", g_gamma)
         if tuple(g_gamma.shape) != (h,):
             raise ValueError(f"g_gamma must have shape [H] = [{h}], got {tuple(g_gamma.shape)}")
         _check_log_decay(g_gamma, "g_gamma", q.device)
     if g is not None:
-        _is_tensor(g, "g")
+        require_tensor("g", g)
         if tuple(g.shape) != (b, t, h):
             raise ValueError(f"g must have shape [B, T, H] = {[b, t, h]}, got {tuple(g.shape)}")
         _check_log_decay(g, "g", q.device)
@@ -58,12 +50,12 @@ def validate_inputs(q, k, v, g_gamma, g, scale, initial_state, output_final_stat
         raise ValueError(f"output_final_state must be a bool, got {output_final_state!r}")
     n = _validate_cu_seqlens(cu_seqlens, b, t)
     if initial_state is not None:
-        _is_tensor(initial_state, "initial_state")
+        require_tensor("initial_state", initial_state)
         want = (n, h, kd, v.shape[3])
         if tuple(initial_state.shape) != want:
             raise ValueError(f"initial_state must be [N, H, K, V] = {list(want)} (N = number of "
                              f"sequences), got {tuple(initial_state.shape)}")
-        if initial_state.dtype not in _FLOATS:
+        if initial_state.dtype not in FLOAT_DTYPES:
             raise ValueError(f"initial_state must be a float tensor (float32 advised), "
                              f"got {initial_state.dtype}")
         if initial_state.device != q.device:
@@ -72,7 +64,7 @@ def validate_inputs(q, k, v, g_gamma, g, scale, initial_state, output_final_stat
 
 
 def _check_log_decay(x, name, device):
-    if x.dtype not in _FLOATS:
+    if x.dtype not in FLOAT_DTYPES:
         raise ValueError(f"{name} must be a float tensor, got {x.dtype}")
     if x.device != device:
         raise ValueError(f"{name} must be on q's device")
@@ -86,7 +78,7 @@ def _check_log_decay(x, name, device):
 def _validate_cu_seqlens(cu_seqlens, b, t):
     if cu_seqlens is None:
         return b
-    _is_tensor(cu_seqlens, "cu_seqlens")
+    require_tensor("cu_seqlens", cu_seqlens)
     if cu_seqlens.dim() != 1 or cu_seqlens.numel() < 2:
         raise ValueError(f"cu_seqlens must be 1-D with N+1 >= 2 entries, got shape "
                          f"{tuple(cu_seqlens.shape)}")

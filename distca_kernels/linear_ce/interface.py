@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
+from distca_kernels.arguments import FLOAT_DTYPES, require_float_tensor, require_tensor
 from distca_kernels.linear_ce.reference import IGNORE_INDEX, ce_rows_torch
 from distca_kernels.precision import accumulator_dtype
 from distca_kernels.triton_loader import load_kernels, triton_mode
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MAX_BLOCK_V = 8192  # the row kernel's block width cap (tests lower it to reach many blocks)
 _fp32_out_ok: dict[tuple[str, torch.dtype], bool] = {}
 
@@ -162,16 +162,11 @@ def _check_labels(labels, v):
 
 
 def _validate(hidden, weight, labels, chunk, compute_dtype):
-    for name, x in (("hidden", hidden), ("weight", weight), ("labels", labels)):
-        if not isinstance(x, torch.Tensor):
-            got = type(x).__name__
-            raise ValueError(f"{name} must be a torch.Tensor, got {got}")  # noqa: TRY004
     for name, x in (("hidden", hidden), ("weight", weight)):
+        require_float_tensor(name, x)
         if x.dim() != 2:
             raise ValueError(f"{name} must be 2-D, got shape {tuple(x.shape)}")
-        if x.dtype not in _FLOATS:
-            raise ValueError(f"{name} must be a float16/bfloat16/float32/float64 tensor, "
-                             f"got {x.dtype}")
+    require_tensor("labels", labels)
     if weight.shape[1] != hidden.shape[1]:
         raise ValueError(f"weight must be [V, d] with d = {hidden.shape[1]} as in hidden, "
                          f"got {tuple(weight.shape)}")
@@ -184,7 +179,7 @@ def _validate(hidden, weight, labels, chunk, compute_dtype):
         raise ValueError("hidden, weight and labels must be on one device")
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be a positive int, got {chunk!r}")
-    if compute_dtype is not None and compute_dtype not in _FLOATS:
+    if compute_dtype is not None and compute_dtype not in FLOAT_DTYPES:
         raise ValueError(f"compute_dtype must be None or a float16/bfloat16/float32/float64 "
                          f"dtype, got {compute_dtype!r}")
     return hidden.dtype if compute_dtype is None else compute_dtype

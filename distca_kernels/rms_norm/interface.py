@@ -17,10 +17,10 @@ from distca_kernels.rms_norm.reference import (
     rms_norm_backward_reference,
     rms_norm_forward_reference,
 )
+from distca_kernels.arguments import FLOAT_DTYPES, require_float_tensor
 from distca_kernels.triton_loader import INTERPRETER_DTYPES, load_kernels, triton_mode
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 MAX_D = 32768  # widest row one Triton program holds in registers (32 warps, 32 fp32 a thread)
 
 
@@ -76,13 +76,8 @@ class _RMSNormFunction(torch.autograd.Function):
 
 
 def _validate(x, weight, eps, out_dtype):
-    for name, t in (("x", x), ("weight", weight)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(  # noqa: TRY004 (the project rejects bad arguments with ValueError)
-                f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in _FLOATS:
-            raise ValueError(f"{name} must be a float16/bfloat16/float32/float64 tensor, "
-                             f"got {t.dtype}")
+    require_float_tensor("x", x)
+    require_float_tensor("weight", weight)
     if x.dim() < 1 or x.shape[-1] == 0:
         raise ValueError(f"x must have a last dimension of at least 1, got shape {tuple(x.shape)}")
     if tuple(weight.shape) != (x.shape[-1],):
@@ -93,7 +88,7 @@ def _validate(x, weight, eps, out_dtype):
     if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) \
             or eps < 0:
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    if out_dtype is not None and out_dtype not in _FLOATS:
+    if out_dtype is not None and out_dtype not in FLOAT_DTYPES:
         raise ValueError(f"out_dtype must be None or a float16/bfloat16/float32/float64 dtype, "
                          f"got {out_dtype!r}")
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 
 from distca_kernels.rope.reference import qkv_rope_backward_reference, qkv_rope_reference
+from distca_kernels.arguments import require_float_tensor
 from distca_kernels.triton_loader import load_kernels, triton_mode
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def uses_triton(qkv: torch.Tensor) -> bool:
@@ -74,13 +74,9 @@ def _unit_stride(x: torch.Tensor) -> torch.Tensor:
 
 
 def _validate(qkv, cos, sin, heads, kv_heads, head_dim):
-    if not isinstance(qkv, torch.Tensor):
-        raise ValueError(  # noqa: TRY004 (the ops' convention: ValueError naming the argument)
-            f"qkv must be a torch.Tensor, got {type(qkv).__name__}")
+    require_float_tensor("qkv", qkv)
     if qkv.dim() != 2:
         raise ValueError(f"qkv must be 2-D [T, (H + 2 Hk) D], got shape {tuple(qkv.shape)}")
-    if qkv.dtype not in _FLOATS:
-        raise ValueError(f"qkv must be a float16/bfloat16/float32/float64 tensor, got {qkv.dtype}")
     for name, n in (("heads", heads), ("kv_heads", kv_heads), ("head_dim", head_dim)):
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"{name} must be a positive int, got {n!r}")
@@ -92,14 +88,10 @@ def _validate(qkv, cos, sin, heads, kv_heads, head_dim):
                          f"got {qkv.shape[1]}")
     want = (qkv.shape[0], head_dim // 2)
     for name, x in (("cos", cos), ("sin", sin)):
-        if not isinstance(x, torch.Tensor):
-            raise ValueError(  # noqa: TRY004
-                f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        require_float_tensor(name, x)
         if tuple(x.shape) != want:
             raise ValueError(f"{name} must be [T, head_dim/2] = {list(want)}, got "
                              f"{tuple(x.shape)}")
-        if x.dtype not in _FLOATS:
-            raise ValueError(f"{name} must be a float tensor, got {x.dtype}")
         if x.device != qkv.device:
             raise ValueError(f"{name} must be on qkv's device {qkv.device}, got {x.device}")
         if x.requires_grad and torch.is_grad_enabled():

@@ -11,10 +11,10 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from distca_kernels.swiglu.reference import swiglu_backward_reference, swiglu_reference
+from distca_kernels.arguments import require_float_tensor
 from distca_kernels.triton_loader import load_kernels, triton_mode
 
 _TRITON_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _kernels(gate_up: torch.Tensor):
@@ -69,12 +69,7 @@ def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     (fp64 for fp64 input). An enclosing autocast changes nothing. Differentiable; saves only
     gate_up, and the backward returns d(gate_up) as a new tensor.
     """
-    if not isinstance(gate_up, torch.Tensor):
-        raise ValueError(  # noqa: TRY004 (the project rejects bad arguments with ValueError)
-            f"gate_up must be a torch.Tensor, got {type(gate_up).__name__}")
-    if gate_up.dtype not in _FLOATS:
-        raise ValueError(f"gate_up must be a float16/bfloat16/float32/float64 tensor, "
-                         f"got {gate_up.dtype}")
+    require_float_tensor("gate_up", gate_up)
     if gate_up.dim() < 1 or gate_up.shape[-1] == 0 or gate_up.shape[-1] % 2:
         raise ValueError(f"gate_up's last dimension must be 2F (even, >= 2): gate then up, "
                          f"got shape {tuple(gate_up.shape)}")
