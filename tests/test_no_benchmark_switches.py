@@ -20,8 +20,6 @@ PRODUCT = ("distca", "parallel", "distca_kernels", "launch")
 # kernel A/B benchmarks that predate the rule (issue 32 moved CAD's payload cut out of the
 # product; these are left for the kernels' owners): what each flips and why
 KNOWN = {
-    "benchmarks/linear_attention.py": {"chunked.BACKWARD"},  # DISTCA_LIGHTNING_BWD's two backward
-    # kernels timed one after the other; the variant should become an argument of the call
     "benchmarks/attention_vs_baseline.py": {"launcher._gluon_forward",  # an earlier commit's
                                             "gluon_backward_fused.gluon_attention_backward_fused_kernel"},
 }  # kernel files swapped in to be timed against the current ones
