@@ -114,11 +114,12 @@ def main() -> None:
     ap.add_argument("--dataset-tokens", type=int, default=96 << 20)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--quick", action="store_true", help="a small dataset and 2 steps (smoke run)")
-    ap.add_argument("--out", default=os.path.join(RESULTS, "data_loader_scaling_cpu.json"))
+    ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.quick:
         args.dataset_tokens, args.steps = 16 << 20, 2
-        args.out = os.path.join(tempfile.gettempdir(), "data_loader_scaling_quick.json")
+    args.out = args.out or (os.path.join(tempfile.gettempdir(), "data_loader_scaling_quick.json") if args.quick
+                            else os.path.join(RESULTS, "data_loader_scaling_cpu.json"))
     torch.set_num_threads(1)  # the loading thread's CPU time is then all of its work
     gbs = args.global_tokens // args.seq_len
     with tempfile.TemporaryDirectory() as tmp:

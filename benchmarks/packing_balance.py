@@ -122,7 +122,7 @@ def cpu_run(tmp: str, steps: int) -> dict:
     for packing in ("sequential", "balanced"):
         run_dir = os.path.join(tmp, packing)
         cmd = [sys.executable, "-m", "launch.local", "--nproc", "2", "experiment=tiny", "data=synthetic_pretrain",
-               "data.seq_len=4096", "data.synthetic_vocab=512", "data.synthetic_tokens=1048576",
+               f"data.seq_len={512 if steps <= 2 else 4096}", "data.synthetic_vocab=512", "data.synthetic_tokens=1048576",
                "train.global_batch_size=8", f"train.steps={steps}", "parallel.dp=2", f"data.packing={packing}",
                "logger.progress=false", "checkpoint.save_final=false", f"run_dir={run_dir}"]
         subprocess.run(cmd, check=True, cwd=os.path.join(HERE, ".."), capture_output=True, text=True,
@@ -147,8 +147,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--cpu-run", action="store_true")
     ap.add_argument("--cpu-steps", type=int, default=8)
-    ap.add_argument("--out", default=os.path.join(RESULTS, "packing_balance.json"))
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--quick", action="store_true", help="one small setting, 2 steps, a 2-step CPU run (smoke)")
     args = ap.parse_args()
+    if args.quick:
+        args.tokens, args.ranks, args.steps, args.cpu_steps = [131072], [8], 2, 2
+    args.out = args.out or (os.path.join(tempfile.gettempdir(), "packing_balance_quick.json") if args.quick
+                            else os.path.join(RESULTS, "packing_balance.json"))
     gpu, path, table = pick_table("h100")
     gc = gpu_costs(SHAPES["8b"], 8, table)
     rows = []

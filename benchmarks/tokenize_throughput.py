@@ -47,13 +47,13 @@ print(json.dumps({"seconds": dt, "tokens": sum(len(e.ids) for e in enc) + 2 * le
 """
 
 
-def build_corpus(path: str, repeat: int) -> tuple[int, int]:
+def build_corpus(path: str, repeat: int, limit: int = 0) -> tuple[int, int]:
     from distca.data.stdlib_corpus import StdlibCorpus
     corpus = StdlibCorpus()
     n = 0
     with open(path, "w") as f:
         for _ in range(repeat):
-            for i in range(len(corpus)):
+            for i in range(min(len(corpus), limit or len(corpus))):
                 f.write(json.dumps({"text": corpus.raw(i).decode("utf-8", errors="replace")}) + "\n")
                 n += 1
     return n, os.path.getsize(path)
@@ -103,12 +103,17 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--repeat", type=int, default=1, help="copies of the stdlib corpus")
     ap.add_argument("--vocab", type=int, default=32000)
-    ap.add_argument("--out", default=os.path.join(RESULTS, "tokenize_throughput_cpu.json"))
+    ap.add_argument("--out", default=None)
+    ap.add_argument("--quick", action="store_true", help="200 documents, a 2K vocabulary, 1 round (smoke run)")
     args = ap.parse_args()
+    if args.quick:
+        args.cores, args.rounds, args.vocab = [1], 1, 2000
+    args.out = args.out or (os.path.join(tempfile.gettempdir(), "tokenize_throughput_quick.json") if args.quick
+                            else os.path.join(RESULTS, "tokenize_throughput_cpu.json"))
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         jsonl, folder = os.path.join(tmp, "stdlib.jsonl"), os.path.join(tmp, "tok")
-        docs, nbytes = build_corpus(jsonl, args.repeat)
+        docs, nbytes = build_corpus(jsonl, args.repeat, 200 if args.quick else 0)
         train_tokenizer(folder, jsonl, args.vocab)
         for cores in args.cores:
             ours, theirs = measure(jsonl, folder, tmp, cores, args.rounds)
