@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from distca.checkpoint import hf_source
 from distca.checkpoint import store as ckpt
 from distca.config.validate import ConfigError, build_plan, check_attention_kernels, micro_batches_per_step
-from distca.data import build_dataset
+from distca.data import build_data
 from distca.evaluation.tasks import check_tokenizer
 from distca.lifecycle import run_lock
 from distca.lifecycle.process_group import init_distributed, max_over_ranks
@@ -53,8 +53,11 @@ def vocab_size(cfg, tokenizer, tp: int) -> int:
         multiple = math.lcm(64, tp)  # matmul-friendly rows, and an equal share per TP rank
         return -(-tokenizer.vocab_size // multiple) * multiple
     if v < tokenizer.vocab_size:
-        raise ValueError(f"model.vocab_size={v} is smaller than the tokenizer's {tokenizer.vocab_size}; "
-                         "set model.vocab_size=-1 or a larger value")
+        source = getattr(tokenizer, "path", "") or f"data.tokenizer={getattr(tokenizer, 'name', '?')}"
+        raise ValueError(f"model.vocab_size={v} is smaller than the tokenizer's {tokenizer.vocab_size} ids "
+                         f"({source}): its ids would index past the embedding. Fix: model.vocab_size=-1 "
+                         "(the tokenizer's, padded), a value >= "
+                         f"{tokenizer.vocab_size}, or the model's own tokenizer (data.tokenizer_path)")
     if v % tp:
         raise ValueError(f"model.vocab_size={v} must be divisible by parallel.tp={tp} (each TP rank "
                          f"holds an equal share of the vocabulary); set it to a multiple of {tp}, "
@@ -69,7 +72,7 @@ class Run:
     device: torch.device
     plan: object          # parallel/plan.py ParallelPlan, its groups not yet made
     vocab: int
-    packer: object        # the training data stream (distca/data/packer.py)
+    data: object          # the training data: tokenizer and sources (distca/data/dataset.py)
     run_dir: str
     ckpt_dir: str
     start: Start
@@ -99,9 +102,9 @@ def prepare(cfg) -> Run:
     run: every rank finds the same problem, before any collective but the group's start."""
     try:
         cfg, init = hf_source.resolve(cfg)  # model.init_from: the folder's architecture
-        tokenizer, packer = build_dataset(cfg.data, cfg.train.seed)
-        vocab = vocab_size(cfg, tokenizer, cfg.parallel.tp)
-        check_tokenizer(cfg, tokenizer)  # the evaluation tasks that write text can
+        data = build_data(cfg.data, cfg.train.seed, model_dir=cfg.model.init_from or None)
+        vocab = vocab_size(cfg, data.tokenizer, cfg.parallel.tp)
+        check_tokenizer(cfg, data.tokenizer)  # the evaluation tasks that write text can
         if init is not None:
             init.check(cfg.model, vocab)  # every tensor there, with its shape: before anything is built
         device = init_distributed(cfg.train.device, cfg.train.collective_timeout_s)
@@ -113,7 +116,7 @@ def prepare(cfg) -> Run:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     rank = dist.get_rank() if dist.is_initialized() else 0
-    return Run(cfg, device, plan, vocab, packer, run_dir, ckpt_dir, start, rank, init, tokenizer, long_steps)
+    return Run(cfg, device, plan, vocab, data, run_dir, ckpt_dir, start, rank, init, data.tokenizer, long_steps)
 
 
 def _step_flops(cfg, vocab: int) -> float:
@@ -186,6 +189,7 @@ class Trainer:
     state: object         # the plan's process groups
     amp: object           # the autocast context of train.dtype
     logger: MetricsLogger
+    loader: object        # this rank's data, step by step (distca/data/loader.py)
     num_params: int       # the whole model's
     peak_tflops: float    # the device's (0: unknown), for MFU
     device: torch.device
@@ -212,9 +216,12 @@ def build_trainer(run: Run) -> Trainer:
                           tied_names=("lm_head.weight", "embed.weight") if cfg.model.tie_embeddings else None)
     amp = (torch.autocast(run.device.type, dtype=torch.bfloat16) if t.dtype == "bf16"
            else contextlib.nullcontext())
+    loader = run.data.loader(plan, t.global_batch_size, t.micro_batch_size, run.device,
+                             steps=t.steps - run.start.step)
     if run.start.load_dir is not None:
         trainer_state = ckpt.load(run.start.load_dir, run.start.step, engine)
-        run.packer.load_state_dict(trainer_state["packer"])
+        loader.load_state_dict(trainer_state.get("data", trainer_state.get("packer")))  # "packer": older checkpoints
+    loader.start()  # the first step's data, while the banner prints and the loop starts
     if loud:
         save_config(run)
         if run.init is not None:
@@ -225,7 +232,7 @@ def build_trainer(run: Run) -> Trainer:
     if loud:
         print(start_banner(cfg, plan, run.device, run.run_dir, run.ckpt_dir, run.start, built.num_params,
                            run.vocab, peak, logger.wandb_where, run.long_steps), file=sys.stderr, flush=True)
-    return Trainer(built.model, stage, engine, state, amp, logger, built.num_params, peak, run.device)
+    return Trainer(built.model, stage, engine, state, amp, logger, loader, built.num_params, peak, run.device)
 
 
 def save_config(run: Run) -> None:

@@ -44,12 +44,12 @@ def global_loss(trainer, local_sum: torch.Tensor, n_labels: int) -> float:
     return local_sum.item() / n_labels
 
 
-def throughput(trainer, cfg, samples, dt: float, world: int) -> dict:
-    """Tokens/s, model TFLOP/s per GPU (useful FLOPs over the real document lengths), MFU and
-    peak memory of a step that took `dt` seconds."""
-    tokens = sum(len(s.tokens) for s in samples)
+def throughput(trainer, cfg, doc_lens: list[list[int]], dt: float, world: int) -> dict:
+    """Tokens/s, model TFLOP/s per GPU (useful FLOPs over the real document lengths of every
+    micro-batch of the step, `doc_lens`), MFU and peak memory of a step that took `dt` seconds."""
+    tokens = sum(sum(lens) for lens in doc_lens)
     flops = dense_flops(trainer.num_params, tokens) + sum(
-        attention_flops(s.doc_lens, cfg.model, head_dim(cfg.model)) for s in samples)
+        attention_flops(lens, cfg.model, head_dim(cfg.model)) for lens in doc_lens)
     tflops = flops / dt / world / 1e12
     peak = trainer.peak_tflops
     return {"tokens": tokens, "tokens_per_s": tokens / dt, "tflops_per_gpu": tflops,

@@ -15,7 +15,6 @@ from distca.checkpoint import store as ckpt
 from distca.checkpoint.policy import SavePolicy
 from distca.config import to_typed
 from distca.config.validate import ConfigError, check_known_keys
-from distca.data.batching import global_label_count, rank_micro_batches
 from distca.evaluation.tasks import evaluate
 from distca.lifecycle import fault_injection
 from distca.lifecycle.determinism import deterministic_kernels
@@ -73,16 +72,14 @@ def _train(run: Run, stop: StopSignals) -> list[dict]:
             fault_injection.at_step_start(step, run.rank)
             _sync(run.device)
             t0 = time.perf_counter()
-            # the data: every rank draws the global batch (for the loss normalisation) and keeps its share
-            samples = [run.packer.next_sample() for _ in range(t.global_batch_size)]
-            n_labels = global_label_count(samples)
-            micro = rank_micro_batches(samples, plan, t.micro_batch_size, run.device)
-            plan.plan_ahead([mb.shard for mb in micro])  # CAD: micro-batch i + 1 plans while i runs
+            # the data: this rank's micro-batches, prepared in the background during the last step
+            batch = trainer.loader.next_step()
+            plan.plan_ahead([mb.shard for mb in batch.micro])  # CAD: micro-batch i + 1 plans while i runs
             # forward, backward, update
-            local_sum, pipeline_metrics = one_step.forward_backward(trainer, micro, n_labels, step)
+            local_sum, pipeline_metrics = one_step.forward_backward(trainer, batch.micro, batch.n_labels, step)
             lr = lr_at(step, t)
             grad_norm = trainer.engine.step(lr)
-            loss = one_step.global_loss(trainer, local_sum, n_labels)
+            loss = one_step.global_loss(trainer, local_sum, batch.n_labels)
             bad = guard.update(step, loss, grad_norm)  # the engine skipped its update if so
             _sync(run.device)
             dt = time.perf_counter() - t0
@@ -90,8 +87,8 @@ def _train(run: Run, stop: StopSignals) -> list[dict]:
                 stop.long_steps = stop.long_steps or f"a step takes about {clock(dt)} here"
             # what the step did
             m = {"step": step, "loss": loss,
-                 **one_step.throughput(trainer, cfg, samples, dt, plan.dims.world_size),
-                 "lr": lr, "grad_norm": grad_norm, "step_time_s": dt, "skipped_steps": guard.skipped,
+                 **one_step.throughput(trainer, cfg, batch.doc_lens, dt, plan.dims.world_size),
+                 "lr": lr, "grad_norm": grad_norm, "step_time_s": dt, **batch.metrics, "skipped_steps": guard.skipped,
                  **plan.step_metrics(), **pipeline_metrics,
                  **evaluate(cfg, step, plan, trainer.engine, trainer.stage, trainer.amp, run.device, run.tokenizer)}
             history.append(m)
@@ -101,7 +98,7 @@ def _train(run: Run, stop: StopSignals) -> list[dict]:
             if saves.wanted(step, bad, bool(time_due), stopping=stop_sig > 0):
                 watchdog.beat(f"saving the checkpoint of step {step}")
                 ckpt.save(run.ckpt_dir, step, trainer.engine,
-                          {"step": step, "packer": run.packer.state_dict(), **run.identity})
+                          {"step": step, "data": trainer.loader.state_dict(), **run.identity})
                 ckpt.prune(run.ckpt_dir, cfg.checkpoint.keep)
                 saves.saved()
             if stop_sig:

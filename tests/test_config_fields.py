@@ -129,7 +129,7 @@ def test_torchrun_prints_a_config_error_once(tmp_path):
     ("model.linear_decay=alibi", "head, token, none"),
     ("logger.mode=dryrun", "online, offline"),
     ("data.source=hdf5", "stdlib, jsonl, parquet, tokens, synthetic"),
-    ("data.tokenizer=sentencepiece", "byte, bpe"),
+    ("data.tokenizer=sentencepiece", "auto, byte, hf, bpe"),
 ])
 def test_choice_fields_reject_unknown_values_at_composition(override, choices):
     msg = composition_error(override)

@@ -1,14 +1,17 @@
-"""The locally trained byte-level BPE: lossless, compresses, deterministic, cached."""
+"""data.tokenizer=bpe: a byte-level BPE trained with the tokenizers library on the corpus:
+lossless, compresses, deterministic, cached under DISTCA_CACHE."""
 
 import json
-from collections import Counter
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from distca.data import DataConfig, build_dataset
 from distca.data import bpe as bpe_module
-from distca.data.bpe import _CHUNK, BPETokenizer, load_or_train_bpe, train_bpe
+from distca.data.bpe import load_or_train_bpe
 
 WORDS = ["def", "return", "self", "import", "class", "lambda", "value", "None", "print", "for", "in"]
 
@@ -29,70 +32,45 @@ class Texts:
         return self.texts[i]
 
 
-def naive_bpe(texts, vocab_size):
-    """Textbook BPE: recount all pairs before every merge (what train_bpe does incrementally)."""
-    words = [[list(chunk), f] for chunk, f in Counter(c for t in texts for c in _CHUNK.findall(t)).items()]
-    merges = []
-    while len(merges) < vocab_size - 258:
-        counts = Counter()
-        for symbols, f in words:
-            for pair in zip(symbols, symbols[1:]):
-                counts[pair] += f
-        if not counts or max(counts.values()) < 2:
-            break
-        best = min(counts, key=lambda p: (-counts[p], p))
-        merges.append(best)
-        for word in words:
-            out, i, s = [], 0, word[0]
-            while i < len(s):
-                if i < len(s) - 1 and (s[i], s[i + 1]) == best:
-                    out.append(257 + len(merges))
-                    i += 2
-                else:
-                    out.append(s[i])
-                    i += 1
-            word[0] = out
-    return merges
-
-
-def test_incremental_training_equals_textbook_bpe():
-    rng = np.random.default_rng(0)
-    texts = [bytes(rng.choice(list(b"abcd efg\n"), size=200).tolist()) for _ in range(40)]
-    merges = train_bpe(texts, 500)
-    assert len(merges) > 150
-    assert merges == naive_bpe(texts, 500)
-
-
-def test_training_is_deterministic_and_encoding_lossless():
-    texts = [t.encode() for t in corpus_texts()]
-    merges = train_bpe(texts, 400)
-    assert merges == train_bpe(list(reversed(texts)), 400)  # order of the corpus does not matter
-    # this corpus has few distinct words: merges stop once no pair occurs twice
-    assert merges == naive_bpe(texts, 400) and 50 < len(merges) <= 400 - 258
-    tok = BPETokenizer(merges)
-    assert tok.vocab_size == 258 + len(merges)
+def test_bpe_is_lossless_and_compresses(tmp_path):
+    tok = load_or_train_bpe([Texts(corpus_texts())], 400, cache=str(tmp_path))
+    assert 258 < tok.vocab_size <= 400
     for text in corpus_texts(20, seed=1) + ["", "unseen wörds, 12345!!\n\n\t", "✓✓✓"]:
-        ids = tok.encode(text)
-        assert all(0 <= i < tok.vocab_size and i not in (tok.eos_id, 257) for i in ids)
-        assert tok.decode(ids) == text
+        doc = tok.document(text)
+        assert doc[-1] == tok.eos_id and tok.eos_id not in doc[:-1].tolist()  # no BOS, EOS last
+        assert tok.decode(doc) == text
     sample = corpus_texts(1, seed=2)[0]
     assert len(tok.encode(sample)) < len(sample.encode()) / 2.5  # frequent words became single ids
     assert len(tok.encode(" self")) == 1
 
 
-def test_merges_are_cached_and_reused(tmp_path, monkeypatch):
+def test_training_is_deterministic_across_processes(tmp_path):
+    # nodes without a shared cache each train: they must get the same tokenizer (another hash
+    # seed in another process, as on another machine)
+    code = ("import sys; from tests.test_data_bpe import Texts, corpus_texts; "
+            "from distca.data.bpe import load_or_train_bpe; "
+            "print(load_or_train_bpe([Texts(corpus_texts())], 400, cache=sys.argv[1]).path)")
+    files = []
+    for i, seed in enumerate(("1", "2")):
+        out = subprocess.run([sys.executable, "-c", code, str(tmp_path / f"c{i}")], capture_output=True, text=True,
+                             env={**os.environ, "PYTHONHASHSEED": seed}, check=True)
+        files.append(open(out.stdout.strip(), "rb").read())
+    assert files[0] == files[1]
+
+
+def test_tokenizer_is_cached_and_reused(tmp_path, monkeypatch):
     corpus = Texts(corpus_texts())
-    first = load_or_train_bpe(corpus, 350, cache_dir=str(tmp_path))
-    assert len(list((tmp_path / "bpe").glob("*.json"))) == 1
+    first = load_or_train_bpe([corpus], 350, cache=str(tmp_path))
+    assert len(list((tmp_path / "bpe").glob("*/tokenizer.json"))) == 1
 
     def no_training(*args, **kwargs):
-        raise AssertionError("cached merges should have been loaded")
+        raise AssertionError("the cached tokenizer should have been loaded")
 
     monkeypatch.setattr(bpe_module, "train_bpe", no_training)
-    second = load_or_train_bpe(corpus, 350, cache_dir=str(tmp_path))
-    assert second.merges == first.merges
+    second = load_or_train_bpe([corpus], 350, cache=str(tmp_path))
+    assert second.path == first.path and second.encode("self value") == first.encode("self value")
     with pytest.raises(AssertionError, match="cached"):  # another vocabulary size is another cache entry
-        load_or_train_bpe(corpus, 360, cache_dir=str(tmp_path))
+        load_or_train_bpe([corpus], 360, cache=str(tmp_path))
 
 
 def test_build_dataset_with_bpe(tmp_path, monkeypatch):
@@ -102,7 +80,7 @@ def test_build_dataset_with_bpe(tmp_path, monkeypatch):
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     cfg = DataConfig(source="jsonl", paths=[str(path)], tokenizer="bpe", bpe_vocab_size=300, seq_len=128)
     tok, packer = build_dataset(cfg, seed=0)
-    assert tok.vocab_size == 300 and tok.eos_id == 256
+    assert tok.vocab_size == 300 and tok.path.startswith(str(tmp_path / "cache" / "bpe"))
     docs = [packer.documents.tokens(i) for i in range(3)]
     assert [tok.decode(d) for d in docs] == texts[:3]
     assert all(d[-1] == tok.eos_id for d in docs)

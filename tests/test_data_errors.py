@@ -17,11 +17,6 @@ def test_unknown_source_names_the_choices():
     assert "stdlib" in msg and "parquet" in msg
 
 
-def test_bad_token_dtype():
-    fails(r"data\.token_dtype", source="tokens", token_dtype="int8", paths=["x.bin"],
-          token_vocab_size=10, token_eos_id=0)
-
-
 def test_unknown_tokenizer_and_distribution():
     fails(r"data\.tokenizer", tokenizer="sentencepiece")
     fails(r"data\.synthetic_dist", source="synthetic", synthetic_dist="zipf")
@@ -30,7 +25,7 @@ def test_unknown_tokenizer_and_distribution():
 
 @pytest.mark.parametrize("source", ["jsonl", "parquet", "tokens"])
 def test_file_sources_need_paths(source):
-    fails(r"data\.paths", source=source, token_vocab_size=10, token_eos_id=0)
+    fails(r"data\.paths", source=source, token_vocab_size=10)
 
 
 def test_missing_file_and_empty_glob(tmp_path):
@@ -45,15 +40,19 @@ def test_non_parquet_file(tmp_path):
     fails(r"data\.paths.*not a readable parquet", source="parquet", paths=[str(tmp_path / "a.parquet")])
 
 
-def test_token_file_sizes_and_vocab(tmp_path):
-    (tmp_path / "odd.bin").write_bytes(b"\x01\x02\x03")
-    fails(r"data\.token_dtype.*multiple of 2", source="tokens", paths=[str(tmp_path / "odd.bin")],
-          token_vocab_size=10, token_eos_id=0)
-    fails(r"data\.token_vocab_size", source="tokens", paths=[str(tmp_path / "odd.bin")])
-    fails(r"data\.token_vocab_size", source="tokens", paths=[str(tmp_path / "odd.bin")],
-          token_vocab_size=70000, token_eos_id=0)  # does not fit uint16
-    fails(r"data\.token_eos_id", source="tokens", paths=[str(tmp_path / "odd.bin")],
-          token_vocab_size=10, token_eos_id=10)
+def test_raw_token_files_and_missing_vocabulary(tmp_path):
+    (tmp_path / "raw.bin").write_bytes(b"\x01\x02\x03\x04")
+    msg = fails(r"data\.paths.*raw\.bin has no index", source="tokens", paths=[str(tmp_path / "raw.bin")],
+                token_vocab_size=10)
+    assert "distca-tokenize --from-ids" in msg
+    fails(r"data\.paths.*does not exist", source="tokens", paths=[str(tmp_path / "nothing")], token_vocab_size=10)
+    from distca.data.indexed import IndexedWriter
+    import numpy as np
+    w = IndexedWriter(str(tmp_path / "ok"), np.uint16)
+    w.add(np.array([1, 2, 3]), [3])
+    w.close()
+    fails(r"data\.token_vocab_size.*data\.tokenizer_path", source="tokens", paths=[str(tmp_path / "ok")])
+    fails(r"data\.token_vocab_size", source="tokens", paths=[str(tmp_path / "ok")], token_vocab_size=0)
 
 
 def test_bad_numbers():

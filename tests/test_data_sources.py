@@ -28,7 +28,7 @@ def test_byte_tokenizer_round_trip_and_specials():
         assert all(0 <= i < 256 for i in ids)
         assert tok.decode(ids) == text
         assert tok.decode(ids + [tok.eos_id]) == text  # specials carry no text
-    np.testing.assert_array_equal(tok.encode_bytes("ab✓".encode()), tok.encode("ab✓"))
+    np.testing.assert_array_equal(tok.document("ab✓".encode()), tok.encode("ab✓") + [tok.eos_id])
 
 
 def test_stdlib_corpus_is_sorted_real_files_and_documents_end_with_eos():
@@ -127,40 +127,48 @@ def test_parquet_source_across_files_and_row_groups(tmp_path):
 
 
 @pytest.mark.parametrize("dtype,suffix", [("uint16", ".bin"), ("uint32", ".bin"), ("uint32", ".npy")])
-def test_token_files_split_documents_at_eos(tmp_path, dtype, suffix):
+def test_raw_token_files_become_indexed_datasets_split_at_eos(tmp_path, dtype, suffix):
+    """Raw EOS-separated id files (what earlier releases trained on) are indexed once by
+    distca-tokenize --from-ids; the indexed dataset then holds the same documents."""
+    from distca.data.raw_ids import convert_raw
     eos = 9 if dtype == "uint16" else 70000
     vocab = eos + 1
     file0 = np.array([1, 2, 3, eos, 4, eos, 5, 6], dtype=dtype)  # ends without EOS
     file1 = np.array([eos, 7, 8, eos], dtype=dtype)  # starts with an EOS-only document
+    paths = []
     for i, arr in enumerate([file0, file1]):
         path = tmp_path / f"shard{i}{suffix}"
         np.save(path, arr) if suffix == ".npy" else arr.tofile(path)
-    cfg = DataConfig(source="tokens", paths=[str(tmp_path / f"*{suffix}")], token_dtype=dtype,
-                     token_vocab_size=vocab, token_eos_id=eos, seq_len=4)
+        paths.append(str(path))
+    if suffix == ".bin":  # each raw .bin gets its index beside it; its tokens stay put
+        for p in paths:
+            convert_raw([p], dtype, eos, None, vocab)
+        prefixes = [p[:-4] for p in paths]
+    else:
+        convert_raw(paths, dtype, eos, str(tmp_path / "joined"), vocab)
+        prefixes = [str(tmp_path / "joined")]
+    cfg = DataConfig(source="tokens", paths=prefixes, token_vocab_size=vocab, seq_len=4)
     tok, documents = build_documents(cfg, 0)
-    assert (tok.vocab_size, tok.eos_id) == (vocab, eos)
+    assert tok.vocab_size == vocab
     docs = [d.tolist() for d in all_documents(documents)]
-    assert docs == [[1, 2, 3, eos], [4, eos], [5, 6, eos], [eos], [7, 8, eos]]
+    assert docs == [[1, 2, 3, eos], [4, eos], [5, 6], [eos], [7, 8, eos]]  # a cut tail keeps no EOS
     assert [documents.length(i) for i in range(len(documents))] == [len(d) for d in docs]
     _, packer = build_dataset(cfg, seed=0)
-    samples = [packer.next_sample() for _ in range(4)]
-    first_epoch = np.concatenate([s.tokens.numpy() for s in samples]).tolist()[:13]
+    samples = [packer.next_sample() for _ in range(3)]
+    first_epoch = np.concatenate([s.tokens.numpy() for s in samples]).tolist()[:12]
     assert sorted(first_epoch) == sorted(sum(docs, []))
 
 
-def test_token_files_reject_ids_outside_the_vocabulary(tmp_path):
+def test_indexed_reads_reject_ids_outside_the_vocabulary(tmp_path):
+    from distca.data.raw_ids import convert_raw
     np.array([1, 500, 3], dtype=np.uint16).tofile(tmp_path / "t.bin")
-    cfg = DataConfig(source="tokens", paths=[str(tmp_path / "t.bin")], token_vocab_size=100, token_eos_id=3)
-    with pytest.raises(ValueError, match="data.token_vocab_size.*500"):
-        build_documents(cfg, 0)
-
-
-def test_token_npy_with_other_dtype_names_token_dtype(tmp_path):
-    np.save(tmp_path / "t.npy", np.array([1, 2], dtype=np.uint32))
-    cfg = DataConfig(source="tokens", paths=[str(tmp_path / "t.npy")], token_dtype="uint16",
-                     token_vocab_size=10, token_eos_id=2)
-    with pytest.raises(ValueError, match="data.token_dtype.*uint32"):
-        build_documents(cfg, 0)
+    convert_raw([str(tmp_path / "t.bin")], "uint16", 3, None)
+    with pytest.raises(ValueError, match="vocab"):
+        convert_raw([str(tmp_path / "t.bin")], "uint16", 3, None, vocab_size=100)
+    cfg = DataConfig(source="tokens", paths=[str(tmp_path / "t")], token_vocab_size=100)
+    _, documents = build_documents(cfg, 0)  # opening reads the index only
+    with pytest.raises(ValueError, match=r"t\.bin holds token id 500.*data.tokenizer_path"):
+        documents.tokens(0)
 
 
 def test_synthetic_source_is_deterministic_random_ids_with_eos():
@@ -175,7 +183,7 @@ def test_synthetic_source_is_deterministic_random_ids_with_eos():
     _, again = build_documents(cfg, seed=3)
     np.testing.assert_array_equal(again.tokens(5), doc)
     _, other = build_documents(cfg, seed=4)
-    assert not np.array_equal(other.lengths, documents.lengths)
+    assert not np.array_equal(other.doc_lens, documents.doc_lens)
     _, packer = build_dataset(cfg, seed=3)
     s = packer.next_sample()
     assert s.tokens.shape == (4096,) and sum(s.doc_lens) == 4096
@@ -186,7 +194,7 @@ def test_synthetic_max_doc_len_caps_documents():
     cfg = DataConfig(source="synthetic", synthetic_dist="pretrain", synthetic_tokens=100_000,
                      synthetic_max_doc_len=1000)
     _, documents = build_documents(cfg, 0)
-    assert max(documents.lengths) == 1000
+    assert max(documents.doc_lens) == 1000
 
 
 def test_build_dataset_accepts_dicts_and_hydra_structured_configs():

@@ -14,11 +14,11 @@ VOCAB = 512
 def test_lengths_are_the_ones_random_ids_had():
     # pinned from the uniform-random generator this language replaced: same seed, same mix
     d = SyntheticDocuments("pretrain", 1 << 16, VOCAB, seed=0)
-    assert (len(d), int(d.lengths.sum())) == (20, 1 << 16)
-    assert d.lengths[:8].tolist() == [3421, 5441, 1041, 3699, 1636, 4043, 44, 4675]
+    assert (len(d), int(d.doc_lens.sum())) == (20, 1 << 16)
+    assert d.doc_lens[:8].tolist() == [3421, 5441, 1041, 3699, 1636, 4043, 44, 4675]
     d = SyntheticDocuments("longctx", 1 << 20, VOCAB, seed=7)
-    assert len(d) == 269 and d.lengths[:8].tolist() == [996, 1681, 785, 952, 658, 4848, 995, 1660]
-    assert int((d.lengths * np.arange(len(d))).sum() % 1000003) == 516731
+    assert len(d) == 269 and d.doc_lens[:8].tolist() == [996, 1681, 785, 952, 658, 4848, 995, 1660]
+    assert int((d.doc_lens * np.arange(len(d))).sum() % 1000003) == 516731
 
 
 def _successor_share(ids: np.ndarray) -> float:
@@ -29,7 +29,7 @@ def _successor_share(ids: np.ndarray) -> float:
 def test_train_and_eval_streams_speak_one_language():
     train_docs = SyntheticDocuments("pretrain", 1 << 16, VOCAB, seed=0)
     held_out = SyntheticDocuments("pretrain", 1 << 16, VOCAB, seed=0, stream=1)
-    assert not np.array_equal(train_docs.lengths[:5], held_out.lengths[:5])  # other documents
+    assert not np.array_equal(train_docs.doc_lens[:5], held_out.doc_lens[:5])  # other documents
     for docs in (train_docs, held_out):
         ids = np.concatenate([docs.tokens(i) for i in range(5)])
         assert abs(_successor_share(docs.tokens(0)) - FOLLOW) < 0.05  # uniform ids: 1/511

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-from .documents import Documents, document_length
+from .documents import Documents, document_length, document_lengths, read_range
 
 SPLITS = ("train", "eval")
 
@@ -32,6 +32,14 @@ class DocumentRange:
         if not 0 <= index < self.count:
             raise IndexError(index)
         return self.documents.tokens(self.start + index)
+
+    def read(self, index: int, start: int, stop: int) -> np.ndarray:
+        if not 0 <= index < self.count:
+            raise IndexError(index)
+        return read_range(self.documents, self.start + index, start, stop)
+
+    def lengths(self, indices: np.ndarray) -> np.ndarray:
+        return document_lengths(self.documents, np.asarray(indices, dtype=np.int64) + self.start)
 
     def length(self, index: int) -> Optional[int]:
         return document_length(self.documents, self.start + index)

@@ -55,17 +55,23 @@ class SyntheticDocuments:
         # stream 0 keeps the original seeds exactly (same lengths as before, same checkpoints)
         self._key = [seed] if stream == 0 else [seed, 0xE7A1, stream]
         rng = np.random.default_rng([*self._key, 0x5EED])
-        self.lengths = np.asarray(sample_doc_lengths(dist, total_tokens, rng, max_len=max_len),
-                                  dtype=np.int64)
+        self.doc_lens = np.asarray(sample_doc_lengths(dist, total_tokens, rng, max_len=max_len),
+                                   dtype=np.int64)
 
     def __len__(self) -> int:
-        return len(self.lengths)
+        return len(self.doc_lens)
 
     def length(self, index: int) -> int:
-        return int(self.lengths[index])
+        return int(self.doc_lens[index])
+
+    def lengths(self, indices: np.ndarray) -> np.ndarray:
+        return self.doc_lens[indices]
+
+    def read(self, index: int, start: int, stop: int) -> np.ndarray:
+        return self.tokens(index)[start:stop]
 
     def tokens(self, index: int) -> np.ndarray:
-        n = int(self.lengths[index])
+        n = int(self.doc_lens[index])
         ids = np.empty(n, dtype=np.int64)
         ids[-1] = self.eos_id
         content = self.eos_id  # ids 0 .. vocab_size - 2

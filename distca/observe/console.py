@@ -170,7 +170,7 @@ def start_banner(cfg, plan, device, run_dir, ckpt_dir, start, n_params, vocab, p
           if cfg.model.init_from and start.load_dir is None else []),
         ("layout", layout),
         ("device", dev),
-        ("data", f"{cfg.data.source}, seq_len {cfg.data.seq_len}, {t.global_batch_size} samples "
+        ("data", f"{_data_sources(cfg.data)}, seq_len {cfg.data.seq_len}, {t.global_batch_size} samples "
                  f"({human(t.global_batch_size * cfg.data.seq_len)} tokens) per step"),
         ("steps", f"{t.steps} (lr {t.lr:g}, warmup {t.warmup_steps}, {t.dtype})"),
         ("checkpoints", f"{ckpt_dir}: {', '.join(saves) or 'only on stop'}"
@@ -181,6 +181,16 @@ def start_banner(cfg, plan, device, run_dir, ckpt_dir, start, n_params, vocab, p
                  f"Ctrl-C or SIGTERM stops at once without saving ({long_steps}); continue with run_dir={run_dir}"),
     ]
     return "distca: starting\n" + banner(facts)
+
+
+def _data_sources(d) -> str:
+    """The source, or the mix with its weights; the packing when not the default."""
+    if d.mix:
+        total = sum(e.weight for e in d.mix) or 1.0
+        what = "mix " + " / ".join(f"{e.name or f'mix{i}'} {e.weight / total:.0%}" for i, e in enumerate(d.mix))
+    else:
+        what = str(d.source)
+    return what + ("" if str(d.packing) == "sequential" else f", {d.packing} packing")
 
 
 def end_summary(history, first_step, last_step, total, elapsed, run_dir, ckpt_dir, saved, signum) -> str:

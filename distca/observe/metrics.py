@@ -19,29 +19,36 @@ from distca.observe.console import clock, human, log_only
 from distca.observe.wandb_start import start_wandb
 
 
+DATA_WAIT_SHOWN = 0.05  # the step line names the data wait when it exceeds this share of the step
+
+
 def step_line(m: dict, total: int, elapsed: float, eta: float | None) -> str:
-    """One step in at most 80 columns: step, loss, throughput, MFU (or n/a), memory, time."""
+    """One step in at most 80 columns: step, loss, throughput, MFU (or n/a), memory, time; when
+    the step waited for its data more than 5% of its time, that share replaces the elapsed time."""
     mfu = "n/a" if m.get("mfu") is None else f"{m['mfu']:.0%}"
     width = len(str(total))
     eta_s = "" if eta is None else f" eta {clock(eta)}"
+    wait, step_s = m.get("data_wait_s") or 0.0, m.get("step_time_s") or 0.0
+    when = f"data {wait / step_s:.0%}" if step_s > 0 and wait > DATA_WAIT_SHOWN * step_s else clock(elapsed)
     return (f"step {m['step']:>{width}}/{total} loss {m['loss']:.4f} {human(m['tokens_per_s'])} tok/s "
-            f"mfu {mfu} {m['max_mem_gib']:.{1 if m['max_mem_gib'] < 10 else 0}f}GiB {clock(elapsed)}{eta_s}")
+            f"mfu {mfu} {m['max_mem_gib']:.{1 if m['max_mem_gib'] < 10 else 0}f}GiB {when}{eta_s}")
 
 
 # W&B groups charts into panels by the key's prefix; metrics.jsonl keeps the plain keys (tests,
 # benchmarks and distca-report read them)
 _PANELS = {"loss": "train/loss", "lr": "train/lr", "grad_norm": "train/grad_norm",
            "eval_loss": "eval/loss", "eval_ppl": "eval/ppl"}
-_PERF = ("tokens", "tokens_per_s", "tflops_per_gpu", "mfu", "max_mem_gib", "step_time_s")
+_PERF = ("tokens", "tokens_per_s", "tflops_per_gpu", "mfu", "max_mem_gib", "step_time_s", "data_wait_s")
 
 
 def wandb_key(key: str) -> str:
-    """train/loss, eval/loss, perf/tokens_per_s, cad/imbalance_after, pipeline/bubble, ..."""
+    """train/loss, eval/loss, perf/tokens_per_s, perf/data_wait_s, cad/imbalance_after,
+    pipeline/bubble, data/tokens_<source>, ..."""
     if key in _PANELS:
         return _PANELS[key]
     if key in _PERF:
         return f"perf/{key}"
-    for prefix, panel in (("cad_", "cad"), ("pp_", "pipeline"), ("eval_", "eval")):
+    for prefix, panel in (("cad_", "cad"), ("pp_", "pipeline"), ("eval_", "eval"), ("data_", "data")):
         if key.startswith(prefix):
             return f"{panel}/{key[len(prefix):]}"
     return f"other/{key}"
