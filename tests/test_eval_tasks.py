@@ -184,3 +184,21 @@ def test_passkey_needs_a_text_tokenizer(tmp_path):
     from distca.train import ConfigError, train
     with pytest.raises(ConfigError, match="eval.tasks has passkey, which writes a text prompt"):
         train(tiny_cfg(tmp_path, "data=synthetic_pretrain", "eval.every=1", "eval.tasks=[passkey]"))
+
+
+def test_distca_eval_of_a_run_from_a_folder_needs_neither_the_folder_nor_its_tokenizer_path(tmp_path):
+    """A run that took its architecture and tokenizer from model.init_from is evaluated from its
+    own run dir: config.yaml's architecture, and the tokenizer copied into hf_source/."""
+    from omegaconf import OmegaConf
+
+    from distca.config import compose_config
+    from distca.evaluation.cli import _config
+    run = tmp_path / "run"
+    (run / "hf_source").mkdir(parents=True)
+    (run / "hf_source" / "tokenizer.json").write_text("{}")
+    cfg = compose_config(["experiment=tiny", "model.vocab_size=320"])
+    cfg.model.init_from = str(tmp_path / "gone")
+    OmegaConf.save(cfg, run / "config.yaml")
+    got = _config(str(run), ["eval.tasks=[passkey]"])
+    assert got.model.init_from == "" and str(got.data.tokenizer) == "hf"
+    assert got.data.tokenizer_path == str(run / "hf_source") and [str(t) for t in got.eval.tasks] == ["passkey"]

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 
 def _config(target: str, overrides: list[str]):
+    from distca.checkpoint.hf_source import COPY_DIR
     from distca.config import compose_config, to_typed
     from distca.config.schema import RootConfig
     path = Path(target)
@@ -35,7 +36,11 @@ def _config(target: str, overrides: list[str]):
         merged = OmegaConf.merge(base, OmegaConf.from_dotlist(list(overrides)))
         cfg = to_typed(merged) if not isinstance(merged, RootConfig) else merged
         # the architecture is in config.yaml and the weights in the checkpoint: the folder the
-        # run started from is not needed (it may be gone)
+        # run started from is not needed (it may be gone); its tokenizer, which the run took
+        # from it (data.tokenizer=auto), was copied into the run dir at start
+        if cfg.model.init_from and str(cfg.data.tokenizer) == "auto" and (path / COPY_DIR / "tokenizer.json").is_file():
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer="hf",
+                                                                   tokenizer_path=str(path / COPY_DIR)))
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, init_from=""))
         ckpt_dir = cfg.checkpoint.dir or str(path / "checkpoints")
         load = next((o.split("=", 1)[1] for o in overrides if o.startswith("checkpoint.load=")), ckpt_dir)
