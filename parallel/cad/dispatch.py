@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from parallel import comm
 from parallel.cad.planner import segment_order
+from parallel.cad.row_sums import no_repeats
 from parallel.cad.tasks import CostModel, PieceTable, TaskTable, expand_ranges
 
 
@@ -153,6 +154,10 @@ class Layout:
     # received rows concatenated: (doc, start, length, k row base, v row base)
     key_ranges: tuple = ()
     recv_rows: int = 0
+    # no pool row sent twice (each key to one server): the backward copies instead of adding
+    send_rows_unique: bool = False
+    # no key row replicated into two kernel segments: the server's dk/dv copy instead of adding
+    srv_kv_rows_unique: bool = False
 
     @property
     def num_server_queries(self) -> int:
@@ -257,7 +262,8 @@ def build_layout(tr: Transfers, pieces: PieceTable, me: int, num_ranks: int,
         max_seqlen_q=int(seg_q.max()) if seg_q.size else 0,
         max_seqlen_k=int(seg_kv.max()) if seg_kv.size else 0, num_segments=int(seg_q.size),
         prior_rows=earlier if uses_prior else 0, key_ranges=ranges, recv_rows=int(rblk.sum()),
-        prior_rows_total=earlier)
+        prior_rows_total=earlier, send_rows_unique=no_repeats(q_tok) and no_repeats(kv_tok),
+        srv_kv_rows_unique=no_repeats(seg_tok))
 
 
 class Exchange:

@@ -19,6 +19,7 @@ import torch
 
 from distca_kernels.flash_attn import flash_attn_varlen_backward, flash_attn_varlen_forward
 from distca_kernels.precision import accumulator_dtype
+from parallel.cad.row_sums import add_rows_into_zeros, no_repeats
 from parallel.cad.tasks import PieceTable, expand_ranges
 
 
@@ -32,6 +33,7 @@ class InPlace:
     cu_seqlens_k: torch.Tensor
     max_seqlen_q: int
     max_seqlen_k: int
+    k_tok_unique: bool = False       # no key serves two segments: dk/dv copy instead of adding
 
     @property
     def num_server_queries(self) -> int:
@@ -40,7 +42,7 @@ class InPlace:
     def to(self, device) -> "InPlace":
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return InPlace(self.tokens, move(self.q_tok), move(self.k_tok), move(self.cu_seqlens_q),
-                       move(self.cu_seqlens_k), self.max_seqlen_q, self.max_seqlen_k)
+                       move(self.cu_seqlens_k), self.max_seqlen_q, self.max_seqlen_k, self.k_tok_unique)
 
 
 def moves_nothing(tr) -> bool:
@@ -77,7 +79,8 @@ def in_place_layout(tr, pieces: PieceTable, me: int, tokens: int) -> InPlace:
     return InPlace(tokens, None if ident(q_tok) else t(q_tok), None if ident(k_tok) else t(k_tok),
                    t(np.r_[0, np.cumsum(seg_q)].astype(np.int32)),
                    t(np.r_[0, np.cumsum(seg_end)].astype(np.int32)),
-                   int(seg_q.max()) if seg_q.size else 0, int(seg_end.max()) if seg_end.size else 0)
+                   int(seg_q.max()) if seg_q.size else 0, int(seg_end.max()) if seg_end.size else 0,
+                   no_repeats(k_tok))
 
 
 def forward(P: InPlace, q, k, v, scale: float):
@@ -107,8 +110,8 @@ def backward(P: InPlace, d_o, saved, scale: float):
         dq = dq.new_empty((P.tokens,) + tuple(dq.shape[1:])).index_copy_(0, P.q_tok, dq)
     if P.k_tok is not None:  # a key may serve several segments: its gradients add up
         shape = (P.tokens,) + tuple(dk.shape[1:])
-        dk = dk.new_zeros(shape).index_add_(0, P.k_tok, dk)
-        dv = dv.new_zeros(shape).index_add_(0, P.k_tok, dv)
+        dk = add_rows_into_zeros(dk.new_zeros(shape), P.k_tok, dk, P.k_tok_unique)
+        dv = add_rows_into_zeros(dv.new_zeros(shape), P.k_tok, dv, P.k_tok_unique)
     return dq, dk, dv
 
 

@@ -33,6 +33,7 @@ from distca_kernels.precision import accumulator_dtype
 from parallel.cad import in_place
 from parallel.cad.dispatch import Exchange
 from parallel.cad.pingpong import lse_rows, pool_rows
+from parallel.cad.row_sums import add_rows_into_zeros
 from parallel.cad.server import serve_backward, serve_forward
 from parallel.cad.tasks import PieceTable, expand_ranges
 
@@ -118,7 +119,7 @@ class NanoStart(torch.autograd.Function):
             return (*grads, None)
         T, hq, hkv, d = call.shape
         d_pool = call.d_pool_template.new_zeros((T * (hq + 2 * hkv), d))
-        d_pool.index_add_(0, call.L.send_rows, call.inflight.wait())
+        add_rows_into_zeros(d_pool, call.L.send_rows, call.inflight.wait(), call.L.send_rows_unique)
         call.inflight = None
         dq, dk, dv = torch.split(d_pool, [T * hq, T * hkv, T * hkv])
         return dq.view(T, hq, d), dk.view(T, hkv, d), dv.view(T, hkv, d), None

@@ -12,7 +12,7 @@ A key goes to a server once per step: half 1's server reads the keys half 0 rece
 (its layout indexes [recv 0; recv 1]). The backward mirrors the forward in reverse half
 order, dO going out and [dq | dk | dv] coming back: half 1's gradient of half 0's keys is
 added into half 0's return, which goes last; gradients of a key sent to several servers are
-summed at its origin by index_add.
+summed at its origin (`row_sums.py`: a copy where no row repeats, else index_add).
 
 Every rank issues the same collectives in the same order (d0, d1, r0, r1; backward dO1, dO0,
 r1, r0), so the all-to-alls match up across the group whatever each rank's share of the work is.
@@ -32,6 +32,7 @@ import torch
 
 from distca_kernels.precision import accumulator_dtype
 from parallel.cad.dispatch import Exchange, Layout
+from parallel.cad.row_sums import add_rows_into_zeros
 from parallel.cad.server import serve_backward, serve_forward
 
 
@@ -173,7 +174,8 @@ class CADFunction(torch.autograd.Function):
             returns[h] = rt.exchange(d_recv.contiguous(), L.recv_splits, L.send_splits, rt.group,
                                   async_op=True)
         d_pool = d_o.new_zeros((T * (hq + 2 * hkv), d))
-        for h in order:
-            d_pool.index_add_(0, halves[h].send_rows, returns[h].wait())
+        for i, h in enumerate(order):  # a key sent in two halves (to two servers) adds up
+            add_rows_into_zeros(d_pool, halves[h].send_rows, returns[h].wait(),
+                                unique=i == 0 and halves[h].send_rows_unique)
         dq, dk, dv = torch.split(d_pool, [T * hq, T * hkv, T * hkv])
         return dq.view(T, hq, d), dk.view(T, hkv, d), dv.view(T, hkv, d), None

@@ -21,6 +21,7 @@ import torch
 from distca_kernels.flash_attn import flash_attn_varlen_backward, flash_attn_varlen_forward
 from distca_kernels.precision import accumulator_dtype
 from parallel.cad.dispatch import Layout
+from parallel.cad.row_sums import add_rows_into_zeros
 
 
 def _server_qkv(L: Layout, recv: torch.Tensor, hq: int, hkv: int, d: int):
@@ -46,7 +47,7 @@ def serve_forward(L: Layout, recv: torch.Tensor, hq: int, hkv: int, d: int, scal
 def serve_backward(L: Layout, recv: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
                    d_out_recv: torch.Tensor, hq: int, hkv: int, d: int, scale: float):
     """dO rows (arrival order) -> gradient of the received buffer [rows, D]; copies of one key
-    sent to several segments have their gradients summed here by index_add."""
+    sent to several segments have their gradients summed here (`row_sums.py`)."""
     d_recv = d_out_recv.new_zeros((recv.shape[0], d))
     if o.shape[0] == 0:
         return d_recv
@@ -55,7 +56,8 @@ def serve_backward(L: Layout, recv: torch.Tensor, o: torch.Tensor, lse: torch.Te
     dq, dk, dv = flash_attn_varlen_backward(d_o, q, k, v, o, lse, L.cu_seqlens_q, L.cu_seqlens_k,
                                             L.max_seqlen_q, L.max_seqlen_k, softmax_scale=scale,
                                             causal=True)
-    d_recv.index_add_(0, L.srv_q_rows, dq.reshape(-1, d).to(d_recv.dtype))
-    d_recv.index_add_(0, L.srv_k_rows, dk.reshape(-1, d).to(d_recv.dtype))
-    d_recv.index_add_(0, L.srv_v_rows, dv.reshape(-1, d).to(d_recv.dtype))
+    # q, k and v rows are disjoint parts of the buffer; a query row appears once
+    add_rows_into_zeros(d_recv, L.srv_q_rows, dq.reshape(-1, d).to(d_recv.dtype), unique=True)
+    add_rows_into_zeros(d_recv, L.srv_k_rows, dk.reshape(-1, d).to(d_recv.dtype), L.srv_kv_rows_unique)
+    add_rows_into_zeros(d_recv, L.srv_v_rows, dv.reshape(-1, d).to(d_recv.dtype), L.srv_kv_rows_unique)
     return d_recv
