@@ -177,6 +177,31 @@ def profile(bench: Bench, tokens: int, top: int = 25) -> dict:
             "top_ops": [{"op": k[:100], "group": g, "ms": t / 1e3, "share": t / total} for (k, g), t in ranked]}
 
 
+def host_profile(bench: Bench, tokens: int, steps: int, top: int = 30) -> dict:
+    """The host's side of `steps` steps under cProfile: wall time per step and the functions
+    with the most own time (where the Python that issues the GPU work spends it; on a GPU a
+    step whose host time exceeds its GPU time is launch-bound)."""
+    import cProfile
+    import pstats
+    prof = cProfile.Profile()
+    _sync(bench.device)
+    t0 = time.perf_counter()
+    prof.enable()
+    for _ in range(steps):
+        bench.step(tokens)
+    prof.disable()
+    _sync(bench.device)
+    wall = (time.perf_counter() - t0) / steps
+    st = pstats.Stats(prof)
+    rows = sorted(st.stats.items(), key=lambda kv: -kv[1][2])[:top]
+    root = str(Path(__file__).resolve().parents[1]) + os.sep
+    return {"time": "host own time per step (cProfile, which slows Python: compare modes, not "
+                    "absolute values)", "step_s_under_cprofile": wall,
+            "top_functions": [{"function": f"{fn.replace(root, '')}:{line}({name})", "calls_per_step": nc / steps,
+                               "own_ms_per_step": tt / steps * 1e3, "cum_ms_per_step": ct / steps * 1e3}
+                              for (fn, line, name), (_, nc, tt, ct, _) in rows]}
+
+
 def _self_time(ev, cuda: bool) -> float:
     if not cuda:
         return float(ev.self_cpu_time_total)
@@ -231,9 +256,16 @@ def main() -> int:
     ap.add_argument("--no-forced", action="store_true", help="skip the +x (exchange path) modes")
     ap.add_argument("--out", default="benchmarks/results/cad_overlap_one_gpu.json")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny model and lengths (tests)")
+    ap.add_argument("--cases", nargs="+", default=None, metavar="TOKENS:RECOMPUTE",
+                    help="run only these cases, e.g. 16384:full 65536:full (default: all, in order)")
+    ap.add_argument("--host-profile", nargs="*", default=[], metavar="MODE",
+                    help="also profile the host (cProfile over the timed steps, top functions by "
+                         "own time) of these modes in the profiled cases")
     args = ap.parse_args()
     t_start = time.perf_counter()
     cases = CASES
+    if args.cases:
+        cases = tuple((int(c.split(":")[0]), c.split(":")[1]) for c in args.cases)
     if args.smoke:
         args.model, args.steps, args.warmup, args.long_steps, args.long_warmup = "tiny", 1, 1, 1, 1
         args.profile_modes = ["local", "nanobatch", "halves+x"]
@@ -280,6 +312,8 @@ def main() -> int:
                     row["cad_plan_ms"] = m.get("cad_plan_ms")
                 if ci < args.profiled and mode in args.profile_modes:
                     profiles.setdefault(f"{tokens} {policy}", {})[mode] = profile(bench, tokens)
+                if ci < args.profiled and mode in args.host_profile:
+                    profiles.setdefault(f"{tokens} {policy} host", {})[mode] = host_profile(bench, tokens, steps)
             except torch.OutOfMemoryError as e:
                 row["error"] = f"OOM: {str(e)[:160]}"
             except Exception as e:  # noqa: BLE001  (a broken row is reported; the others run)

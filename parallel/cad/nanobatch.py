@@ -133,7 +133,11 @@ class NanoServe(torch.autograd.Function):
         ctx.call = call
         if call.local:
             call.inflight, saved = in_place.forward(L, *call.inflight, call.scale)
-            ctx.save_for_backward(*saved)
+            # detached aliases: o (when the kernel order is local order) is also what NanoCollect
+            # returns, so saving it here would tie o -> NanoCollectBackward -> this node -> o,
+            # a cycle in the C++ graph that Python's collector never frees; under recompute
+            # the recomputed graph is never run backward and leaked every step (issue 32)
+            ctx.save_for_backward(*(t.detach() for t in saved))
             return handle.new_empty(0)
         recv = call.inflight.wait()
         o_rows, (o_srv, lse_srv) = serve_forward(L, recv, hq, hkv, d, call.scale)
