@@ -32,10 +32,13 @@ MODES = ("none", "halves", "nanobatch")
 CODES = {m: i for i, m in enumerate(MODES)}  # the cad_overlap metric: 0 none, 1 halves, 2 nanobatch
 
 # What splitting costs where there is nothing to hide, as a share of the layer's compute: the
-# one-GPU overheads over overlap=none measured by benchmarks/cad_overlap_one_gpu.py
-# (benchmarks/results/cad_overlap_one_gpu_h100.json, 16K tokens, no recompute: halves 1.07 and
-# nanobatch 1.20 against none's 1.04, before this issue's changes). Rerun the benchmark and
-# update these after changing the nano-batch or halves path.
+# one-GPU overheads over overlap=none measured by benchmarks/cad_overlap_one_gpu.py. Issue 32's
+# rerun (cad_overlap_one_gpu_h100_issue32_run2.json, exchange forced, over none+x): halves 1.07,
+# 1.12, 1.04 at 16K (no, selective, full recompute) and 1.02 at 64K; nanobatch 1.32, 1.22, 1.19
+# at 16K and 1.00 at 64K. The nano-batch cost is host launch time that long layers hide, so no
+# single share fits both lengths; these sit between them, as before (the first measurement,
+# before the issue: halves 1.03 and nanobatch 1.16 over none). Rerun and revisit after changing
+# the nano-batch or halves path.
 HALVES_OVERHEAD = 0.03
 NANOBATCH_OVERHEAD = 0.16
 
