@@ -258,6 +258,8 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny model and lengths (tests)")
     ap.add_argument("--cases", nargs="+", default=None, metavar="TOKENS:RECOMPUTE",
                     help="run only these cases, e.g. 16384:full 65536:full (default: all, in order)")
+    ap.add_argument("--modes", nargs="+", default=None, choices=BASE + FORCED,
+                    help="run only these modes (local, the baseline, is always run first)")
     ap.add_argument("--host-profile", nargs="*", default=[], metavar="MODE",
                     help="also profile the host (cProfile over the timed steps, top functions by "
                          "own time) of these modes in the profiled cases")
@@ -274,6 +276,8 @@ def main() -> int:
     cost_table = "none" if device.type == "cpu" else "auto"
     bench = Bench(args, device)
     modes = BASE + (() if args.no_forced else FORCED)
+    if args.modes:
+        modes = ("local",) + tuple(m for m in modes if m in args.modes and m != "local")
     out_path = Path(args.out)
     prof_path = out_path.with_name(out_path.stem + "_profile.json")
     record = {"benchmark": "cad_overlap_one_gpu", "model": args.model,
