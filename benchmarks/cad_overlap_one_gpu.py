@@ -25,6 +25,8 @@ nano-batch stream's (distca/model/nano_batches.py) grouped by their Python stack
 so one command fits a 10-minute device call.
 
     python benchmarks/cad_overlap_one_gpu.py --out $OUT/cad_overlap_one_gpu_h100.json
+    python benchmarks/cad_overlap_one_gpu.py --cases 16384:none --modes nanobatch \
+        --host-profile nanobatch --out $OUT/nano_16k.json   # one case, one mode beside local, host cProfile
     python benchmarks/cad_overlap_one_gpu.py --smoke --out /tmp/cad_overlap_smoke.json  # CPU, tiny
 """
 from __future__ import annotations
