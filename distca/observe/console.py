@@ -3,7 +3,8 @@
 `mirror(run_dir)` copies everything this process writes to stdout / stderr into
 `<run_dir>/train.log` (ours, warnings, the per-step lines), so the log holds what the user
 saw. The rich progress bar writes to the real terminal only (escape codes stay out of the
-file); the per-step lines always reach the file.
+file); the per-step lines always reach the file, and so does what is printed while the bar
+shows (`keep_mirroring`).
 """
 from __future__ import annotations
 
@@ -59,6 +60,19 @@ def mirror(run_dir: str, enabled: bool):
         sys.stdout, sys.stderr = old
         _log_file = None
         log.close()
+
+
+def keep_mirroring() -> None:
+    """Call right after a rich live display starts: it swaps sys.stdout / sys.stderr for proxies
+    that print above the bar through its console, past `mirror`'s tee, so the banner, warnings
+    and anything else printed while the bar shows never reached train.log. Tee the proxies
+    too; the display restores the tees it replaced when it stops."""
+    if _log_file is None:
+        return
+    if not isinstance(sys.stdout, _Tee):
+        sys.stdout = _Tee(sys.stdout, _log_file)
+    if not isinstance(sys.stderr, _Tee):
+        sys.stderr = _Tee(sys.stderr, _log_file)
 
 
 def say(msg: str, enabled: bool = True) -> None:

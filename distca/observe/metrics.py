@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from distca.observe.console import clock, human, log_only
+from distca.observe.console import clock, human, keep_mirroring, log_only
 from distca.observe.wandb_start import start_wandb
 
 
@@ -104,6 +104,7 @@ class MetricsLogger:
                                   TextColumn("{task.fields[stats]}"), console=console, transient=True)
         self._task = self._progress.add_task("train", total=self.total, completed=self.start, stats="")
         self._progress.start()
+        keep_mirroring()  # what is printed above the bar still reaches train.log
 
     def log(self, m: dict) -> None:
         if not self.enabled:
