@@ -43,3 +43,12 @@ def provenance() -> dict:
             "command": " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:]), "git_commit": commit,
             "versions": versions, "machine": {"cpu": cpu_name(), "cores": os.cpu_count(),
                                               "load_avg": [round(x, 2) for x in os.getloadavg()]}}
+
+
+def write_result(path: str, result: dict) -> None:
+    """The benchmark's JSON at `path` (its folder made if missing), and say where."""
+    import json
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"wrote {path}")

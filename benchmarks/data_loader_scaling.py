@@ -24,7 +24,6 @@ Usage: python benchmarks/data_loader_scaling.py [--steps 6] [--quick]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -36,7 +35,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.data_common import RESULTS, provenance  # noqa: E402
+from benchmarks.data_common import RESULTS, provenance, write_result  # noqa: E402
 from distca.data import DataConfig, build_data  # noqa: E402
 from distca.data.distributions import sample_doc_lengths  # noqa: E402
 from distca.data.indexed import IndexedWriter  # noqa: E402
@@ -150,10 +149,7 @@ def main() -> None:
                       "global_batch_size": gbs, "micro_batch_size": 1, "steps": args.steps,
                       "shard_layout": "zigzag", "packing": "sequential", "source": "indexed dataset (uint16)"},
            "dataset": dataset, "layouts": rows, "grows_with_ranks": grows}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {args.out}")
+    write_result(args.out, out)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.data_common import HERE, RESULTS, provenance  # noqa: E402
+from benchmarks.data_common import HERE, RESULTS, provenance, write_result  # noqa: E402
 
 ROOT = os.path.join(HERE, "..")
 
@@ -93,10 +93,7 @@ def main() -> None:
               "provenance": provenance(), "dataset": {"what": "Python standard library sources via distca-tokenize",
                                                       "tokenizer": args.tokenizer, "distca_tokenize": summary},
               "smoke": args.smoke, "runs": runs}
-    os.makedirs(os.path.dirname(out_path), exist_ok=True)
-    with open(out_path, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {out_path}")
+    write_result(out_path, result)
 
 
 if __name__ == "__main__":

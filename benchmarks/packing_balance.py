@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from benchmarks.cad_sim_baselines import wlb_pack  # noqa: E402
 from benchmarks.cad_sim_model import SHAPES, gpu_costs, pick_table  # noqa: E402
-from benchmarks.data_common import HERE, RESULTS, provenance  # noqa: E402
+from benchmarks.data_common import HERE, RESULTS, provenance, write_result  # noqa: E402
 from distca.data.balance import assign_bins, attention_work, balanced_bins, imbalance  # noqa: E402
 from distca.data.step_plan import StepPlanner  # noqa: E402
 from distca.data.synthetic import SyntheticDocuments  # noqa: E402
@@ -177,10 +177,7 @@ def main() -> None:
     if args.cpu_run:
         with tempfile.TemporaryDirectory() as tmp:
             out["cpu_run"] = cpu_run(tmp, args.cpu_steps)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {args.out}")
+    write_result(args.out, out)
 
 
 if __name__ == "__main__":

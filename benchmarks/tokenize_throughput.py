@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from benchmarks.data_common import RESULTS, provenance  # noqa: E402
+from benchmarks.data_common import RESULTS, provenance, write_result  # noqa: E402
 
 ENCODE_BATCH = r"""
 import json, sys, time
@@ -148,10 +148,7 @@ def main() -> None:
                                           "RAYON_NUM_THREADS = cores"},
         "runs": runs,
     }
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=1)
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
