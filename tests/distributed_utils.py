@@ -5,8 +5,11 @@ Assertions inside it fail the test; the first failing rank's traceback is re-rai
 """
 from __future__ import annotations
 
+import faulthandler
+import logging
 import os
 import socket
+import sys
 
 import torch
 import torch.distributed as dist
@@ -20,6 +23,9 @@ def free_port() -> int:
 
 
 def _worker(rank, fn, world_size, port, args):
+    # a rank killed inside C++ (SIGABRT, SIGSEGV) has no Python traceback for spawn to re-raise;
+    # faulthandler prints where every thread was, so a crash in CI says which call it was in
+    faulthandler.enable(all_threads=True)
     # the variables torchrun sets, so code under test (DeepSpeed too) sees a normal launch
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1",
                       RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size))
@@ -27,8 +33,20 @@ def _worker(rank, fn, world_size, port, args):
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, *args)
+        # every rank tears gloo down together: a rank that destroys its pairs while a peer
+        # still reads from them can abort that peer in C++ ("terminate called without an
+        # active exception", seen once in CI on a 4-rank test)
+        if dist.is_initialized():  # code under test may have torn the group down itself
+            dist.barrier()
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    # skip interpreter finalisation: the test's work is done, and C++ static destructors
+    # racing gloo's background threads at exit are the other place such an abort comes from
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def run_distributed(fn, world_size: int, *args) -> None:
