@@ -41,8 +41,9 @@ def _worker(rank, fn, world_size, port, args):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    # skip interpreter finalisation: the test's work is done, and C++ static destructors
-    # racing gloo's background threads at exit are the other place such an abort comes from
+    # skip interpreter finalisation: objects the test still holds (models keep their group)
+    # keep gloo's C++ process group alive past destroy_process_group, and freeing it while
+    # the interpreter shuts down can abort in C++ (upstream discussion: pytorch PR 179291)
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
